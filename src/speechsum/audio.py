@@ -1,0 +1,102 @@
+"""Load, validate and resample audio; cut long audio into encoder windows.
+
+Every audio input goes through `load_audio`, which returns 16 kHz mono float32
+in [-1, 1] or raises `AudioError("<file>: <problem>")` - one line, naming the
+input and the problem, for the CLI to print.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16_000  # Whisper's input rate
+HOP_LENGTH = 160  # samples between log-mel frames (10 ms)
+WINDOW_SECONDS = 30  # Whisper encodes fixed 30 s windows
+WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE  # 480_000
+WINDOW_FRAMES = WINDOW_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
+ENCODER_DOWNSAMPLE = 2  # Whisper's second conv has stride 2
+WINDOW_ENCODER_FRAMES = WINDOW_FRAMES // ENCODER_DOWNSAMPLE  # 1500 encoder frames per window (50 Hz)
+SAMPLES_PER_ENCODER_FRAME = HOP_LENGTH * ENCODER_DOWNSAMPLE  # 320 samples = 20 ms
+SILENCE_PEAK = 1e-4  # a peak below this (-80 dBFS) is treated as all-silence
+
+
+class AudioError(ValueError):
+    """Unusable audio input; str(e) is '<source>: <problem>'."""
+
+    def __init__(self, source: str | os.PathLike, problem: str):
+        self.source = str(source)
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")
+
+
+def load_audio(source: str | os.PathLike | np.ndarray, sample_rate: int | None = None) -> np.ndarray:
+    """Return 16 kHz mono float32 samples from a file path or an array.
+
+    An array must come with its `sample_rate` (shape [T] or [T, channels]).
+    """
+    if isinstance(source, np.ndarray):
+        if sample_rate is None:
+            raise AudioError("<array>", "sample_rate is required for array input")
+        return _finish(np.asarray(source), sample_rate, "<array>")
+    path = Path(source)
+    if not path.exists():
+        raise AudioError(path, "no such file")
+    if path.is_dir():
+        raise AudioError(path, "is a directory, not an audio file")
+    if not os.access(path, os.R_OK):
+        raise AudioError(path, "permission denied")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(str(path)) as f:
+            expected = f.frames
+            rate = f.samplerate
+            data = f.read(dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        msg = str(e).split(": ", 1)[-1] if ": " in str(e) else str(e)
+        raise AudioError(path, f"not a readable audio file ({msg.strip()})") from None
+    except (RuntimeError, TypeError, ValueError, EOFError) as e:
+        raise AudioError(path, f"not a readable audio file ({e})") from None
+    # libsndfile reports the header's frame count; a short read means the file was cut off
+    # (frames may be unknown, 0 or huge for some streamed formats: only compare when plausible).
+    if 0 < expected < 2**62 and len(data) < expected:
+        raise AudioError(path, f"truncated or corrupt: header says {expected} frames, read {len(data)}")
+    return _finish(data, rate, path)
+
+
+def _finish(data: np.ndarray, rate: int, source) -> np.ndarray:
+    if data.ndim == 2:
+        # [T, C] -> [T]; average channels rather than take the first (stereo calls often split speakers)
+        data = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    elif data.ndim != 1:
+        raise AudioError(source, f"expected 1-D or 2-D samples, got shape {data.shape}")
+    if data.size == 0:
+        raise AudioError(source, "zero-length audio")
+    if not np.issubdtype(data.dtype, np.floating):
+        info = np.iinfo(data.dtype)
+        data = data.astype(np.float32) / max(abs(info.min), info.max)
+    data = data.astype(np.float32, copy=False)
+    if not np.isfinite(data).all():
+        raise AudioError(source, "contains NaN or infinite samples")
+    if float(np.abs(data).max()) < SILENCE_PEAK:
+        raise AudioError(source, "all silence (peak below -80 dBFS)")
+    if rate != SAMPLE_RATE:
+        import soxr
+
+        data = soxr.resample(data, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    return np.ascontiguousarray(data)
+
+
+def split_windows(samples: np.ndarray) -> list[np.ndarray]:
+    """Cut audio into consecutive 30 s windows (the last one shorter); nothing is dropped."""
+    return [samples[i : i + WINDOW_SAMPLES] for i in range(0, len(samples), WINDOW_SAMPLES)]
+
+
+def encoder_frames(num_samples: int) -> int:
+    """Number of Whisper encoder frames (50 Hz) that carry real audio for `num_samples`."""
+    return -(-num_samples // SAMPLES_PER_ENCODER_FRAME)

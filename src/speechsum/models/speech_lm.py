@@ -1,0 +1,486 @@
+"""SpeechLM: Whisper encoder -> projector -> causal LLM (LoRA by default).
+
+Inputs are sequences of *segments*: token ids (prompt or target text) and audio spans
+(projected encoder frames). The chat template of the LLM is rendered with an audio
+placeholder which is then replaced by the audio embeddings; the same builder serves training
+(right padding, logits only at target positions), generation (left padding, KV cache) and
+speech-text interleaving (several audio and text spans in one sequence).
+
+The model knows nothing of training objectives: `target_logits` returns logits at the
+positions that predict target tokens; losses live in `speechsum.training.losses`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from speechsum.config import from_dict, to_dict
+from speechsum.models.encoder import EncoderCache, EncoderMode, WhisperEncoder
+from speechsum.models.projector import Projector
+
+AUDIO_PLACEHOLDER = "<|speechsum_audio|>"  # never tokenized: the rendered prompt is split on it
+CONFIG_NAME = "speechlm_config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SpeechLMConfig:
+    encoder: str = "whisper-base"
+    """Whisper checkpoint for the audio encoder: local folder, hub id or registry name."""
+    llm: str = "smollm2-135m-instruct"
+    """Causal LLM: local folder, hub id or registry name."""
+    encoder_mode: EncoderMode = "padded"
+    """'padded' (each 30 s window padded, as Whisper was trained) or 'real-length' (faster on short clips)."""
+    stack: int = 8
+    """Encoder frames (50 Hz) concatenated per audio token: 8 -> 6.25 audio tokens per second."""
+    projector_hidden: int = 1024
+    """Hidden width of the projector MLP."""
+    llm_training: Literal["lora", "full", "frozen"] = "lora"
+    """How the LLM is trained: LoRA adapters (peft), all weights, or not at all (connector only)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA path."""
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Linear layer names that get LoRA adapters."""
+    train_encoder: bool = False
+    """Train the Whisper encoder too (off: it is frozen and its outputs can be cached)."""
+    max_audio_tokens: int = 12_000
+    """Cap on audio tokens per item (12,000 at stack 8 = 32 min); exceeding it is an error, not a cut."""
+    system_prompt: str = "You are a helpful assistant. Answer from the audio faithfully; never invent names, numbers or dates."
+    """System message of every prompt (also replaces chat templates' silent default system prompts)."""
+
+    def __post_init__(self):
+        if self.stack < 1:
+            raise ValueError(f"stack must be >= 1, got {self.stack}")
+        if self.max_audio_tokens < 1:
+            raise ValueError(f"max_audio_tokens must be >= 1, got {self.max_audio_tokens}")
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+
+
+# A segment is token ids or audio embeddings; `target` marks ids that are trained on.
+@dataclass
+class Text:
+    ids: list[int]
+    target: bool = False
+
+
+@dataclass
+class Audio:
+    embeds: torch.Tensor  # [A, D] projected audio tokens
+
+
+Segment = Union[Text, Audio]
+
+
+@dataclass
+class Batch:
+    embeds: torch.Tensor  # B, T, D
+    attention_mask: torch.Tensor  # B, T (1 = real)
+    position_ids: torch.Tensor  # B, T
+    labels: torch.Tensor  # B, T; -100 where not a target
+
+
+@dataclass
+class TargetLogits:
+    logits: torch.Tensor  # N, V at the positions that predict target tokens
+    targets: torch.Tensor  # N
+    rows: torch.Tensor  # N: which batch item each position belongs to
+
+
+@dataclass
+class Generation:
+    ids: list[int]  # generated token ids, stop token excluded
+    logprobs: list[float]  # log p(token) under the model at temperature 1, one per id
+    text: str
+    finished: bool  # stopped on a stop token (False: hit max_new_tokens)
+
+
+class AudioTooLongError(ValueError):
+    pass
+
+
+class SpeechLM(nn.Module):
+    def __init__(self, config: SpeechLMConfig, encoder: WhisperEncoder, llm: nn.Module, tokenizer):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        base = llm
+        self.projector = Projector(encoder.dim, base.config.hidden_size, config.stack, config.projector_hidden)
+        with torch.no_grad():
+            # start at the LLM's embedding scale (LayerNorm weight = per-dim RMS of the embeddings)
+            emb = base.get_input_embeddings().weight
+            self.projector.norm_out.weight.copy_(emb.float().pow(2).mean(0).sqrt())
+        self.llm = llm
+        self._apply_trainability()
+        self.stop_ids = self._stop_ids()
+        self.encoder_cache: EncoderCache | None = None
+
+    # ------------------------------------------------------------------ building and IO
+
+    @classmethod
+    def from_config(cls, config: SpeechLMConfig, dtype: torch.dtype = torch.float32) -> "SpeechLM":
+        """Assemble an untrained SpeechLM from pretrained encoder and LLM (projector random)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from speechsum.models.registry import resolve_model
+
+        enc_dir, llm_dir = resolve_model(config.encoder), resolve_model(config.llm)
+        encoder = WhisperEncoder.from_pretrained(enc_dir, config.encoder_mode, dtype=dtype)
+        encoder.identity = f"{config.encoder}:{config.encoder_mode}"
+        tok = AutoTokenizer.from_pretrained(llm_dir)
+        llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype)
+        model = cls(config, encoder, llm, tok)
+        model._wrap_lora()
+        return model
+
+    def _wrap_lora(self, adapter_dir: Path | None = None, trainable: bool = True) -> None:
+        if self.config.llm_training != "lora":
+            return
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if adapter_dir is not None:
+            self.llm = PeftModel.from_pretrained(self.llm, str(adapter_dir), is_trainable=trainable)
+        else:
+            cfg = LoraConfig(
+                r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=self.config.lora_dropout,
+                target_modules=list(self.config.lora_targets), bias="none",
+            )
+            self.llm = get_peft_model(self.llm, cfg)
+        self._apply_trainability()
+
+    def _apply_trainability(self) -> None:
+        for p in self.encoder.parameters():
+            p.requires_grad_(self.config.train_encoder)
+        for name, p in self.llm.named_parameters():
+            if self.config.llm_training == "full":
+                p.requires_grad_(True)
+            elif self.config.llm_training == "lora":
+                p.requires_grad_("lora_" in name)
+            else:
+                p.requires_grad_(False)
+        for p in self.projector.parameters():
+            p.requires_grad_(True)
+
+    @property
+    def base_llm(self) -> nn.Module:
+        """The causal LM under any peft wrapper (LoRA layers stay injected in it)."""
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        """Write config JSON + safetensors (projector, LoRA adapter or full LLM); atomic rename."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+        try:
+            meta = {"format_version": FORMAT_VERSION, "config": to_dict(self.config)}
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
+            save_file({k: v.detach().contiguous() for k, v in self.projector.state_dict().items()},
+                      tmp / "projector.safetensors")
+            if self.config.llm_training == "lora":
+                self.llm.save_pretrained(tmp / "adapter", safe_serialization=True)
+            elif self.config.llm_training == "full":
+                self.base_llm.save_pretrained(tmp / "llm", safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp / "llm")
+            if self.config.train_encoder:
+                save_file({k: v.detach().contiguous() for k, v in self.encoder.encoder.state_dict().items()},
+                          tmp / "encoder.safetensors")
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(out_dir, old)
+                os.replace(tmp, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, trainable: bool = False, dtype: torch.dtype = torch.float32,
+                        **overrides) -> "SpeechLM":
+        """Load a saved SpeechLM folder; `overrides` replace config fields (printed by callers)."""
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from speechsum.models.registry import resolve_model
+
+        path = Path(path)
+        cfg_file = path / CONFIG_NAME
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{path}: not a SpeechLM checkpoint (no {CONFIG_NAME})")
+        meta = json.loads(cfg_file.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
+        config = from_dict(SpeechLMConfig, {**meta["config"], **overrides})
+        encoder = WhisperEncoder.from_pretrained(resolve_model(config.encoder), config.encoder_mode, dtype=dtype)
+        encoder.identity = f"{config.encoder}:{config.encoder_mode}"
+        if (path / "encoder.safetensors").is_file():
+            encoder.encoder.load_state_dict(load_file(path / "encoder.safetensors"))
+            encoder.identity += f":{path.resolve()}"
+        llm_dir = path / "llm" if (path / "llm").is_dir() else resolve_model(config.llm)
+        tok = AutoTokenizer.from_pretrained(llm_dir)
+        llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype)
+        model = cls(config, encoder, llm, tok)
+        model.projector.load_state_dict(load_file(path / "projector.safetensors"))
+        if config.llm_training == "lora":
+            adapter = path / "adapter"
+            model._wrap_lora(adapter if adapter.is_dir() else None, trainable=trainable)
+        return model
+
+    # ------------------------------------------------------------------ prompts
+
+    def _stop_ids(self) -> list[int]:
+        """eos plus the chat template's end-of-turn token (e.g. <|im_end|>), which many models emit."""
+        tok = self.tokenizer
+        ids = set()
+        if tok.eos_token_id is not None:
+            ids.add(int(tok.eos_token_id))
+        for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"):
+            tid = tok.convert_tokens_to_ids(t)
+            if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None and tid >= 0:
+                ids.add(tid)
+        gen_eos = getattr(getattr(self.base_llm, "generation_config", None), "eos_token_id", None)
+        for t in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
+            if t is not None:
+                ids.add(int(t))
+        return sorted(ids)
+
+    @property
+    def end_of_turn_id(self) -> int:
+        tid = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        return tid if isinstance(tid, int) and tid >= 0 and tid != self.tokenizer.unk_token_id else self.tokenizer.eos_token_id
+
+    def prompt_ids(self, instruction: str, text: str | None = None) -> tuple[list[int], list[int]]:
+        """Chat-templated prompt split around the audio: (ids before audio, ids after audio).
+
+        With `text` (a transcript), the same prompt is rendered with the text where the audio
+        would be and everything is returned in the first list (text mode, for teachers/cascades).
+        """
+        content = f"{AUDIO_PLACEHOLDER if text is None else text}\n\n{instruction}"
+        messages = [{"role": "system", "content": self.config.system_prompt}, {"role": "user", "content": content}]
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        enc = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        if text is not None:
+            return enc(rendered), []
+        before, after = rendered.split(AUDIO_PLACEHOLDER)
+        return enc(before), enc(after)
+
+    def target_ids(self, text: str) -> list[int]:
+        """Target text -> ids ending with the end-of-turn token, so the model learns to stop."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.end_of_turn_id]
+
+    # ------------------------------------------------------------------ audio
+
+    def encode_audio(self, clips: list[np.ndarray]) -> list[torch.Tensor]:
+        """16 kHz samples -> encoder frames [T_i, C] (through the on-disk cache when one is set)."""
+        if self.encoder_cache is not None and not self.config.train_encoder:
+            return self.encoder_cache.encode(self.encoder, clips)
+        return self.encoder.encode(clips)
+
+    def project(self, frames: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Encoder frames -> audio embeddings [A_i, D]; an item over the cap is an error."""
+        for f in frames:
+            n = self.projector.num_tokens(len(f))
+            if n > self.config.max_audio_tokens:
+                seconds = len(f) / 50
+                raise AudioTooLongError(
+                    f"audio of {seconds:.0f} s is {n} audio tokens, over max_audio_tokens={self.config.max_audio_tokens}; "
+                    f"raise the cap (model config max_audio_tokens) or split the recording"
+                )
+        return self.projector(frames)
+
+    def audio_items(self, frames: list[torch.Tensor], instructions: list[str],
+                    targets: list[str | list[int]] | None = None) -> list[list[Segment]]:
+        """Segments for the usual [prompt, audio, prompt, (target)] sequence of each item."""
+        embeds = self.project(frames)
+        items = []
+        for i, (emb, instr) in enumerate(zip(embeds, instructions)):
+            pre, post = self.prompt_ids(instr)
+            segs: list[Segment] = [Text(pre), Audio(emb), Text(post)]
+            if targets is not None:
+                t = targets[i]
+                segs.append(Text(self.target_ids(t) if isinstance(t, str) else list(t), target=True))
+            items.append(segs)
+        return items
+
+    def text_items(self, texts: list[str], instructions: list[str],
+                   targets: list[str | list[int]] | None = None) -> list[list[Segment]]:
+        """Segments for the text-mode prompt (transcript instead of audio)."""
+        items = []
+        for i, (text, instr) in enumerate(zip(texts, instructions)):
+            pre, _ = self.prompt_ids(instr, text=text)
+            segs: list[Segment] = [Text(pre)]
+            if targets is not None:
+                t = targets[i]
+                segs.append(Text(self.target_ids(t) if isinstance(t, str) else list(t), target=True))
+            items.append(segs)
+        return items
+
+    # ------------------------------------------------------------------ batching and forward
+
+    def build_batch(self, items: list[list[Segment]], padding_side: Literal["right", "left"] = "right") -> Batch:
+        """Pad segment lists into one batch of input embeddings, masks, positions and labels."""
+        emb_layer = self.base_llm.get_input_embeddings()
+        lengths = [sum(len(s.ids) if isinstance(s, Text) else len(s.embeds) for s in segs) for segs in items]
+        bsz, tmax = len(items), max(lengths)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        ids = torch.full((bsz, tmax), pad_id, dtype=torch.long)
+        labels = torch.full((bsz, tmax), -100, dtype=torch.long)
+        audio_mask = torch.zeros(bsz, tmax, dtype=torch.bool)
+        attn = torch.zeros(bsz, tmax, dtype=torch.long)
+        audio_chunks = []
+        for b, segs in enumerate(items):
+            pos = tmax - lengths[b] if padding_side == "left" else 0
+            attn[b, pos : pos + lengths[b]] = 1
+            for s in segs:
+                if isinstance(s, Text):
+                    n = len(s.ids)
+                    ids[b, pos : pos + n] = torch.tensor(s.ids, dtype=torch.long)
+                    if s.target:
+                        labels[b, pos : pos + n] = ids[b, pos : pos + n]
+                else:
+                    n = len(s.embeds)
+                    audio_mask[b, pos : pos + n] = True
+                    audio_chunks.append(s.embeds)
+                pos += n
+        embeds = emb_layer(ids)
+        if audio_chunks:
+            embeds = embeds.masked_scatter(audio_mask[..., None], torch.cat(audio_chunks).to(embeds.dtype))
+        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+        return Batch(embeds, attn, position_ids, labels)
+
+    def hidden_states(self, batch: Batch) -> torch.Tensor:
+        out = self.base_llm.get_decoder()(
+            inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def target_logits(self, batch: Batch) -> TargetLogits:
+        """Logits only where the next token is a target: the LM head (49k-152k vocab) is the
+        costliest matmul, so it is never applied to audio or prompt positions."""
+        hidden = self.hidden_states(batch)
+        next_labels = batch.labels[:, 1:]  # position t predicts token t+1
+        sel = next_labels != -100
+        rows = torch.arange(len(next_labels))[:, None].expand_as(next_labels)[sel]
+        logits = self.base_llm.get_output_embeddings()(hidden[:, :-1][sel])
+        return TargetLogits(logits.float(), next_labels[sel], rows)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.inference_mode()
+    def generate_items(self, items: list[list[Segment]], max_new_tokens: int = 128, do_sample: bool = False,
+                       temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                       generator: torch.Generator | None = None) -> list[Generation]:
+        """Batched decoding with a KV cache; finished rows leave the batch (cache rows dropped)."""
+        from transformers import DynamicCache
+
+        batch = self.build_batch(items, padding_side="left")
+        decoder = self.base_llm.get_decoder()
+        head = self.base_llm.get_output_embeddings()
+        emb_layer = self.base_llm.get_input_embeddings()
+        cache = DynamicCache()
+        out = decoder(inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
+                      position_ids=batch.position_ids, past_key_values=cache, use_cache=True)
+        logits = head(out.last_hidden_state[:, -1]).float()  # prefill: the last position only
+        attn = batch.attention_mask
+        next_pos = batch.position_ids[:, -1] + 1
+        active = torch.arange(len(items))  # original row of each live batch row
+        ids_out: list[list[int]] = [[] for _ in items]
+        lps_out: list[list[float]] = [[] for _ in items]
+        finished = [False] * len(items)
+        stop = torch.tensor(self.stop_ids)
+        for step in range(max_new_tokens):
+            logp = torch.log_softmax(logits, dim=-1)
+            tok = self._pick(logits, do_sample, temperature, top_p, top_k, generator)
+            tok_lp = logp.gather(1, tok[:, None])[:, 0]
+            is_stop = torch.isin(tok, stop)
+            for r, (orig, t, lp, s) in enumerate(zip(active.tolist(), tok.tolist(), tok_lp.tolist(), is_stop.tolist())):
+                if s:
+                    finished[orig] = True
+                else:
+                    ids_out[orig].append(t)
+                    lps_out[orig].append(lp)
+            keep = (~is_stop).nonzero()[:, 0]
+            if len(keep) == 0 or step == max_new_tokens - 1:
+                break
+            if len(keep) < len(active):
+                cache.batch_select_indices(keep)
+                active, tok, attn, next_pos = active[keep], tok[keep], attn[keep], next_pos[keep]
+            attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
+            out = decoder(inputs_embeds=emb_layer(tok[:, None]), attention_mask=attn, position_ids=next_pos[:, None],
+                          past_key_values=cache, use_cache=True)
+            next_pos = next_pos + 1
+            logits = head(out.last_hidden_state[:, -1]).float()
+        return [
+            Generation(ids, lps, self.tokenizer.decode(ids, skip_special_tokens=True).strip(), fin)
+            for ids, lps, fin in zip(ids_out, lps_out, finished)
+        ]
+
+    @staticmethod
+    def _pick(logits, do_sample, temperature, top_p, top_k, generator) -> torch.Tensor:
+        if not do_sample:
+            return logits.argmax(-1)
+        logits = logits / max(temperature, 1e-5)
+        if top_k > 0:
+            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+    def generate(self, audio: list[np.ndarray], instructions: list[str], **kw) -> list[Generation]:
+        """Summaries (or any answer) for 16 kHz clips and one instruction each."""
+        frames = self.encode_audio(audio)
+        with torch.inference_mode():
+            items = self.audio_items(frames, instructions)
+        return self.generate_items(items, **kw)
+
+    def summarize(self, audio: str | os.PathLike | np.ndarray, style: str = "short-paragraph",
+                  instruction: str | None = None, max_new_tokens: int = 256, sample_rate: int | None = None) -> str:
+        """Summary of one recording (path or array) in a named style or for a free instruction."""
+        from speechsum.audio import load_audio
+        from speechsum.styles import instruction_for
+
+        samples = load_audio(audio, sample_rate=sample_rate if isinstance(audio, np.ndarray) else None)
+        instr = instruction if instruction is not None else instruction_for(style)
+        return self.generate([samples], [instr], max_new_tokens=max_new_tokens)[0].text
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+
+def freeze_report(model: SpeechLM) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{train / 1e6:.2f}M trainable of {total / 1e6:.1f}M parameters"
+
+
+__all__ = [
+    "SpeechLM", "SpeechLMConfig", "Text", "Audio", "Segment", "Batch", "TargetLogits", "Generation",
+    "AudioTooLongError", "freeze_report", "dataclasses",
+]

@@ -1,0 +1,91 @@
+"""Tiny random models built in code (no downloads) for unit tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+WORDS = (
+    "the a of to and in is was for on that with as by at from it be are this have an or will not were "
+    "meeting summary budget friday monday tuesday team report send review plan project action items "
+    "decided agreed owner deadline dollars hours call notes system user assistant audio you helpful answer "
+    "faithfully never invent names numbers dates summarize bullets email title one line short paragraph"
+).split()
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(set(WORDS)) + chars)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>", max_input_chars_per_word=100))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit()])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_llm(vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def tiny_whisper(seed: int = 0):
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = WhisperConfig(
+        vocab_size=100, num_mel_bins=80, d_model=16, encoder_layers=2, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_source_positions=1500, max_target_positions=64, pad_token_id=1, bos_token_id=2, eos_token_id=3,
+        decoder_start_token_id=2,
+    )
+    return WhisperForConditionalGeneration(cfg)
+
+
+def save_tiny_models(root: Path) -> tuple[Path, Path]:
+    """Write a tiny Whisper and a tiny LLM as ordinary HF folders; returns (encoder_dir, llm_dir)."""
+    from transformers import WhisperFeatureExtractor
+
+    enc_dir, llm_dir = root / "tiny-whisper", root / "tiny-llm"
+    if not (llm_dir / "config.json").is_file():
+        w = tiny_whisper()
+        w.save_pretrained(enc_dir)
+        WhisperFeatureExtractor(feature_size=80).save_pretrained(enc_dir)
+        tok = tiny_tokenizer()
+        tiny_llm(len(tok)).save_pretrained(llm_dir)
+        tok.save_pretrained(llm_dir)
+    return enc_dir, llm_dir
+
+
+def tiny_speechlm(root: Path, **overrides):
+    from speechsum.models.speech_lm import SpeechLM, SpeechLMConfig
+
+    enc_dir, llm_dir = save_tiny_models(root)
+    cfg = SpeechLMConfig(encoder=str(enc_dir), llm=str(llm_dir), stack=4, projector_hidden=32, lora_r=4,
+                         lora_alpha=8, system_prompt="you are a helpful assistant", **overrides)
+    return SpeechLM.from_config(cfg)
+
+
+def tone(seconds: float, freq: float = 440.0, sr: int = 16000):
+    import numpy as np
+
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(int(freq))
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(len(t))).astype("float32")
