@@ -7,7 +7,9 @@ input and the problem, for the CLI to print.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +54,9 @@ def load_audio(source: str | os.PathLike | np.ndarray, sample_rate: int | None =
         raise AudioError(path, "empty file (0 bytes)")
     import soundfile as sf
 
+    _check_riff(path)
     try:
-        with sf.SoundFile(str(path)) as f:
+        with _quiet_stderr(), sf.SoundFile(str(path)) as f:
             expected = f.frames
             rate = f.samplerate
             data = f.read(dtype="float32", always_2d=True)
@@ -67,6 +70,46 @@ def load_audio(source: str | os.PathLike | np.ndarray, sample_rate: int | None =
     if 0 < expected < 2**62 and len(data) < expected:
         raise AudioError(path, f"truncated or corrupt: header says {expected} frames, read {len(data)}")
     return _finish(data, rate, path)
+
+
+def _check_riff(path: Path) -> None:
+    """libsndfile silently shortens a WAV whose data chunk runs past the end of the file: a
+    download or copy that was cut off. Compare the declared chunk size with the file size."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            cid, n = chunk[:4], int.from_bytes(chunk[4:8], "little")
+            if cid == b"data":
+                if n != 0xFFFFFFFF and pos + 8 + n > size:  # 0xFFFFFFFF: streamed WAV of unknown size
+                    raise AudioError(path, f"truncated or corrupt: data chunk declares {n} bytes, file has {size - pos - 8}")
+                return
+            pos += 8 + n + (n & 1)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence decoder chatter (libmpg123 prints warnings straight to fd 2)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _finish(data: np.ndarray, rate: int, source) -> np.ndarray:

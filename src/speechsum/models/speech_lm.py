@@ -415,16 +415,21 @@ class SpeechLM(nn.Module):
             tok = self._pick(logits, do_sample, temperature, top_p, top_k, generator)
             tok_lp = logp.gather(1, tok[:, None])[:, 0]
             is_stop = torch.isin(tok, stop)
-            for r, (orig, t, lp, s) in enumerate(zip(active.tolist(), tok.tolist(), tok_lp.tolist(), is_stop.tolist())):
+            for orig, t, lp, s in zip(active.tolist(), tok.tolist(), tok_lp.tolist(), is_stop.tolist()):
+                if finished[orig]:
+                    continue  # a finished row still in the batch (not yet compacted)
                 if s:
                     finished[orig] = True
                 else:
                     ids_out[orig].append(t)
                     lps_out[orig].append(lp)
-            keep = (~is_stop).nonzero()[:, 0]
-            if len(keep) == 0 or step == max_new_tokens - 1:
+            live = torch.tensor([not finished[o] for o in active.tolist()])
+            if not live.any() or step == max_new_tokens - 1:
                 break
-            if len(keep) < len(active):
+            # Dropping finished rows copies every layer's cache: worth it only once a quarter of
+            # the batch is done (decoding is memory-bound, so a dead row costs little per step).
+            if (~live).sum() * 4 >= len(active):
+                keep = live.nonzero()[:, 0]
                 cache.batch_select_indices(keep)
                 active, tok, attn, next_pos = active[keep], tok[keep], attn[keep], next_pos[keep]
             attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
@@ -464,7 +469,7 @@ class SpeechLM(nn.Module):
                   instruction: str | None = None, max_new_tokens: int = 256, sample_rate: int | None = None) -> str:
         """Summary of one recording (path or array) in a named style or for a free instruction."""
         from speechsum.audio import load_audio
-        from speechsum.styles import instruction_for
+        from speechsum.data.styles import instruction_for
 
         samples = load_audio(audio, sample_rate=sample_rate if isinstance(audio, np.ndarray) else None)
         instr = instruction if instruction is not None else instruction_for(style)

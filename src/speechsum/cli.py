@@ -1,0 +1,182 @@
+"""`speechsum` command line: one dispatch table, lazy imports inside each handler.
+
+Errors a user can fix (bad input file, bad config, missing model) print one line
+`speechsum: error: ...` on stderr and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+EXIT_USAGE = 2
+
+
+def _quiet_hf() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def error(msg: str) -> None:
+    print(f"speechsum: error: {msg}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------- models
+
+
+def cmd_models(args) -> int:
+    from speechsum.models import registry
+
+    if args.action == "list":
+        print(f"{'name':24} {'kind':19} {'size':>8}  {'licence':24} {'ready':5}  source")
+        for s in registry.REGISTRY.values():
+            ready = "yes" if registry.is_ready(s.name) else "no"
+            wheels = s.wheels[0].package + (f" (+{len(s.wheels) - 1} parts)" if len(s.wheels) > 1 else "")
+            print(f"{s.name:24} {s.kind:19} {s.size_mb:>5} MB  {s.licence:24} {ready:5}  "
+                  f"hub {s.hub_id} | registry {wheels}=={s.wheels[0].version}")
+        print(f"\ncache: {registry.home()}  (set SPEECHSUM_HOME to move it)")
+        return 0
+    names = args.names or (list(registry.REGISTRY) if args.action == "verify" else [])
+    if not names:
+        error("models fetch: name at least one model (see `speechsum models list`)")
+        return EXIT_USAGE
+    failed = 0
+    for name in names:
+        try:
+            if args.action == "fetch":
+                t = time.time()
+                path = registry.fetch_model(name)
+                print(f"{name}: ready at {path} ({registry.folder_size_mb(path):.0f} MB, {time.time() - t:.0f} s)")
+            else:
+                if not registry.is_ready(name) and not args.names:
+                    print(f"{name}: not fetched (skipped)")
+                    continue
+                problems = registry.verify_model(name)
+                print(f"{name}: " + ("ok" if not problems else "FAILED"))
+                for p in problems:
+                    error(p)
+                failed += bool(problems)
+        except registry.ModelError as e:
+            error(str(e))
+            failed += 1
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------- summarize
+
+
+def load_speechlm(model: str | None):
+    """A trained SpeechLM folder, or (no --model) the untrained default assembly."""
+    from speechsum.models.speech_lm import CONFIG_NAME, SpeechLM, SpeechLMConfig
+
+    if model is None:
+        print("speechsum: note: no --model given: using the untrained default assembly (whisper-base + "
+              "smollm2-135m-instruct with a random projector); its summaries are not meaningful. "
+              "Train one with `make demo`.", file=sys.stderr)
+        return SpeechLM.from_config(SpeechLMConfig())
+    if os.path.isdir(model) and os.path.isfile(os.path.join(model, CONFIG_NAME)):
+        return SpeechLM.from_pretrained(model)
+    raise FileNotFoundError(f"{model}: not a SpeechLM checkpoint folder (no {CONFIG_NAME})")
+
+
+def cmd_summarize(args) -> int:
+    from speechsum.audio import AudioError, load_audio
+    from speechsum.data.styles import instruction_for, style_names
+
+    if args.instruction is None and args.style not in style_names():
+        error(f"--style {args.style}: unknown style (choose from {', '.join(style_names())})")
+        return EXIT_USAGE
+    instruction = args.instruction if args.instruction is not None else instruction_for(args.style)
+    clips, names, failed = [], [], 0
+    for path in args.audio:  # validate every file first: bad ones are reported, good ones still run
+        try:
+            clips.append(load_audio(path))
+            names.append(path)
+        except AudioError as e:
+            error(str(e))
+            failed += 1
+    if not clips:
+        return EXIT_USAGE
+    from speechsum.models.registry import ModelError
+
+    try:
+        model = load_speechlm(args.model)
+    except (ModelError, FileNotFoundError, ValueError) as e:
+        error(str(e))
+        return EXIT_USAGE
+    model.eval()
+    from speechsum.models.speech_lm import AudioTooLongError
+
+    for start in range(0, len(clips), args.batch_size):
+        chunk, chunk_names = clips[start : start + args.batch_size], names[start : start + args.batch_size]
+        t = time.time()
+        try:
+            gens = model.generate(chunk, [instruction] * len(chunk), max_new_tokens=args.max_new_tokens)
+        except AudioTooLongError as e:
+            error(f"{', '.join(chunk_names)}: {e}")
+            failed += len(chunk)
+            continue
+        dt = time.time() - t
+        for name, clip, g in zip(chunk_names, chunk, gens):
+            if args.json:
+                print(json.dumps({"file": name, "style": args.style if args.instruction is None else None,
+                                  "instruction": instruction, "summary": g.text,
+                                  "audio_seconds": round(len(clip) / 16000, 2), "seconds": round(dt / len(chunk), 2),
+                                  "complete": g.finished}))
+            else:
+                print(f"== {name} ({len(clip) / 16000:.1f} s audio)")
+                print(g.text + ("" if g.finished else " [cut at --max-new-tokens]"))
+    return EXIT_USAGE if failed else 0
+
+
+# ---------------------------------------------------------------------------------------- dispatch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="speechsum", description="Speech summarization with multimodal LLMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("models", help="list, fetch and verify the named pretrained models")
+    m.add_argument("action", choices=["list", "fetch", "verify"])
+    m.add_argument("names", nargs="*", help="registry names (fetch: required; verify: default all fetched)")
+    m.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("summarize", help="summarize audio files with a SpeechLM")
+    s.add_argument("audio", nargs="+", help="audio files (wav/flac/ogg/mp3, any rate, mono or multi-channel)")
+    s.add_argument("--model", default=None, help="SpeechLM checkpoint folder (default: untrained assembly)")
+    s.add_argument("--style", default="short-paragraph", help="summary style (see --help-styles in README)")
+    s.add_argument("--instruction", default=None, help="free instruction instead of a style")
+    s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
+    s.set_defaults(func=cmd_summarize)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_hf()
+    from speechsum.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        error(str(e))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

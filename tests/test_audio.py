@@ -1,0 +1,78 @@
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speechsum.audio import SAMPLE_RATE, AudioError, encoder_frames, load_audio, split_windows
+
+
+def _sine(seconds=1.0, sr=16000, channels=1):
+    x = (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * sr)) / sr)).astype("float32")
+    return np.stack([x] * channels, 1) if channels > 1 else x
+
+
+@pytest.mark.parametrize("fmt,ext", [("WAV", "wav"), ("FLAC", "flac"), ("OGG", "ogg"), ("MP3", "mp3")])
+def test_formats_rates_channels_to_16k_mono(tmp_path, fmt, ext):
+    path = tmp_path / f"a.{ext}"
+    sf.write(path, _sine(1.0, 44100, channels=2), 44100, format=fmt)
+    x = load_audio(path)
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert abs(len(x) - SAMPLE_RATE) < 0.02 * SAMPLE_RATE  # mp3/ogg add a few ms of padding
+    assert 0.2 < np.abs(x).max() <= 1.0
+
+
+def test_array_input_needs_rate_and_is_resampled():
+    assert len(load_audio(_sine(2.0, 8000), sample_rate=8000)) == 32000
+    with pytest.raises(AudioError, match="sample_rate is required"):
+        load_audio(_sine(1.0))
+
+
+def _expect(path, problem):
+    with pytest.raises(AudioError) as e:
+        load_audio(path)
+    msg = str(e.value)
+    assert msg.startswith(str(path) + ": ") and problem in msg and "\n" not in msg, msg
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    _expect(tmp_path / "missing.wav", "no such file")
+    _expect(tmp_path, "is a directory")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    _expect(tmp_path / "empty.wav", "empty file")
+    (tmp_path / "notes.wav").write_text("this is not audio\n" * 20)
+    _expect(tmp_path / "notes.wav", "not a readable audio file")
+    sf.write(tmp_path / "zero.wav", np.zeros((0,), "float32"), 16000)
+    _expect(tmp_path / "zero.wav", "zero-length")
+    sf.write(tmp_path / "silence.wav", np.zeros(16000, "float32"), 16000)
+    _expect(tmp_path / "silence.wav", "all silence")
+    nan = _sine(1.0)
+    nan[100] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    _expect(tmp_path / "nan.wav", "NaN")
+
+
+@pytest.mark.parametrize("fmt,ext", [("WAV", "wav"), ("FLAC", "flac"), ("MP3", "mp3")])
+def test_truncated_files_are_errors(tmp_path, fmt, ext):
+    full = tmp_path / f"full.{ext}"
+    sf.write(full, _sine(1.0), 16000, format=fmt)
+    cut = tmp_path / f"cut.{ext}"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    _expect(cut, "")  # the message differs per decoder; it must name the file and be one line
+    with pytest.raises(AudioError, match="truncated|corrupt|not a readable"):
+        load_audio(cut)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file: permission errors cannot occur")
+def test_unreadable_file(tmp_path):
+    p = tmp_path / "locked.wav"
+    sf.write(p, _sine(), 16000)
+    p.chmod(0)
+    _expect(p, "permission denied")
+
+
+def test_windows_cover_everything():
+    x = np.ones(16000 * 65, "float32")
+    w = split_windows(x)
+    assert [len(a) for a in w] == [480000, 480000, 80000]
+    assert encoder_frames(16000) == 50 and encoder_frames(16001) == 51

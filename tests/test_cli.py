@@ -1,0 +1,67 @@
+"""The `speechsum` CLI: one-line errors, exit codes, other files still processed."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+from tiny import tiny_speechlm, tone
+
+from speechsum.cli import main
+
+
+def test_bad_inputs_one_line_each_exit_2(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    sf.write(tmp_path / "silent.wav", np.zeros(1600, "float32"), 16000)
+    code = main(["summarize", str(tmp_path / "missing.wav"), str(tmp_path), str(tmp_path / "notes.txt"),
+                 str(tmp_path / "silent.wav")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 4 and all(line.startswith("speechsum: error: ") for line in err), err
+    assert "missing.wav: no such file" in err[0] and "is a directory" in err[1]
+    assert "not a readable audio file" in err[2] and "all silence" in err[3]
+
+
+def test_good_files_still_processed_when_one_is_bad(tmp_path, tiny_dir, capsys):
+    model = tiny_speechlm(tiny_dir)
+    model.save_pretrained(tmp_path / "ckpt")
+    sf.write(tmp_path / "a.wav", tone(1.5), 16000)
+    sf.write(tmp_path / "b.flac", tone(2.5, 300), 16000)
+    code = main(["summarize", str(tmp_path / "a.wav"), str(tmp_path / "nope.wav"), str(tmp_path / "b.flac"),
+                 "--model", str(tmp_path / "ckpt"), "--json", "--max-new-tokens", "4", "--style", "bullets"])
+    out = capsys.readouterr()
+    assert code == 2
+    rows = [json.loads(line) for line in out.out.strip().splitlines()]
+    assert [r["file"] for r in rows] == [str(tmp_path / "a.wav"), str(tmp_path / "b.flac")]
+    assert all(r["style"] == "bullets" and r["audio_seconds"] > 1 for r in rows)
+    assert out.err.strip().splitlines() == [f"speechsum: error: {tmp_path / 'nope.wav'}: no such file"]
+
+
+def test_unknown_style_and_bad_model_are_one_line(tmp_path, capsys):
+    sf.write(tmp_path / "a.wav", tone(1.0), 16000)
+    assert main(["summarize", str(tmp_path / "a.wav"), "--style", "sonnet"]) == 2
+    assert "--style sonnet: unknown style" in capsys.readouterr().err
+    assert main(["summarize", str(tmp_path / "a.wav"), "--model", str(tmp_path)]) == 2
+    assert "not a SpeechLM checkpoint" in capsys.readouterr().err
+
+
+def test_no_traceback_from_the_console_script(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "speechsum.cli", "summarize", str(tmp_path / "x.wav")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"speechsum: error: {tmp_path / 'x.wav'}: no such file"
+
+
+def test_models_list_shows_every_name(capsys):
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ["smollm2-135m-instruct", "qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct", "whisper-base",
+                 "whisper-tiny.en", "minilm-l6"]:
+        assert name in out
+
+
+def test_models_fetch_unknown_name(capsys):
+    assert main(["models", "fetch", "gpt-7"]) == 1
+    assert "gpt-7: unknown model name" in capsys.readouterr().err
