@@ -12,7 +12,6 @@ positions that predict target tokens; losses live in `speechsum.training.losses`
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from torch import nn
 
 from speechsum.config import from_dict, to_dict
 from speechsum.models.encoder import EncoderCache, EncoderMode, WhisperEncoder
+from speechsum.models.generation import Generation, decode, stop_token_ids
 from speechsum.models.projector import Projector
 
 AUDIO_PLACEHOLDER = "<|speechsum_audio|>"  # never tokenized: the rendered prompt is split on it
@@ -102,14 +102,6 @@ class TargetLogits:
     logits: torch.Tensor  # N, V at the positions that predict target tokens
     targets: torch.Tensor  # N
     rows: torch.Tensor  # N: which batch item each position belongs to
-
-
-@dataclass
-class Generation:
-    ids: list[int]  # generated token ids, stop token excluded
-    logprobs: list[float]  # log p(token) under the model at temperature 1, one per id
-    text: str
-    finished: bool  # stopped on a stop token (False: hit max_new_tokens)
 
 
 class AudioTooLongError(ValueError):
@@ -250,20 +242,7 @@ class SpeechLM(nn.Module):
     # ------------------------------------------------------------------ prompts
 
     def _stop_ids(self) -> list[int]:
-        """eos plus the chat template's end-of-turn token (e.g. <|im_end|>), which many models emit."""
-        tok = self.tokenizer
-        ids = set()
-        if tok.eos_token_id is not None:
-            ids.add(int(tok.eos_token_id))
-        for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"):
-            tid = tok.convert_tokens_to_ids(t)
-            if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None and tid >= 0:
-                ids.add(tid)
-        gen_eos = getattr(getattr(self.base_llm, "generation_config", None), "eos_token_id", None)
-        for t in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
-            if t is not None:
-                ids.add(int(t))
-        return sorted(ids)
+        return stop_token_ids(self.tokenizer, self.base_llm)
 
     @property
     def end_of_turn_id(self) -> int:
@@ -388,75 +367,14 @@ class SpeechLM(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
-    @torch.inference_mode()
     def generate_items(self, items: list[list[Segment]], max_new_tokens: int = 128, do_sample: bool = False,
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                        generator: torch.Generator | None = None) -> list[Generation]:
-        """Batched decoding with a KV cache; finished rows leave the batch (cache rows dropped)."""
-        from transformers import DynamicCache
-
-        batch = self.build_batch(items, padding_side="left")
-        decoder = self.base_llm.get_decoder()
-        head = self.base_llm.get_output_embeddings()
-        emb_layer = self.base_llm.get_input_embeddings()
-        cache = DynamicCache()
-        out = decoder(inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
-                      position_ids=batch.position_ids, past_key_values=cache, use_cache=True)
-        logits = head(out.last_hidden_state[:, -1]).float()  # prefill: the last position only
-        attn = batch.attention_mask
-        next_pos = batch.position_ids[:, -1] + 1
-        active = torch.arange(len(items))  # original row of each live batch row
-        ids_out: list[list[int]] = [[] for _ in items]
-        lps_out: list[list[float]] = [[] for _ in items]
-        finished = [False] * len(items)
-        stop = torch.tensor(self.stop_ids)
-        for step in range(max_new_tokens):
-            logp = torch.log_softmax(logits, dim=-1)
-            tok = self._pick(logits, do_sample, temperature, top_p, top_k, generator)
-            tok_lp = logp.gather(1, tok[:, None])[:, 0]
-            is_stop = torch.isin(tok, stop)
-            for orig, t, lp, s in zip(active.tolist(), tok.tolist(), tok_lp.tolist(), is_stop.tolist()):
-                if finished[orig]:
-                    continue  # a finished row still in the batch (not yet compacted)
-                if s:
-                    finished[orig] = True
-                else:
-                    ids_out[orig].append(t)
-                    lps_out[orig].append(lp)
-            live = torch.tensor([not finished[o] for o in active.tolist()])
-            if not live.any() or step == max_new_tokens - 1:
-                break
-            # Dropping finished rows copies every layer's cache: worth it only once a quarter of
-            # the batch is done (decoding is memory-bound, so a dead row costs little per step).
-            if (~live).sum() * 4 >= len(active):
-                keep = live.nonzero()[:, 0]
-                cache.batch_select_indices(keep)
-                active, tok, attn, next_pos = active[keep], tok[keep], attn[keep], next_pos[keep]
-            attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
-            out = decoder(inputs_embeds=emb_layer(tok[:, None]), attention_mask=attn, position_ids=next_pos[:, None],
-                          past_key_values=cache, use_cache=True)
-            next_pos = next_pos + 1
-            logits = head(out.last_hidden_state[:, -1]).float()
-        return [
-            Generation(ids, lps, self.tokenizer.decode(ids, skip_special_tokens=True).strip(), fin)
-            for ids, lps, fin in zip(ids_out, lps_out, finished)
-        ]
-
-    @staticmethod
-    def _pick(logits, do_sample, temperature, top_p, top_k, generator) -> torch.Tensor:
-        if not do_sample:
-            return logits.argmax(-1)
-        logits = logits / max(temperature, 1e-5)
-        if top_k > 0:
-            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if top_p < 1.0:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
-            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+        """Batched decoding (left padding, KV cache) of segment lists; see models/generation.py."""
+        with torch.inference_mode():
+            batch = self.build_batch(items, padding_side="left")
+        return decode(self.base_llm, self.tokenizer, batch.embeds, batch.attention_mask, batch.position_ids,
+                      self.stop_ids, max_new_tokens, do_sample, temperature, top_p, top_k, generator)
 
     def generate(self, audio: list[np.ndarray], instructions: list[str], **kw) -> list[Generation]:
         """Summaries (or any answer) for 16 kHz clips and one instruction each."""
@@ -485,7 +403,5 @@ def freeze_report(model: SpeechLM) -> str:
     return f"{train / 1e6:.2f}M trainable of {total / 1e6:.1f}M parameters"
 
 
-__all__ = [
-    "SpeechLM", "SpeechLMConfig", "Text", "Audio", "Segment", "Batch", "TargetLogits", "Generation",
-    "AudioTooLongError", "freeze_report", "dataclasses",
-]
+__all__ = ["SpeechLM", "SpeechLMConfig", "Text", "Audio", "Segment", "Batch", "TargetLogits", "Generation",
+           "AudioTooLongError", "freeze_report"]

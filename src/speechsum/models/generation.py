@@ -1,0 +1,117 @@
+"""Batched decoding from input embeddings with a KV cache, shared by SpeechLM and TextLM.
+
+Returns, per row, the generated ids (stop token excluded), the log-probability of each id
+under the model at temperature 1 (what KD and DPO need, independent of the sampling
+temperature), and whether the row stopped on a stop token.
+
+Measured here (SmolLM2-135M, 2 cores, fp32): a decode step is memory-bound (~540 MB of
+weights read per step): 65 ms at batch 1, 81 ms at batch 8, so batch size is the lever for
+throughput; a hand-written decoder with a preallocated cache was no faster than HF's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Generation:
+    ids: list[int]  # generated token ids, stop token excluded
+    logprobs: list[float]  # log p(token) under the model at temperature 1, one per id
+    text: str
+    finished: bool  # stopped on a stop token (False: hit max_new_tokens)
+
+
+def stop_token_ids(tokenizer, llm=None) -> list[int]:
+    """eos plus the chat template's end-of-turn tokens (e.g. <|im_end|>), which chat models emit
+    instead of eos; the generation config's eos list too."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(t)
+        if isinstance(tid, int) and tid >= 0 and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    gen_eos = getattr(getattr(llm, "generation_config", None), "eos_token_id", None)
+    for t in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
+        if t is not None:
+            ids.add(int(t))
+    return sorted(ids)
+
+
+def pick_tokens(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0, top_p: float = 1.0,
+                top_k: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Greedy or sampled next tokens [B] from logits [B, V]."""
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / max(temperature, 1e-5)
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+@torch.inference_mode()
+def decode(llm, tokenizer, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+           stop_ids: list[int], max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
+           top_p: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None) -> list[Generation]:
+    """Decode from left-padded inputs (embeds [B, T, D], mask and positions [B, T])."""
+    from transformers import DynamicCache
+
+    decoder, head, emb_layer = llm.get_decoder(), llm.get_output_embeddings(), llm.get_input_embeddings()
+    cache = DynamicCache()
+    out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                  past_key_values=cache, use_cache=True)
+    logits = head(out.last_hidden_state[:, -1]).float()  # prefill: the LM head on the last position only
+    attn = attention_mask
+    next_pos = position_ids[:, -1] + 1
+    n = len(embeds)
+    active = torch.arange(n)  # original row of each live batch row
+    ids_out: list[list[int]] = [[] for _ in range(n)]
+    lps_out: list[list[float]] = [[] for _ in range(n)]
+    finished = [False] * n
+    stop = torch.tensor(stop_ids)
+    for step in range(max_new_tokens):
+        tok = pick_tokens(logits, do_sample, temperature, top_p, top_k, generator)
+        tok_lp = torch.log_softmax(logits, dim=-1).gather(1, tok[:, None])[:, 0]
+        is_stop = torch.isin(tok, stop)
+        for orig, t, lp, s in zip(active.tolist(), tok.tolist(), tok_lp.tolist(), is_stop.tolist()):
+            if finished[orig]:
+                continue  # a finished row still in the batch (not yet compacted)
+            if s:
+                finished[orig] = True
+            else:
+                ids_out[orig].append(t)
+                lps_out[orig].append(lp)
+        live = torch.tensor([not finished[o] for o in active.tolist()])
+        if not live.any() or step == max_new_tokens - 1:
+            break
+        # Dropping finished rows copies every layer's cache: worth it only once a quarter of the
+        # batch is done (decoding is memory-bound, so a dead row costs little per step).
+        if (~live).sum() * 4 >= len(active):
+            keep = live.nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            active, tok, attn, next_pos = active[keep], tok[keep], attn[keep], next_pos[keep]
+        attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
+        out = decoder(inputs_embeds=emb_layer(tok[:, None]), attention_mask=attn, position_ids=next_pos[:, None],
+                      past_key_values=cache, use_cache=True)
+        next_pos = next_pos + 1
+        logits = head(out.last_hidden_state[:, -1]).float()
+    return [Generation(ids, lps, tokenizer.decode(ids, skip_special_tokens=True).strip(), fin)
+            for ids, lps, fin in zip(ids_out, lps_out, finished)]
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token-id prompts -> (ids, attention_mask, position_ids), left-padded for decoding."""
+    tmax = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (tmax - len(p)) + list(p) for p in prompts], dtype=torch.long)
+    mask = torch.tensor([[0] * (tmax - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)

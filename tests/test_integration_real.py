@@ -1,0 +1,56 @@
+"""The real packaged weights: whisper-base + SmolLM2-135M load, train one step, summarize, reload."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import real_model_dir
+
+from speechsum.audio import load_audio
+from speechsum.training.losses import token_cross_entropy
+
+pytestmark = pytest.mark.integration
+CLIP = Path(__file__).parents[1] / "examples" / "voicemail.flac"
+TARGET = "Marcus moved the office move to Thursday the 14th; budget $12,500; Dana sends Priya the floor plan by Wednesday noon."
+
+
+@pytest.fixture(scope="module")
+def real_model():
+    real_model_dir("whisper-base")
+    real_model_dir("smollm2-135m-instruct")
+    from speechsum.models.speech_lm import SpeechLM, SpeechLMConfig
+
+    torch.manual_seed(0)
+    return SpeechLM.from_config(SpeechLMConfig())
+
+
+def test_one_training_step_on_a_real_clip(real_model):
+    model = real_model
+    samples = load_audio(CLIP)
+    frames = model.encode_audio([samples])
+    assert frames[0].shape == (-(-len(samples) // 320), 512)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    frozen_name = "llm.base_model.model.model.layers.0.mlp.down_proj.weight"
+    frozen_before = dict(model.named_parameters())[frozen_name].detach().clone()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    out = model.target_logits(model.build_batch(model.audio_items(frames, ["Summarize in one sentence."], [TARGET])))
+    loss = token_cross_entropy(out.logits, out.targets)
+    assert torch.isfinite(loss) and 1.0 < loss.item() < 20
+    loss.backward()
+    opt.step()
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])]
+    assert any(n.startswith("projector.") for n in changed) and any("lora_A" in n for n in changed)
+    assert torch.equal(dict(model.named_parameters())[frozen_name], frozen_before)
+    assert all(p.grad is None for p in model.encoder.parameters())
+
+
+def test_summarize_and_reload(real_model, tmp_path):
+    model = real_model
+    model.eval()
+    text = model.summarize(CLIP, style="bullets", max_new_tokens=20)
+    assert isinstance(text, str) and text.strip()
+    model.save_pretrained(tmp_path / "ckpt")
+    from speechsum.models.speech_lm import SpeechLM
+
+    again = SpeechLM.from_pretrained(tmp_path / "ckpt")
+    assert again.summarize(CLIP, style="bullets", max_new_tokens=20) == text
