@@ -139,6 +139,29 @@ def cmd_summarize(args) -> int:
     return EXIT_USAGE if failed else 0
 
 
+# ---------------------------------------------------------------------------------------- train
+
+STAGES = {  # stage -> (module, config class name)
+    "sft": ("speechsum.training.sft", "SFTConfig"),
+}
+
+
+def cmd_train(args) -> int:
+    import importlib
+
+    from speechsum.config import load_config
+
+    module_name, cfg_name = STAGES[args.stage]
+    module = importlib.import_module(module_name)
+    cfg = load_config(getattr(module, cfg_name), args.config, args.overrides)
+    try:
+        module.train(cfg, resume=args.resume)
+    except FileNotFoundError as e:
+        error(str(e))
+        return EXIT_USAGE
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- dispatch
 
 
@@ -160,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
     s.set_defaults(func=cmd_summarize)
+    t = sub.add_parser("train", help="run one training stage")
+    t.add_argument("stage", choices=sorted(STAGES))
+    t.add_argument("--config", required=True, help="YAML config (configs/<stage>/<preset>.yaml)")
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. loop.max_steps=10")
+    t.set_defaults(func=cmd_train)
     return p
 
 

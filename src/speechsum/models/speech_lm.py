@@ -365,6 +365,25 @@ class SpeechLM(nn.Module):
         logits = self.base_llm.get_output_embeddings()(hidden[:, :-1][sel])
         return TargetLogits(logits.float(), next_labels[sel], rows)
 
+    def forward(self, batch: Batch) -> TargetLogits:
+        """Training forward = `target_logits` (so DDP/FSDP wrappers see a normal forward)."""
+        return self.target_logits(batch)
+
+    def load_trainable(self, path: str | Path) -> None:
+        """Load the trainable weights of a saved folder into this model (resume)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        self.projector.load_state_dict(load_file(path / "projector.safetensors"))
+        if self.config.llm_training == "lora":
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.llm, load_file(path / "adapter" / "adapter_model.safetensors"))
+        elif self.config.llm_training == "full":
+            self.base_llm.load_state_dict(load_file(path / "llm" / "model.safetensors"), strict=False)
+        if self.config.train_encoder:
+            self.encoder.encoder.load_state_dict(load_file(path / "encoder.safetensors"))
+
     # ------------------------------------------------------------------ generation
 
     def generate_items(self, items: list[list[Segment]], max_new_tokens: int = 128, do_sample: bool = False,

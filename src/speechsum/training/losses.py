@@ -11,10 +11,13 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, rows: torch
     """Cross-entropy over target tokens.
 
     logits [N, V], targets [N] (only target positions, see SpeechLM.target_logits).
-    reduction "token": mean over all N tokens (long targets weigh more);
+    reduction "sum": sum over tokens (the caller divides by a global token count);
+    "token": mean over all N tokens (long targets weigh more);
     "sequence": mean over sequences of each sequence's mean token loss (needs `rows`).
     """
     nll = F.cross_entropy(logits.float(), targets, reduction="none")
+    if reduction == "sum":
+        return nll.sum()
     if reduction == "token":
         return nll.mean()
     if reduction == "sequence":

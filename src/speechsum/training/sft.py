@@ -1,0 +1,188 @@
+"""Stage 1: supervised fine-tuning on (audio, instruction, summary) items.
+
+    speechsum train sft --config configs/sft/tiny.yaml [key=value ...] [--resume]
+    accelerate launch --multi_gpu --num_processes 2 -m speechsum.cli train sft --config ...
+        # 2 ranks; on a CPU-only machine the torchrun launcher gives gloo DDP (`--cpu` would
+        # start a single process)
+
+Cross-entropy on the target summary tokens only (audio, instruction and chat template are
+masked), starting from `init` (the alignment run) or from the untrained assembly. Trainable:
+projector + LoRA (default) or the full LLM; the encoder stays frozen and its outputs are cached
+on disk once per clip. The loss of one optimizer step is the sum of target-token NLLs over
+the whole global batch (all ranks, all micro-batches) divided by its token count, so 2 ranks
+give the same update as 1 rank with the same global batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speechsum.config import to_dict
+from speechsum.models.speech_lm import SpeechLMConfig
+from speechsum.training import common
+from speechsum.training.common import LoopConfig, OptimConfig
+
+
+@dataclass
+class DataConfig:
+    path: str = "runs/data"
+    """Dataset folder written by `speechsum synth` (train/, dev/ splits with manifest.parquet)."""
+    train_split: str = "train"
+    """Split trained on."""
+    dev_split: str = "dev"
+    """Split used for periodic evaluation."""
+    style_weights: dict[str, float] = field(default_factory=dict)
+    """Sampling weight per style (missing styles weigh 1.0); empty: uniform over items."""
+    source_weights: dict[str, float] = field(default_factory=dict)
+    """Sampling weight per data source (procedural, user, ...), multiplied with the style weight."""
+    encoder_cache: str = ""
+    """Folder of cached encoder outputs (default: <path>/encoder_cache)."""
+    max_items: int = 0
+    """Use only the first N training items (0: all); for smoke tests."""
+
+
+@dataclass
+class SFTConfig:
+    model: SpeechLMConfig = field(default_factory=SpeechLMConfig)
+    """The SpeechLM to assemble when `init` is empty; with `init`, the saved config is inherited."""
+    init: str = ""
+    """Previous stage's run folder or checkpoint folder to start from ('' = untrained assembly)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def load_items(cfg: DataConfig, split: str) -> list[dict]:
+    from speechsum.data.dataset import read_manifest
+
+    split_dir = Path(cfg.path) / split
+    if not (split_dir / "manifest.parquet").is_file():
+        raise FileNotFoundError(f"{split_dir}: no manifest.parquet (run `speechsum synth` first)")
+    items = [r for r in read_manifest(split_dir) if r["target"]]
+    for r in items:
+        r["audio_path"] = str(split_dir / r["audio"])
+    return items
+
+
+def item_weights(items: list[dict], cfg: DataConfig) -> np.ndarray | None:
+    if not cfg.style_weights and not cfg.source_weights:
+        return None
+    return np.array([cfg.style_weights.get(r["style"], 1.0) * cfg.source_weights.get(r["source"], 1.0)
+                     for r in items], dtype=np.float64)
+
+
+def item_frames(model, items: list[dict]) -> list[torch.Tensor]:
+    """Encoder frames of each item's audio (through the model's on-disk encoder cache)."""
+    from speechsum.audio import load_audio
+
+    return model.encode_audio([load_audio(r["audio_path"]) for r in items])
+
+
+def sft_segments(model, items: list[dict]):
+    with torch.no_grad():
+        frames = item_frames(model, items)
+    return model.audio_items(frames, [r["instruction"] for r in items], [r["target"] for r in items])
+
+
+# ------------------------------------------------------------------------------------ the loop
+
+
+def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
+    """Run SFT; returns the folder of the final model (`<out_dir>/final`)."""
+    from accelerate import Accelerator
+
+    from speechsum.models.encoder import EncoderCache
+    from speechsum.training.losses import token_cross_entropy
+
+    run_dir = Path(cfg.loop.out_dir)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.loop.bf16 else "no")
+    common.seed_everything(cfg.loop.seed + acc.process_index)
+
+    # --- model
+    model, model_cfg = common.build_model(cfg.model, cfg.init, log if acc.is_main_process else None)
+    cfg.model = model_cfg
+    model.encoder_cache = EncoderCache(cfg.data.encoder_cache or Path(cfg.data.path) / "encoder_cache")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = common.build_optimizer(params, cfg.optim)
+
+    # --- data
+    train_items = load_items(cfg.data, cfg.data.train_split)
+    if cfg.data.max_items:
+        train_items = train_items[: cfg.data.max_items]
+    order = common.DataOrder(len(train_items), cfg.loop.seed, weights=item_weights(train_items, cfg.data))
+
+    # --- resume
+    step = 0
+    ckpt = common.latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        model.load_trainable(ckpt / "model")
+        state = common.load_trainer_state(ckpt, opt)
+        step, order.position = state["step"], state["data_position"]
+        if acc.is_main_process:
+            log(f"resumed from {ckpt} at step {step}")
+            common.truncate_metrics(run_dir, step)
+    elif acc.is_main_process:
+        common.write_run_files(run_dir, cfg)
+    ddp_model, opt = acc.prepare(model, opt)
+    metrics = common.MetricsLog(run_dir, enabled=acc.is_main_process)
+    per_step = cfg.loop.batch_size * cfg.optim.grad_accum * acc.num_processes
+    bar = common.progress(cfg.loop.max_steps, step, enabled=acc.is_main_process)
+
+    # --- train
+    while step < cfg.loop.max_steps:
+        t0 = time.time()
+        lr = cfg.optim.lr * common.lr_at(step, cfg.optim, cfg.loop.max_steps)
+        common.set_lr(opt, lr)
+        step_ids = order.take(per_step)
+        step_items = [train_items[i] for i in step_ids]
+        n_tokens = sum(len(model.target_ids(r["target"])) for r in step_items)  # global normaliser
+        loss_sum, tokens = 0.0, 0
+        for micro in range(cfg.optim.grad_accum):
+            mb = common.rank_slice(step_items, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
+            with common.maybe_no_sync(acc, ddp_model, last=micro == cfg.optim.grad_accum - 1):
+                batch = model.build_batch(sft_segments(model, mb))
+                out = ddp_model(batch)
+                # sum over this rank's tokens / global tokens, x ranks because DDP averages gradients
+                loss = token_cross_entropy(out.logits, out.targets, reduction="sum") / n_tokens * acc.num_processes
+                common.check_finite(loss, step, [r["id"] for r in mb])
+                acc.backward(loss)
+            loss_sum += loss.item() / acc.num_processes
+            tokens += len(out.targets)
+        grad_norm = common.clip_and_step(acc, params, opt, cfg.optim.grad_clip)
+        step += 1
+        loss_sum = common.all_reduce_sum(acc, loss_sum)
+        tokens = int(common.all_reduce_sum(acc, tokens))
+        dt = time.time() - t0
+        if step % cfg.loop.log_every == 0 or step == cfg.loop.max_steps:
+            metrics.log(step, loss=loss_sum, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens / dt,
+                        epoch=order.epoch, seconds=dt)
+        bar.update(loss=loss_sum, tok_s=tokens / dt)
+        if step % cfg.loop.save_every == 0 or step == cfg.loop.max_steps:
+            if acc.is_main_process:
+                common.save_checkpoint(run_dir, step, acc.unwrap_model(ddp_model), opt,
+                                       {"data_position": order.position}, cfg.loop.keep_last)
+            acc.wait_for_everyone()
+        if acc.is_main_process and (
+            (cfg.loop.eval_every and step % cfg.loop.eval_every == 0) or step == cfg.loop.max_steps
+        ):
+            common.evaluate_dev(model, cfg.data, run_dir, step, cfg.loop.eval_items, load_items, sft_segments,
+                                metrics)
+    bar.close()
+    metrics.close()
+    final = common.final_model_dir(run_dir)
+    if acc.is_main_process:
+        acc.unwrap_model(ddp_model).save_pretrained(final)
+        log(f"sft: done; final model in {final}")
+    acc.wait_for_everyone()
+    return final
+
+
+__all__ = ["SFTConfig", "DataConfig", "train", "to_dict"]

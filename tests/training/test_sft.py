@@ -1,0 +1,106 @@
+"""SFT stage on tiny in-code models: runs, changes only trainable weights, checkpoints, resumes exactly."""
+
+import json
+
+import pytest
+import torch
+from tiny import save_tiny_models
+
+from speechsum.models.speech_lm import SpeechLM, SpeechLMConfig
+from speechsum.training import common, sft
+
+
+def tiny_cfg(tmp_path, data, **loop):
+    enc, llm = save_tiny_models(tmp_path / "models")
+    model = SpeechLMConfig(encoder=str(enc), llm=str(llm), stack=4, projector_hidden=32, lora_r=4, lora_alpha=8,
+                           system_prompt="you are a helpful assistant")
+    return sft.SFTConfig(
+        model=model, data=sft.DataConfig(path=str(data)),
+        optim=common.OptimConfig(lr=1e-2, warmup_steps=1),
+        loop=common.LoopConfig(out_dir=str(tmp_path / "run"), max_steps=loop.pop("max_steps", 3), batch_size=2,
+                               save_every=loop.pop("save_every", 2), keep_last=2, bf16=False, eval_items=2, **loop),
+    )
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)]
+
+
+def test_sft_runs_changes_trainable_only_and_saves(tmp_path, tiny_data):
+    cfg = tiny_cfg(tmp_path, tiny_data)
+    start = SpeechLM.from_config(cfg.model)
+    final = sft.train(cfg, log=lambda *a: None)
+    run = tmp_path / "run"
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses(run)) and len(losses(run)) == 3
+    assert (run / "config.yaml").is_file() and (run / "run.json").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-0000002", "step-0000003"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-0000003"
+    assert (run / "samples" / "step-0000003.jsonl").is_file()
+    trained = SpeechLM.from_pretrained(final)
+    before, after = dict(start.named_parameters()), dict(trained.named_parameters())
+    changed = {n for n in after if n in before and not torch.equal(before[n], after[n])}
+    assert any(n.startswith("projector.") for n in changed) and any("lora_B" in n for n in changed)
+    assert not any(n.startswith("encoder.") for n in changed)
+    assert not any("base_layer" in n or ("lora_" not in n and n.startswith("llm.")) for n in changed), changed
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path, tiny_data):
+    full = tiny_cfg(tmp_path / "a", tiny_data, max_steps=4, save_every=2)
+    sft.train(full, log=lambda *a: None)
+    reference = losses(tmp_path / "a" / "run")
+
+    part = tiny_cfg(tmp_path / "b", tiny_data, max_steps=4, save_every=2)
+    part.loop.max_steps = 2  # "killed" after step 2 (its checkpoint is complete)
+    sft.train(part, log=lambda *a: None)
+    part.loop.max_steps = 4
+    sft.train(part, resume=True, log=lambda *a: None)
+    resumed = losses(tmp_path / "b" / "run")
+    assert len(resumed) == 4
+    torch.testing.assert_close(torch.tensor(resumed), torch.tensor(reference), atol=1e-5, rtol=1e-5)
+
+
+def test_killed_save_leaves_latest_good(tmp_path, tiny_data, monkeypatch):
+    cfg = tiny_cfg(tmp_path, tiny_data, max_steps=2, save_every=1)
+    calls = {"n": 0}
+    real = common.save_checkpoint
+
+    def dying_save(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # die in the middle of writing the second checkpoint
+            a[2].save_pretrained(a[0] / "checkpoints" / ".step-0000002-partial" / "model")
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(common, "save_checkpoint", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        sft.train(cfg, log=lambda *a: None)
+    run = tmp_path / "run"
+    assert common.latest_checkpoint(run).name == "step-0000001"
+    monkeypatch.setattr(common, "save_checkpoint", real)
+    sft.train(cfg, resume=True, log=lambda *a: None)
+    assert common.latest_checkpoint(run).name == "step-0000002"
+    assert not list((run / "checkpoints").glob(".step-*"))
+
+
+def test_nan_loss_stops_with_step_and_items(tmp_path, tiny_data, monkeypatch):
+    cfg = tiny_cfg(tmp_path, tiny_data)
+    real = sft.SpeechLM.target_logits if hasattr(sft, "SpeechLM") else SpeechLM.target_logits
+
+    def nan_logits(self, batch):
+        out = real(self, batch)
+        out.logits = out.logits * float("nan")
+        return out
+
+    monkeypatch.setattr(SpeechLM, "target_logits", nan_logits)
+    with pytest.raises(common.NonFiniteLoss, match=r"step 0: loss is nan on batch items \w+"):
+        sft.train(cfg, log=lambda *a: None)
+
+
+def test_init_inherits_config_and_refuses_shape_changes(tmp_path, tiny_data):
+    cfg = tiny_cfg(tmp_path, tiny_data, max_steps=1)
+    first = sft.train(cfg, log=lambda *a: None)
+    model, eff = common.build_model(SpeechLMConfig(max_audio_tokens=500), str(tmp_path / "run"))
+    assert eff.stack == 4 and eff.max_audio_tokens == 500 and model.config.max_audio_tokens == 500
+    with pytest.raises(ValueError, match="model.stack=2 differs"):
+        common.build_model(SpeechLMConfig(stack=2), str(first))
