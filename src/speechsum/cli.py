@@ -142,6 +142,7 @@ def cmd_summarize(args) -> int:
 # ---------------------------------------------------------------------------------------- train
 
 STAGES = {  # stage -> (module, config class name)
+    "align": ("speechsum.training.align", "AlignConfig"),
     "sft": ("speechsum.training.sft", "SFTConfig"),
 }
 

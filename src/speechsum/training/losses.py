@@ -27,3 +27,13 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, rows: torch
         counts = torch.zeros(n_rows, dtype=nll.dtype).index_add_(0, rows, torch.ones_like(nll))
         return (per_row[counts > 0] / counts[counts > 0]).mean()
     raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def feature_alignment_loss(audio: list[torch.Tensor], text: list[torch.Tensor]) -> torch.Tensor:
+    """1 - cosine between the mean projected audio embedding of each span [A_i, D] and the mean LLM
+    input embedding of its transcript tokens [T_i, D], averaged over spans. 0 when the means point
+    the same way; 2 when opposite. Lengths differ (audio and text tokens are not aligned one to
+    one), so spans are compared as wholes."""
+    a = torch.stack([x.float().mean(0) for x in audio])
+    t = torch.stack([x.float().mean(0) for x in text])
+    return (1 - F.cosine_similarity(a, t, dim=-1)).mean()

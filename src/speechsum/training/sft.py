@@ -131,6 +131,7 @@ def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
             common.truncate_metrics(run_dir, step)
     elif acc.is_main_process:
         common.write_run_files(run_dir, cfg)
+    model.train()
     ddp_model, opt = acc.prepare(model, opt)
     metrics = common.MetricsLog(run_dir, enabled=acc.is_main_process)
     per_step = cfg.loop.batch_size * cfg.optim.grad_accum * acc.num_processes
