@@ -1,0 +1,41 @@
+"""Every YAML in configs/ parses into its stage's dataclass and starts with the command that runs it."""
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from speechsum.config import ConfigError, load_config
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+CLASSES = {
+    "align": ("speechsum.training.align", "AlignConfig"),
+    "sft": ("speechsum.training.sft", "SFTConfig"),
+    "synth": ("speechsum.data.synth", "SynthConfig"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_parses(path):
+    kind = path.relative_to(CONFIGS).parts[0]
+    assert kind in CLASSES, f"no dataclass known for configs/{kind}/"
+    module, name = CLASSES[kind]
+    cls = getattr(importlib.import_module(module), name)
+    load_config(cls, path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# speechsum "), f"{path}: first line must be the command that runs it"
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    from speechsum.training.sft import SFTConfig
+
+    p = tmp_path / "x.yaml"
+    p.write_text("loop:\n  max_stepz: 3\n")
+    with pytest.raises(ConfigError, match="loop.max_stepz: unknown key"):
+        load_config(SFTConfig, p)
+    with pytest.raises(ConfigError, match="optim.lr: expected a number"):
+        load_config(SFTConfig, None, ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="optim.lr must be > 0"):
+        load_config(SFTConfig, None, ["optim.lr=-1"])
+    cfg = load_config(SFTConfig, None, ["loop.max_steps=7", "model.stack=4"])
+    assert cfg.loop.max_steps == 7 and cfg.model.stack == 4
