@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 DEMO_MODELS := whisper-base smollm2-135m-instruct
+TEST_MODELS := $(DEMO_MODELS) whisper-tiny.en minilm-l6
 PYTEST_ARGS ?=
 
-.PHONY: install system models test demo bench clean-venv
+.PHONY: install system models test-models test demo bench clean-venv
 
 # Debian packages: espeak-ng (TTS for synthetic data, demo clip), sox (audio tools)
 system:
@@ -31,7 +32,10 @@ install: system $(STAMP)
 models: install
 	$(VENV)/bin/speechsum models fetch $(DEMO_MODELS)
 
-test: install models
+test-models: install
+	$(VENV)/bin/speechsum models fetch $(TEST_MODELS)
+
+test: install test-models
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install models

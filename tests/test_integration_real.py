@@ -30,7 +30,7 @@ def test_one_training_step_on_a_real_clip(real_model):
     frames = model.encode_audio([samples])
     assert frames[0].shape == (-(-len(samples) // 320), 512)
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    frozen_name = "llm.base_model.model.model.layers.0.mlp.down_proj.weight"
+    frozen_name = "llm.base_model.model.model.layers.0.mlp.down_proj.base_layer.weight"
     frozen_before = dict(model.named_parameters())[frozen_name].detach().clone()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     out = model.target_logits(model.build_batch(model.audio_items(frames, ["Summarize in one sentence."], [TARGET])))
