@@ -1,0 +1,116 @@
+"""ROUGE, greedy token matching and bootstrap intervals against hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from speechsum.evaluation.metrics import (
+    bootstrap_ci,
+    cosine,
+    greedy_match,
+    paired_bootstrap_ci,
+    rouge,
+    rouge_lsum,
+    rouge_n,
+    rouge_tokens,
+)
+
+
+def test_tokens_lowercase_alphanumeric_unicode():
+    assert rouge_tokens("Hello, World! $2,500 in Málaga") == ["hello", "world", "2", "500", "in", "málaga"]
+
+
+def test_identical_is_one_disjoint_is_zero():
+    text = "The budget was raised to $2,500.\nOmar will send the slides."
+    assert rouge(text, text) == {"rouge1": 1.0, "rouge2": 1.0, "rougeLsum": 1.0}
+    assert rouge("alpha beta gamma", "delta epsilon") == {"rouge1": 0.0, "rouge2": 0.0, "rougeLsum": 0.0}
+    assert rouge("", "something") == {"rouge1": 0.0, "rouge2": 0.0, "rougeLsum": 0.0}
+
+
+def test_partial_overlap_hand_computed():
+    ref = "the cat sat on the mat"
+    # one substituted word: 5 of 6 unigrams (the x2, cat, on, mat), 3 of 5 bigrams, LCS 5
+    assert rouge_n("the cat lay on the mat", ref, 1) == pytest.approx(5 / 6)
+    assert rouge_n("the cat lay on the mat", ref, 2) == pytest.approx(3 / 5)
+    assert rouge_lsum("the cat lay on the mat", ref) == pytest.approx(5 / 6)
+    # short prediction: P = 2/3, R = 2/6 -> F = 4/9; bigrams P = 1/2, R = 1/5 -> F = 2/7
+    assert rouge_n("a cat sat", ref, 1) == pytest.approx(4 / 9)
+    assert rouge_n("a cat sat", ref, 2) == pytest.approx(2 / 7)
+
+
+def test_clipped_counts():
+    # "the" occurs once in the prediction: it matches at most one of the reference's two
+    assert rouge_n("the cat", "the the", 1) == pytest.approx(2 * (1 / 2) * (1 / 2) / 1)
+
+
+def test_lsum_union_lcs_lin_2004_example():
+    # Lin (2004) 3.2: r = w1..w5, c1 = w1 w2 w6 w7 w8, c2 = w1 w3 w8 w9 w5.
+    # LCS(r, c1) = w1 w2, LCS(r, c2) = w1 w3 w5, union = 4 hits; R = 4/5, P = 4/10, F = 8/15
+    assert rouge_lsum("a b f g h\na c h i e", "a b c d e") == pytest.approx(8 / 15)
+
+
+def test_lsum_is_sentence_level():
+    # each reference sentence is matched against every candidate sentence, so swapped halves
+    # score 1, where a single LCS over the whole text only finds 4 of 6 tokens
+    assert rouge_lsum("The dog sat. The cat ran.", "The cat sat.\nThe dog ran.") == pytest.approx(1.0)
+
+
+def test_lsum_union_does_not_reuse_candidate_tokens():
+    # both reference sentences' LCS with the candidate is "a", but the candidate has one "a":
+    # 1 hit, P = 1/1, R = 1/4, F = 0.4
+    assert rouge_lsum("a", "a b\na c") == pytest.approx(0.4)
+
+
+def test_cosine_and_greedy_match():
+    assert cosine(np.array([1.0, 0.0]), np.array([3.0, 0.0])) == pytest.approx(1.0)
+    assert cosine(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == pytest.approx(0.0)
+    assert cosine(np.zeros(2), np.ones(2)) == 0.0
+    same = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert greedy_match(same, 2 * same) == pytest.approx((1.0, 1.0, 1.0))
+    assert greedy_match(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])) == pytest.approx((0.0, 0.0, 0.0))
+    # two prediction tokens, one reference token equal to the first: P = (1 + 0)/2, R = 1, F = 2/3
+    assert greedy_match(same, np.array([[1.0, 0.0]])) == pytest.approx((0.5, 1.0, 2 / 3))
+    # 45 degrees apart: every max similarity is cos 45
+    c = math.sqrt(0.5)
+    assert greedy_match(np.array([[1.0, 1.0]]), np.array([[1.0, 0.0]])) == pytest.approx((c, c, c))
+    assert greedy_match(np.zeros((0, 2)), same) == (0.0, 0.0, 0.0)
+
+
+def test_bootstrap_two_point_sample():
+    # resampled means of [0, 1] are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 95 % interval
+    # is [0, 1] (a 2.5 % tail holds ~250 of 1000 resamples at each end)
+    assert bootstrap_ci([0.0, 1.0]) == (0.5, 0.0, 1.0)
+    assert bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
+
+
+def test_bootstrap_matches_normal_approximation():
+    # 0..9: population sd 2.872, sd of the mean 2.872 / sqrt(10) = 0.908; 4.5 +- 1.96 * 0.908
+    mean, lo, hi = bootstrap_ci(list(range(10)), n=4000)
+    assert mean == 4.5
+    assert lo == pytest.approx(4.5 - 1.78, abs=0.2)
+    assert hi == pytest.approx(4.5 + 1.78, abs=0.2)
+    assert bootstrap_ci(list(range(10)), seed=1) == bootstrap_ci(list(range(10)), seed=1)
+    assert bootstrap_ci(list(range(10)), seed=1) != bootstrap_ci(list(range(10)), seed=2)
+
+
+def test_paired_bootstrap_cancels_item_difficulty():
+    rng = np.random.default_rng(0)
+    difficulty = rng.uniform(0, 1, size=50)
+    a, b = difficulty + 0.1, difficulty
+    _, lo_a, hi_a = bootstrap_ci(a)
+    _, lo_b, hi_b = bootstrap_ci(b)
+    assert lo_a < hi_b  # separately, the intervals overlap
+    diff, lo, hi = paired_bootstrap_ci(a, b)
+    assert (diff, lo, hi) == pytest.approx((0.1, 0.1, 0.1))
+    diff, lo, hi = paired_bootstrap_ci([1, 0, 1, 0], [0, 1, 0, 1])
+    assert diff == 0.0 and lo < 0 < hi
+
+
+def test_bootstrap_rejects_bad_input():
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_ci([1.0, float("nan")])
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_bootstrap_ci([1.0], [1.0, 2.0])
