@@ -28,3 +28,69 @@ def test_feature_alignment_golden():
     assert feature_alignment_loss(a, [torch.tensor([[2.0, 0.0]])]).item() == 0.0  # same direction
     assert math.isclose(feature_alignment_loss(a, [torch.tensor([[0.0, 3.0]])]).item(), 1.0)  # orthogonal
     assert math.isclose(feature_alignment_loss(a, [torch.tensor([[-1.0, 0.0]])]).item(), 2.0)  # opposite
+
+
+# ------------------------------------------------------------------------------------ KD and DPO
+from speechsum.training.losses import (  # noqa: E402
+    DIVERGENCES, dpo_loss, forward_kl, generalized_jsd, kl, reverse_kl, sequence_logps, topk_buckets,
+)
+
+
+def _lp(*probs):
+    return torch.log(torch.tensor([list(probs)], dtype=torch.float32))
+
+
+def test_kl_of_identical_is_zero():
+    p = torch.log_softmax(torch.randn(4, 11), -1)
+    for name, fn in DIVERGENCES.items():
+        assert abs(fn(p, p, 0.5).item()) < 1e-6, name
+
+
+def test_kl_golden_and_direction():
+    p, q = _lp(0.5, 0.5), _lp(0.9, 0.1)
+    expected_pq = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert math.isclose(kl(p, q).item(), expected_pq, rel_tol=1e-5)
+    # student q, teacher p: forward = KL(teacher || student), reverse = KL(student || teacher)
+    assert math.isclose(forward_kl(q, p).item(), expected_pq, rel_tol=1e-5)
+    expected_qp = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert math.isclose(reverse_kl(q, p).item(), expected_qp, rel_tol=1e-5)
+
+
+def test_zero_probability_terms_count_as_zero():
+    p = torch.log(torch.tensor([[1.0, 0.0]]))
+    q = _lp(0.5, 0.5)
+    assert math.isclose(kl(p, q).item(), math.log(2), rel_tol=1e-6)
+
+
+def test_jsd_endpoints_equal_the_kls_and_midpoint_golden():
+    s, t = _lp(0.9, 0.1), _lp(0.5, 0.5)
+    assert generalized_jsd(s, t, 0.0).item() == forward_kl(s, t).item()
+    assert generalized_jsd(s, t, 1.0).item() == reverse_kl(s, t).item()
+    m = [0.7, 0.3]  # 0.5 * teacher + 0.5 * student
+    ref = 0.5 * sum(a * math.log(a / b) for a, b in zip([0.5, 0.5], m)) + \
+        0.5 * sum(a * math.log(a / b) for a, b in zip([0.9, 0.1], m))
+    assert math.isclose(generalized_jsd(s, t, 0.5).item(), ref, rel_tol=1e-5)
+    assert generalized_jsd(s, t, 0.5).item() <= math.log(2)  # JSD is bounded by log 2
+
+
+def test_topk_buckets_keep_the_tail_mass():
+    student = _lp(0.5, 0.3, 0.2)
+    s, t = topk_buckets(student, torch.tensor([[1]]), torch.log(torch.tensor([[0.6]])))
+    assert torch.allclose(s.exp(), torch.tensor([[0.3, 0.7]]), atol=1e-6)
+    assert torch.allclose(t.exp(), torch.tensor([[0.6, 0.4]]), atol=1e-6)
+
+
+def test_dpo_zero_margin_is_log2_and_sign():
+    z = torch.zeros(3)
+    loss, rc, rr = dpo_loss(z, z, z, z, beta=0.1)
+    assert math.isclose(loss.item(), math.log(2), rel_tol=1e-6) and rc.abs().sum() == 0
+    better, _, _ = dpo_loss(torch.tensor([1.0]), torch.tensor([-1.0]), torch.zeros(1), torch.zeros(1), beta=0.5)
+    assert math.isclose(better.item(), -math.log(1 / (1 + math.exp(-1.0))), rel_tol=1e-6)
+    # a reference that already prefers chosen by the same margin gives log 2 again
+    same, _, _ = dpo_loss(torch.tensor([1.0]), torch.tensor([-1.0]), torch.tensor([1.0]), torch.tensor([-1.0]))
+    assert math.isclose(same.item(), math.log(2), rel_tol=1e-6)
+
+
+def test_sequence_logps_sum_by_row_and_masked_positions_contribute_nothing():
+    tok = torch.tensor([-1.0, -2.0, -0.5])
+    assert sequence_logps(tok, torch.tensor([0, 0, 1]), 3).tolist() == [-3.0, -0.5, 0.0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -37,3 +39,82 @@ def feature_alignment_loss(audio: list[torch.Tensor], text: list[torch.Tensor]) 
     a = torch.stack([x.float().mean(0) for x in audio])
     t = torch.stack([x.float().mean(0) for x in text])
     return (1 - F.cosine_similarity(a, t, dim=-1)).mean()
+
+
+# ------------------------------------------------------------------------------------ distillation
+# All divergences take log-probabilities [N, K] over the same K outcomes (the vocabulary, or the
+# top-k + tail buckets of a remote teacher) at the N completion positions, and return the mean
+# over positions. Trap: torch's F.kl_div(input, target) computes KL(target || input), the opposite
+# argument order to the paper notation, so it is not used here.
+
+
+def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per position [N] = sum_k p_k (log p_k - log q_k); 0 * log 0 counts as 0."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+
+
+def forward_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student): mode-covering; the student must put mass wherever the teacher does."""
+    return kl(teacher_logp, student_logp).mean()
+
+
+def reverse_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """KL(student || teacher): mode-seeking; penalises student tokens the teacher finds unlikely."""
+    return kl(student_logp, teacher_logp).mean()
+
+
+def generalized_jsd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """GKD's generalised JSD: with M = beta * teacher + (1 - beta) * student,
+    beta * KL(teacher || M) + (1 - beta) * KL(student || M) for 0 < beta < 1. The mixture vanishes
+    at the endpoints, so (as in GKD/TRL) beta = 0 is defined as forward KL and beta = 1 as reverse KL."""
+    if beta <= 0.0:
+        return forward_kl(student_logp, teacher_logp)
+    if beta >= 1.0:
+        return reverse_kl(student_logp, teacher_logp)
+    log_m = torch.logsumexp(torch.stack([teacher_logp + math.log(beta), student_logp + math.log(1 - beta)]), dim=0)
+    return (beta * kl(teacher_logp, log_m) + (1 - beta) * kl(student_logp, log_m)).mean()
+
+
+DIVERGENCES = {
+    "forward_kl": lambda s, t, beta: forward_kl(s, t),
+    "reverse_kl": lambda s, t, beta: reverse_kl(s, t),
+    "jsd": generalized_jsd,
+}
+
+
+def distill_log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-vocabulary log-probs of student and teacher at temperature T (logits [N, V])."""
+    return (F.log_softmax(student_logits.float() / temperature, -1),
+            F.log_softmax(teacher_logits.float() / temperature, -1))
+
+
+def topk_buckets(student_logp: torch.Tensor, topk_ids: torch.Tensor,
+                 teacher_topk_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project both distributions onto K+1 buckets: the teacher's top-k tokens [N, K] and a tail
+    bucket holding the remaining mass (what a remote teacher's `prompt_logprobs` gives us).
+    Returns (student, teacher) log-probs [N, K+1]."""
+    s_top = student_logp.gather(-1, topk_ids)
+    s_tail = torch.log1p(-s_top.exp().sum(-1).clamp(max=1 - 1e-6))
+    t_tail = torch.log1p(-teacher_topk_logp.exp().sum(-1).clamp(max=1 - 1e-6))
+    return torch.cat([s_top, s_tail[:, None]], -1), torch.cat([teacher_topk_logp, t_tail[:, None]], -1)
+
+
+# ------------------------------------------------------------------------------------ preference
+
+
+def sequence_logps(token_logp: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Sum of per-token log-probs [N] into one value per sequence [n_rows]."""
+    return torch.zeros(n_rows, dtype=token_logp.dtype).index_add(0, rows, token_logp)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sigmoid DPO (Rafailov et al. 2023) on sequence log-probs [P]: -log sigmoid(beta * margin),
+    margin = (policy_c - ref_c) - (policy_r - ref_r). Returns (loss, chosen_reward, rejected_reward);
+    at zero margin the loss is log 2."""
+    chosen_reward = beta * (policy_chosen - ref_chosen)
+    rejected_reward = beta * (policy_rejected - ref_rejected)
+    loss = -F.logsigmoid(chosen_reward - rejected_reward).mean()
+    return loss, chosen_reward.detach(), rejected_reward.detach()
