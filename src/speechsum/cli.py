@@ -144,6 +144,7 @@ def cmd_summarize(args) -> int:
 STAGES = {  # stage -> (module, config class name)
     "align": ("speechsum.training.align", "AlignConfig"),
     "sft": ("speechsum.training.sft", "SFTConfig"),
+    "kd": ("speechsum.training.kd", "KDConfig"),
 }
 
 

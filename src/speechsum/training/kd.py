@@ -1,0 +1,206 @@
+"""Stage 2: on-policy knowledge distillation from a text LLM that reads the transcript.
+
+    speechsum train kd --config configs/kd/tiny.yaml [key=value ...] [--resume]
+
+Each micro-batch is on-policy with probability `lam` (GKD's lambda): the student samples a
+completion from the *audio* + instruction (batched, KV cache, cached encoder outputs); otherwise
+the gold target is the completion (off-policy). The teacher is given the *transcript* + the same
+instruction and scores exactly those completion token ids; the loss is a divergence between
+student and teacher distributions at the completion positions only (forward KL, reverse KL or
+generalised JSD with `beta`, at `temperature`), plus an optional SFT term on the gold target.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from speechsum.models.speech_lm import SpeechLMConfig
+from speechsum.training import common
+from speechsum.training.common import LoopConfig, OptimConfig
+from speechsum.training.sft import DataConfig, item_frames, load_items
+
+
+@dataclass
+class KDConfig:
+    model: SpeechLMConfig = field(default_factory=SpeechLMConfig)
+    """Used only without `init`; with `init`, the saved model config is inherited."""
+    init: str = ""
+    """The SFT run (or checkpoint) folder to start from."""
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    teacher: str = "smollm2-135m-instruct"
+    """Local teacher (registry name or folder, same vocabulary as the student) or openai:URL#MODEL (vLLM)."""
+    teacher_top_k: int = 20
+    """Remote teacher only: top-k log-probs per position (the rest is one tail bucket)."""
+    teacher_system_prompt: str = "You are a helpful assistant. Answer from the transcript faithfully."
+    """System message of the teacher's prompt."""
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "jsd"
+    """Token-level divergence between student and teacher."""
+    beta: float = 0.5
+    """JSD interpolation (0: forward KL, 1: reverse KL)."""
+    temperature: float = 1.0
+    """Temperature of both distributions in the divergence."""
+    lam: float = 0.5
+    """Fraction of on-policy micro-batches (student samples); the rest use the gold target."""
+    sample_temperature: float = 1.0
+    """Sampling temperature of the student's on-policy completions."""
+    max_new_tokens: int = 96
+    """Length cap of sampled completions."""
+    sft_weight: float = 0.0
+    """Weight of an extra cross-entropy term on the gold target (0: off)."""
+
+    def __post_init__(self):
+        if not 0 <= self.lam <= 1 or not 0 <= self.beta <= 1:
+            raise ValueError("lam and beta must be in [0, 1]")
+        if self.temperature <= 0 or self.sample_temperature <= 0:
+            raise ValueError("temperatures must be > 0")
+
+
+def build_teacher(cfg: KDConfig, model, log=None):
+    from speechsum.training.teachers import LocalTeacher, RemoteTeacher, check_same_vocabulary
+
+    if cfg.teacher.startswith("openai:"):
+        url, _, name = cfg.teacher.removeprefix("openai:").partition("#")
+        if not url or not name:
+            raise ValueError(f"teacher={cfg.teacher}: expected openai:BASE_URL#MODEL")
+        return RemoteTeacher(url, name, model.tokenizer, cfg.teacher_system_prompt, cfg.teacher_top_k)
+    teacher = LocalTeacher.from_pretrained(cfg.teacher, cfg.teacher_system_prompt)
+    check_same_vocabulary(model.tokenizer, teacher.tokenizer, model.config.llm, cfg.teacher)
+    if log:
+        log(f"kd: teacher {cfg.teacher} (local, {sum(p.numel() for p in teacher.llm.parameters()) / 1e6:.0f}M)")
+    return teacher
+
+
+def completions_for(model, frames, mb, on_policy: bool, cfg: KDConfig, gen: torch.Generator):
+    """Completion ids per item: the student's samples (ending in end-of-turn when it stopped) or gold."""
+    if not on_policy:
+        return [model.target_ids(r["target"]) for r in mb], 0.0
+    t = time.time()
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        prompts = model.audio_items(frames, [r["instruction"] for r in mb])
+    gens = model.generate_items(prompts, max_new_tokens=cfg.max_new_tokens, do_sample=True,
+                                temperature=cfg.sample_temperature, generator=gen)
+    model.train(was)
+    return [g.ids + ([model.end_of_turn_id] if g.finished or not g.ids else []) for g in gens], time.time() - t
+
+
+def kd_loss(cfg: KDConfig, student_logits: torch.Tensor, scores) -> torch.Tensor:
+    from speechsum.training.losses import DIVERGENCES, topk_buckets
+
+    s_logp = torch.log_softmax(student_logits.float() / cfg.temperature, -1)
+    if scores.logp is not None:  # log_softmax(logp / T) == log_softmax(logits / T)
+        t_logp = scores.logp if cfg.temperature == 1.0 else torch.log_softmax(scores.logp / cfg.temperature, -1)
+    else:  # remote: compare on the teacher's top-k + tail buckets
+        s_logp, t_logp = topk_buckets(s_logp, scores.topk_ids, scores.topk_logp / cfg.temperature)
+        t_logp = torch.log_softmax(t_logp, -1) if cfg.temperature != 1.0 else t_logp
+    return DIVERGENCES[cfg.divergence](s_logp, t_logp, cfg.beta)
+
+
+def train(cfg: KDConfig, resume: bool = False, log=print) -> Path:
+    """Run on-policy KD; returns `<out_dir>/final`."""
+    from accelerate import Accelerator
+
+    from speechsum.models.encoder import EncoderCache
+    from speechsum.training.losses import token_cross_entropy
+
+    run_dir = Path(cfg.loop.out_dir)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.loop.bf16 else "no")
+    common.seed_everything(cfg.loop.seed + acc.process_index)
+
+    # --- model and teacher
+    model, model_cfg = common.build_model(cfg.model, cfg.init, log if acc.is_main_process else None)
+    cfg.model = model_cfg
+    model.encoder_cache = EncoderCache(cfg.data.encoder_cache or Path(cfg.data.path) / "encoder_cache")
+    teacher = build_teacher(cfg, model, log if acc.is_main_process else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = common.build_optimizer(params, cfg.optim)
+
+    # --- data
+    train_items = load_items(cfg.data, cfg.data.train_split)
+    if cfg.data.max_items:
+        train_items = train_items[: cfg.data.max_items]
+    order = common.DataOrder(len(train_items), cfg.loop.seed)
+
+    # --- resume
+    step = 0
+    ckpt = common.latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        model.load_trainable(ckpt / "model")
+        state = common.load_trainer_state(ckpt, opt)
+        step, order.position = state["step"], state["data_position"]
+        if acc.is_main_process:
+            log(f"resumed from {ckpt} at step {step}")
+            common.truncate_metrics(run_dir, step)
+    elif acc.is_main_process:
+        common.write_run_files(run_dir, cfg)
+    model.train()
+    ddp_model, opt = acc.prepare(model, opt)
+    metrics = common.MetricsLog(run_dir, enabled=acc.is_main_process)
+    per_step = cfg.loop.batch_size * cfg.optim.grad_accum * acc.num_processes
+    bar = common.progress(cfg.loop.max_steps, step, enabled=acc.is_main_process)
+
+    # --- train
+    while step < cfg.loop.max_steps:
+        t0 = time.time()
+        lr = cfg.optim.lr * common.lr_at(step, cfg.optim, cfg.loop.max_steps)
+        common.set_lr(opt, lr)
+        step_ids = order.take(per_step)
+        step_items = [train_items[i] for i in step_ids]
+        loss_sum, tokens, t_sample, t_teacher, n_on = 0.0, 0, 0.0, 0.0, 0
+        for micro in range(cfg.optim.grad_accum):
+            mb = common.rank_slice(step_items, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
+            # the on/off-policy draw and the sampling RNG depend only on (seed, step, micro, rank): resumable
+            on_policy = random.Random(f"{cfg.loop.seed}-{step}-{micro}").random() < cfg.lam
+            gen = torch.Generator().manual_seed(hash((cfg.loop.seed, step, micro, acc.process_index)) % 2**31)
+            with torch.no_grad():
+                frames = item_frames(model, mb)
+            completions, dt_sample = completions_for(model, frames, mb, on_policy, cfg, gen)
+            t = time.time()
+            scores = teacher.score([r["transcript"] for r in mb], [r["instruction"] for r in mb], completions)
+            t_teacher += time.time() - t
+            t_sample += dt_sample
+            n_on += on_policy
+            with common.maybe_no_sync(acc, ddp_model, last=micro == cfg.optim.grad_accum - 1):
+                items = model.audio_items(frames, [r["instruction"] for r in mb], completions)
+                out = ddp_model(model.build_batch(items))
+                assert torch.equal(out.rows, scores.rows), "teacher and student positions must be the same tokens"
+                loss = kd_loss(cfg, out.logits, scores) / cfg.optim.grad_accum
+                if cfg.sft_weight > 0:
+                    gold = ddp_model(model.build_batch(
+                        model.audio_items(frames, [r["instruction"] for r in mb], [r["target"] for r in mb])))
+                    loss = loss + cfg.sft_weight * token_cross_entropy(gold.logits, gold.targets) / cfg.optim.grad_accum
+                common.check_finite(loss, step, [r["id"] for r in mb])
+                acc.backward(loss)
+            loss_sum += loss.item()
+            tokens += len(out.targets)
+        grad_norm = common.clip_and_step(acc, params, opt, cfg.optim.grad_clip)
+        step += 1
+        loss_sum = common.all_reduce_sum(acc, loss_sum) / acc.num_processes
+        dt = time.time() - t0
+        if step % cfg.loop.log_every == 0 or step == cfg.loop.max_steps:
+            metrics.log(step, loss=loss_sum, lr=lr, grad_norm=grad_norm, on_policy=n_on / cfg.optim.grad_accum,
+                        completion_tokens=tokens, seconds=dt, seconds_sampling=t_sample, seconds_teacher=t_teacher,
+                        seconds_student=dt - t_sample - t_teacher, epoch=order.epoch)
+        bar.update(loss=loss_sum, sample_s=t_sample)
+        if step % cfg.loop.save_every == 0 or step == cfg.loop.max_steps:
+            if acc.is_main_process:
+                common.save_checkpoint(run_dir, step, acc.unwrap_model(ddp_model), opt,
+                                       {"data_position": order.position}, cfg.loop.keep_last)
+            acc.wait_for_everyone()
+    bar.close()
+    metrics.close()
+    final = common.final_model_dir(run_dir)
+    if acc.is_main_process:
+        acc.unwrap_model(ddp_model).save_pretrained(final)
+        log(f"kd: done; final model in {final}")
+    acc.wait_for_everyone()
+    return final

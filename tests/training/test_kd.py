@@ -1,0 +1,125 @@
+"""On-policy KD: teacher positions are exactly the student's completion tokens, the remote
+teacher speaks vLLM's prompt_logprobs over a real loopback server, and a short run trains."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from tiny import save_tiny_models, tiny_tokenizer
+
+from speechsum.models.speech_lm import SpeechLMConfig
+from speechsum.training import common, kd
+from speechsum.training.sft import DataConfig
+from speechsum.training.teachers import (LocalTeacher, RemoteTeacher, VocabularyMismatch, check_same_vocabulary,
+                                         teacher_prompt_ids)
+
+TRANSCRIPTS = ["the budget meeting on friday", "send the report", "team plan review notes and action items"]
+INSTR = ["summarize", "title", "bullets"]
+COMPLETIONS = [[40, 41, 42, 4], [50, 4], [60, 61, 62, 63, 64, 4]]
+
+
+@pytest.fixture
+def teacher(tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_dir / "tiny-llm"
+    return LocalTeacher(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), "be faithful")
+
+
+def _manual(teacher, t, i, comp):
+    ids = teacher_prompt_ids(teacher.tokenizer, teacher.system_prompt, t, i)
+    with torch.no_grad():
+        logits = teacher.llm(torch.tensor([ids + comp])).logits[0]
+    return torch.log_softmax(logits[len(ids) - 1 : len(ids) - 1 + len(comp)], -1)
+
+
+def test_teacher_positions_are_the_completion_tokens(teacher):
+    scores = teacher.score(TRANSCRIPTS, INSTR, COMPLETIONS)
+    assert scores.rows.tolist() == [0] * 4 + [1] * 2 + [2] * 6
+    for b, (t, i, c) in enumerate(zip(TRANSCRIPTS, INSTR, COMPLETIONS)):
+        torch.testing.assert_close(scores.logp[scores.rows == b], _manual(teacher, t, i, c), atol=1e-5, rtol=1e-5)
+
+
+def test_student_and_teacher_rows_line_up_for_left_and_right_padding(tiny_model, teacher):
+    frames = tiny_model.encode_audio([torch.randn(16000).numpy(), torch.randn(40000).numpy(),
+                                      torch.randn(24000).numpy()])
+    items = tiny_model.audio_items(frames, INSTR, COMPLETIONS)
+    scores = teacher.score(TRANSCRIPTS, INSTR, COMPLETIONS)
+    for side in ("right", "left"):
+        out = tiny_model.target_logits(tiny_model.build_batch(items, side))
+        assert torch.equal(out.rows, scores.rows)
+        assert out.targets.tolist() == [t for c in COMPLETIONS for t in c]
+
+
+def test_different_vocabulary_is_a_clear_error(tiny_model):
+    other = tiny_tokenizer()
+    other.add_tokens(["extra_token"])
+    with pytest.raises(VocabularyMismatch, match="teacher big-teacher has a different tokenizer"):
+        check_same_vocabulary(tiny_model.tokenizer, other, "student-llm", "big-teacher")
+
+
+class _VLLM:
+    """Loopback server answering /v1/completions with vLLM-style prompt_logprobs computed by a real model."""
+
+    def __init__(self, llm, k):
+        outer = self
+        self.calls = 0
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.calls += 1
+                ids = body["prompt"]
+                with torch.no_grad():
+                    lp = torch.log_softmax(llm(torch.tensor([ids])).logits[0], -1)
+                plp = [None]
+                for pos in range(1, len(ids)):
+                    top = lp[pos - 1].topk(body["prompt_logprobs"])
+                    entry = {str(t): {"logprob": v, "rank": r + 1, "decoded_token": "x"}
+                             for r, (t, v) in enumerate(zip(top.indices.tolist(), top.values.tolist()))}
+                    entry.setdefault(str(ids[pos]), {"logprob": lp[pos - 1, ids[pos]].item(), "rank": 999})
+                    plp.append(entry)
+                payload = json.dumps({"choices": [{"text": "x", "prompt_logprobs": plp}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_remote_teacher_matches_local_on_the_buckets(teacher):
+    srv = _VLLM(teacher.llm, k=5)
+    try:
+        remote = RemoteTeacher(srv.url, "tiny", teacher.tokenizer, teacher.system_prompt, top_k=5, timeout=10)
+        r = remote.score(TRANSCRIPTS, INSTR, COMPLETIONS)
+        local = teacher.score(TRANSCRIPTS, INSTR, COMPLETIONS)
+    finally:
+        srv.httpd.shutdown()
+    assert srv.calls == 3 and torch.equal(r.rows, local.rows)
+    torch.testing.assert_close(r.topk_logp, local.logp.gather(1, r.topk_ids), atol=1e-5, rtol=1e-5)
+    assert torch.equal(r.topk_ids, local.logp.topk(5).indices)
+
+
+def test_kd_run_on_and_off_policy(tmp_path, tiny_data, tiny_dir):
+    enc, llm = save_tiny_models(tiny_dir)
+    cfg = kd.KDConfig(
+        model=SpeechLMConfig(encoder=str(enc), llm=str(llm), stack=4, projector_hidden=32, lora_r=4, lora_alpha=8,
+                             system_prompt="you are a helpful assistant"),
+        data=DataConfig(path=str(tiny_data)), teacher=str(llm), lam=0.5, max_new_tokens=5, sft_weight=0.1,
+        optim=common.OptimConfig(lr=1e-2, warmup_steps=1, grad_accum=2),
+        loop=common.LoopConfig(out_dir=str(tmp_path / "run"), max_steps=2, batch_size=2, save_every=2, bf16=False),
+    )
+    kd.train(cfg, log=lambda *a: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert any(r["on_policy"] > 0 for r in rows) and any(r["on_policy"] < 1 for r in rows)
+    assert all(r["seconds_sampling"] >= 0 and r["seconds_teacher"] > 0 for r in rows)
+    assert (tmp_path / "run" / "final" / "adapter").is_dir()
