@@ -145,6 +145,7 @@ STAGES = {  # stage -> (module, config class name)
     "align": ("speechsum.training.align", "AlignConfig"),
     "sft": ("speechsum.training.sft", "SFTConfig"),
     "kd": ("speechsum.training.kd", "KDConfig"),
+    "dpo": ("speechsum.training.dpo", "DPOConfig"),
 }
 
 

@@ -1,0 +1,296 @@
+"""Stage 3: DPO on pairs of the policy's own summaries, judged for faithfulness.
+
+    speechsum train dpo --config configs/dpo/tiny.yaml [key=value ...] [--resume]
+
+Pairs: for each item the starting policy samples `num_samples` summaries from the audio; a
+judge ranks them and the best and worst form a (chosen, rejected) pair (ties dropped). Judges:
+- `facts`: items with known facts; score = fact recall - `hallucination_penalty` x invented
+  claims (names, numbers, dates the document does not contain); offline and exact;
+- `llm`: a local LLM with a faithfulness-first rubric, asked twice with the order swapped;
+  inconsistent verdicts are dropped;
+- `openai:URL#MODEL`: the same rubric on any OpenAI-compatible endpoint (GPT-4.1, vLLM).
+Pairs, with the judge's reason and the reference log-probs, go to `<out_dir>/preferences.jsonl`;
+`pairs: FILE` trains on an existing preference file instead.
+
+Loss: sigmoid DPO against the frozen reference (the starting policy; its sequence log-probs are
+computed once, before training), `beta` configurable, optional SFT term on the chosen summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from speechsum.models.speech_lm import SpeechLMConfig
+from speechsum.training import common
+from speechsum.training.common import LoopConfig, OptimConfig
+from speechsum.training.sft import DataConfig, item_frames, load_items
+
+
+@dataclass
+class DPOConfig:
+    model: SpeechLMConfig = field(default_factory=SpeechLMConfig)
+    """Used only without `init`; with `init`, the saved model config is inherited."""
+    init: str = ""
+    """The KD (or SFT) run folder to start from; it is also the frozen reference."""
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5))
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    judge: str = "facts"
+    """'facts', 'llm' (local judge_model) or 'openai:URL#MODEL'."""
+    judge_model: str = "qwen2.5-0.5b-instruct"
+    """Local LLM judge (judge: llm)."""
+    hallucination_penalty: float = 0.5
+    """Fact judge: score = recall - penalty x number of invented claims."""
+    num_samples: int = 4
+    """Summaries sampled per item (N >= 2)."""
+    sample_temperature: float = 1.0
+    """Sampling temperature of the candidates."""
+    max_new_tokens: int = 96
+    """Length cap of sampled summaries."""
+    pair_items: int = 0
+    """Items to sample pairs for (0: all training items)."""
+    pairs: str = ""
+    """An existing preferences.jsonl to train on instead of sampling and judging."""
+    beta: float = 0.1
+    """DPO temperature on the log-ratio margin."""
+    sft_weight: float = 0.0
+    """Weight of a cross-entropy term on the chosen summary."""
+
+    def __post_init__(self):
+        if self.num_samples < 2:
+            raise ValueError(f"num_samples must be >= 2, got {self.num_samples}")
+        if self.judge not in ("facts", "llm") and not self.judge.startswith("openai:"):
+            raise ValueError(f"judge={self.judge!r}: use facts, llm or openai:URL#MODEL")
+
+
+# ------------------------------------------------------------------------------------ judges
+
+
+def fact_judge(item: dict, texts: list[str], penalty: float) -> tuple[list[float], list[str]]:
+    """Score each candidate by fact recall minus a penalty per invented claim; reasons for the record."""
+    from speechsum.evaluation.facts import score_summary
+
+    facts = json.loads(item["facts"]) if item.get("facts") else []
+    scores, reasons = [], []
+    for t in texts:
+        r = score_summary(t, facts, item["transcript"], context=item["instruction"])
+        recall = r["recall"] if r["recall"] is not None else 0.0
+        scores.append(recall - penalty * r["n_hallucinated"])
+        reasons.append(f"recall {recall:.2f}, invented {r['hallucinated'][:4]}")
+    return scores, reasons
+
+
+def make_llm_ask(spec: str, judge_model: str):
+    """ask(instruction, transcript, first, second) -> 1 | 2 | None, from a local or remote LLM."""
+    from speechsum.evaluation.judge import as_messages, pairwise_prompt, parse_preference
+    from speechsum.models.text_lm import chat_backend
+
+    backend = chat_backend(spec if spec.startswith("openai:") else judge_model)
+
+    def ask(instruction, transcript, first, second):
+        reply = backend.chat([as_messages(pairwise_prompt(instruction, transcript, first, second))],
+                             max_new_tokens=8)[0]
+        return parse_preference(reply)
+
+    return ask
+
+
+def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None) -> tuple[int, int, str] | None:
+    """(chosen index, rejected index, reason) or None for a tie / inconsistent judge."""
+    from speechsum.evaluation.judge import pairwise_verdict
+
+    if cfg.judge == "facts":
+        scores, reasons = fact_judge(item, texts, cfg.hallucination_penalty)
+        best = max(range(len(texts)), key=lambda i: scores[i])
+        worst = min(range(len(texts)), key=lambda i: scores[i])
+        if scores[best] == scores[worst] or texts[best] == texts[worst]:
+            return None
+        return best, worst, f"facts: chosen {reasons[best]} vs rejected {reasons[worst]}"
+    # pairwise LLM judge on the two most different candidates by length (cheap proxy for diversity)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    a, b = order[0], order[-1]
+    if texts[a] == texts[b]:
+        return None
+    verdict = pairwise_verdict(lambda x, y: ask(item["instruction"], item["transcript"], x, y), texts[a], texts[b])
+    if verdict is None:
+        return None
+    return (a, b, f"{cfg.judge}: preferred in both orders") if verdict == "a" else (b, a, f"{cfg.judge}: preferred in both orders")
+
+
+@torch.no_grad()
+def sequence_logps_of(model, frames, instructions: list[str], completions: list[list[int]]) -> torch.Tensor:
+    """Sum of log p(completion | audio, instruction) per item [B] (used for the reference)."""
+    from speechsum.training.losses import sequence_logps
+
+    out = model.target_logits(model.build_batch(model.audio_items(frames, instructions, completions)))
+    tok = torch.log_softmax(out.logits, -1).gather(1, out.targets[:, None])[:, 0]
+    return sequence_logps(tok, out.rows, len(completions))
+
+
+def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, log=None) -> list[dict]:
+    """Sample, judge and record pairs with reference log-probs; resumes from a partial file."""
+    done = {}
+    if out_path.is_file():
+        for line in out_path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["id"]] = rec
+    ask = make_llm_ask(cfg.judge, cfg.judge_model) if cfg.judge != "facts" else None
+    gen = torch.Generator().manual_seed(cfg.loop.seed)
+    t0, kept, dropped = time.time(), 0, 0
+    model.eval()
+    with open(out_path, "a") as f:
+        for start in range(0, len(items), cfg.loop.batch_size):
+            chunk = [r for r in items[start : start + cfg.loop.batch_size] if r["id"] not in done]
+            if not chunk:
+                continue
+            frames = item_frames(model, chunk)
+            with torch.no_grad():
+                prompts = model.audio_items(frames, [r["instruction"] for r in chunk])
+            reps = [p for p in prompts for _ in range(cfg.num_samples)]  # N samples per item, one batch
+            gens = model.generate_items(reps, max_new_tokens=cfg.max_new_tokens, do_sample=True,
+                                        temperature=cfg.sample_temperature, generator=gen)
+            for k, item in enumerate(chunk):
+                cands = gens[k * cfg.num_samples : (k + 1) * cfg.num_samples]
+                pick = pick_pair(item, [g.text for g in cands], cfg, ask)
+                rec = {"id": item["id"], "pair": None}
+                if pick is None:
+                    dropped += 1
+                else:
+                    c, r, reason = pick
+                    ids = [cands[i].ids + ([model.end_of_turn_id] if cands[i].finished else []) for i in (c, r)]
+                    # same precision as the training forward, so step 1 starts at zero margin
+                    with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
+                                        enabled=cfg.loop.bf16):
+                        ref = sequence_logps_of(model, [frames[k], frames[k]], [item["instruction"]] * 2, ids)
+                    rec["pair"] = {"instruction": item["instruction"], "chosen": cands[c].text,
+                                   "rejected": cands[r].text, "chosen_ids": ids[0], "rejected_ids": ids[1],
+                                   "ref_chosen": float(ref[0]), "ref_rejected": float(ref[1]), "reason": reason,
+                                   "judge": cfg.judge}
+                    kept += 1
+                done[item["id"]] = rec
+                f.write(json.dumps(rec) + "\n")
+            f.flush()
+    if log:
+        log(f"dpo: {kept} pairs, {dropped} ties/inconsistent dropped, {time.time() - t0:.0f} s")
+    return [r for r in done.values() if r["pair"] is not None]
+
+
+# ------------------------------------------------------------------------------------ the loop
+
+
+def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
+    """Run DPO; returns `<out_dir>/final`."""
+    from accelerate import Accelerator
+
+    from speechsum.models.encoder import EncoderCache
+    from speechsum.training.losses import dpo_loss, sequence_logps, token_cross_entropy
+
+    run_dir = Path(cfg.loop.out_dir)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.loop.bf16 else "no")
+    common.seed_everything(cfg.loop.seed + acc.process_index)
+
+    # --- model
+    model, model_cfg = common.build_model(cfg.model, cfg.init, log if acc.is_main_process else None)
+    cfg.model = model_cfg
+    model.encoder_cache = EncoderCache(cfg.data.encoder_cache or Path(cfg.data.path) / "encoder_cache")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = common.build_optimizer(params, cfg.optim)
+
+    # --- data: preference pairs (sampled and judged once by the starting policy = the reference)
+    train_items = load_items(cfg.data, cfg.data.train_split)
+    by_id = {r["id"]: r for r in train_items}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.pairs:
+        records = [json.loads(x) for x in Path(cfg.pairs).read_text().splitlines() if x.strip()]
+        pairs = [r for r in records if r.get("pair")]
+    else:
+        if acc.is_main_process:
+            items = train_items[: cfg.pair_items] if cfg.pair_items else train_items
+            build_preferences(model, items, cfg, run_dir / "preferences.jsonl", log)
+        acc.wait_for_everyone()
+        records = [json.loads(x) for x in (run_dir / "preferences.jsonl").read_text().splitlines() if x.strip()]
+        pairs = [r for r in records if r["pair"]]
+    missing = [r["id"] for r in pairs if r["id"] not in by_id]
+    if missing:
+        raise ValueError(f"preference pairs name items not in {cfg.data.path}/{cfg.data.train_split}: {missing[:3]}")
+    if not pairs:
+        raise ValueError("no preference pairs: every item's samples tied (raise num_samples or sample_temperature)")
+    order = common.DataOrder(len(pairs), cfg.loop.seed)
+
+    # --- resume
+    step = 0
+    ckpt = common.latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        model.load_trainable(ckpt / "model")
+        state = common.load_trainer_state(ckpt, opt)
+        step, order.position = state["step"], state["data_position"]
+        if acc.is_main_process:
+            log(f"resumed from {ckpt} at step {step}")
+            common.truncate_metrics(run_dir, step)
+    elif acc.is_main_process:
+        common.write_run_files(run_dir, cfg)
+    model.train()
+    ddp_model, opt = acc.prepare(model, opt)
+    metrics = common.MetricsLog(run_dir, enabled=acc.is_main_process)
+    per_step = cfg.loop.batch_size * cfg.optim.grad_accum * acc.num_processes
+    bar = common.progress(cfg.loop.max_steps, step, enabled=acc.is_main_process)
+
+    # --- train
+    while step < cfg.loop.max_steps:
+        t0 = time.time()
+        lr = cfg.optim.lr * common.lr_at(step, cfg.optim, cfg.loop.max_steps)
+        common.set_lr(opt, lr)
+        step_pairs = [pairs[i] for i in order.take(per_step)]
+        loss_sum, acc_sum, margin_sum = 0.0, 0.0, 0.0
+        for micro in range(cfg.optim.grad_accum):
+            mb = common.rank_slice(step_pairs, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
+            items = [by_id[r["id"]] for r in mb]
+            with torch.no_grad():
+                frames = item_frames(model, items)
+            with common.maybe_no_sync(acc, ddp_model, last=micro == cfg.optim.grad_accum - 1):
+                # one forward over [chosen_1..chosen_P, rejected_1..rejected_P]
+                comps = [r["pair"]["chosen_ids"] for r in mb] + [r["pair"]["rejected_ids"] for r in mb]
+                instrs = [r["pair"]["instruction"] for r in mb] * 2
+                out = ddp_model(model.build_batch(model.audio_items(frames + frames, instrs, comps)))
+                tok = torch.log_softmax(out.logits, -1).gather(1, out.targets[:, None])[:, 0]
+                seq = sequence_logps(tok, out.rows, len(comps))
+                p = len(mb)
+                ref_c = torch.tensor([r["pair"]["ref_chosen"] for r in mb])
+                ref_r = torch.tensor([r["pair"]["ref_rejected"] for r in mb])
+                loss, rc, rr = dpo_loss(seq[:p], seq[p:], ref_c, ref_r, cfg.beta)
+                if cfg.sft_weight > 0:
+                    chosen_rows = out.rows < p
+                    loss = loss + cfg.sft_weight * token_cross_entropy(out.logits[chosen_rows], out.targets[chosen_rows])
+                loss = loss / cfg.optim.grad_accum
+                common.check_finite(loss, step, [r["id"] for r in mb])
+                acc.backward(loss)
+            loss_sum += loss.item()
+            acc_sum += (rc > rr).float().mean().item() / cfg.optim.grad_accum
+            margin_sum += (rc - rr).mean().item() / cfg.optim.grad_accum
+        grad_norm = common.clip_and_step(acc, params, opt, cfg.optim.grad_clip)
+        step += 1
+        loss_sum = common.all_reduce_sum(acc, loss_sum) / acc.num_processes
+        dt = time.time() - t0
+        if step % cfg.loop.log_every == 0 or step == cfg.loop.max_steps:
+            metrics.log(step, loss=loss_sum, reward_accuracy=acc_sum, reward_margin=margin_sum, lr=lr,
+                        grad_norm=grad_norm, seconds=dt, epoch=order.epoch)
+        bar.update(loss=loss_sum, acc=acc_sum)
+        if step % cfg.loop.save_every == 0 or step == cfg.loop.max_steps:
+            if acc.is_main_process:
+                common.save_checkpoint(run_dir, step, acc.unwrap_model(ddp_model), opt,
+                                       {"data_position": order.position}, cfg.loop.keep_last)
+            acc.wait_for_everyone()
+    bar.close()
+    metrics.close()
+    final = common.final_model_dir(run_dir)
+    if acc.is_main_process:
+        acc.unwrap_model(ddp_model).save_pretrained(final)
+        log(f"dpo: done; final model in {final}")
+    acc.wait_for_everyone()
+    return final

@@ -1,0 +1,64 @@
+"""DPO: judges (facts, position-swapped LLM), the preference file, and a short run."""
+
+import json
+
+import torch
+from tiny import save_tiny_models
+
+from speechsum.models.speech_lm import SpeechLMConfig
+from speechsum.training import common, dpo
+from speechsum.training.sft import DataConfig
+
+FACTS = json.dumps([
+    {"id": "f1", "kind": "person", "value": "Priya Patel", "mention": "Priya Patel", "attrs": {}},
+    {"id": "f2", "kind": "money", "value": "$2,500", "mention": "$2,500", "attrs": {}},
+    {"id": "f3", "kind": "date", "value": "Tuesday", "mention": "Tuesday", "attrs": {}},
+])
+ITEM = {"id": "d-0", "instruction": "Summarize in one line.", "facts": FACTS,
+        "transcript": "Priya Patel said the budget of $2,500 is approved on Tuesday."}
+
+
+def test_fact_judge_prefers_faithful_and_penalises_inventions():
+    texts = ["Priya Patel got $2,500 approved on Tuesday.", "John Smith got $9,000 on Friday.", "A budget was approved."]
+    pick = dpo.pick_pair(ITEM, texts, dpo.DPOConfig())
+    assert pick[:2] == (0, 1) and "invented" in pick[2]
+    assert dpo.pick_pair(ITEM, ["same", "same"], dpo.DPOConfig()) is None  # ties dropped
+
+
+def test_llm_judge_drops_inconsistent_verdicts():
+    cfg = dpo.DPOConfig(judge="llm")
+    always_first = lambda instr, tr, a, b: 1  # noqa: E731  position bias: inconsistent across the swap
+    assert dpo.pick_pair(ITEM, ["short", "a much longer summary"], cfg, always_first) is None
+    prefers_long = lambda instr, tr, a, b: 1 if len(a) > len(b) else 2  # noqa: E731
+    c, r, reason = dpo.pick_pair(ITEM, ["short", "a much longer summary"], cfg, prefers_long)
+    assert (c, r) == (1, 0) and "both orders" in reason
+
+
+def _cfg(tmp_path, data, **kw):
+    enc, llm = save_tiny_models(tmp_path / "models")
+    return dpo.DPOConfig(
+        model=SpeechLMConfig(encoder=str(enc), llm=str(llm), stack=4, projector_hidden=32, lora_r=4, lora_alpha=8,
+                             system_prompt="you are a helpful assistant"),
+        data=DataConfig(path=str(data)), num_samples=3, max_new_tokens=6, sample_temperature=1.5,
+        optim=common.OptimConfig(lr=1e-2, warmup_steps=1),
+        loop=common.LoopConfig(out_dir=str(tmp_path / "run"), max_steps=2, batch_size=2, save_every=2, bf16=False),
+        **kw)
+
+
+def test_dpo_run_writes_pairs_and_trains(tmp_path, tiny_data, monkeypatch):
+    # the tiny data has no facts; judge by length so pairs exist, and check the record round-trips
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, pen: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    cfg = _cfg(tmp_path, tiny_data)
+    dpo.train(cfg, log=lambda *a: None)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "preferences.jsonl").read_text().splitlines()]
+    pairs = [r for r in recs if r["pair"]]
+    assert pairs and all(len(r["pair"]["chosen"]) > len(r["pair"]["rejected"]) for r in pairs)
+    assert all(r["pair"]["ref_chosen"] <= 0 and "len" in r["pair"]["reason"] for r in pairs)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # step 1 starts at the reference: zero margin, loss log 2
+    assert abs(rows[0]["loss"] - 0.6931) < 1e-3 and abs(rows[0]["reward_margin"]) < 1e-4
+    # the same preference file can be passed in directly
+    cfg2 = _cfg(tmp_path / "again", tiny_data, pairs=str(tmp_path / "run" / "preferences.jsonl"))
+    cfg2.loop.max_steps = 1
+    dpo.train(cfg2, log=lambda *a: None)
+    assert not (tmp_path / "again" / "run" / "preferences.jsonl").exists()
