@@ -33,3 +33,10 @@ def real_model_dir(name: str):
     if not registry.is_ready(name):
         pytest.skip(f"{name} is not ready: run `speechsum models fetch {name}` (or `make models`)")
     return registry.model_dir(name)
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    from tiny import make_dataset
+
+    return make_dataset(tmp_path / "data")

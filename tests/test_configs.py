@@ -12,6 +12,9 @@ CLASSES = {
     "align": ("speechsum.training.align", "AlignConfig"),
     "sft": ("speechsum.training.sft", "SFTConfig"),
     "synth": ("speechsum.data.synth", "SynthConfig"),
+    "kd": ("speechsum.training.kd", "KDConfig"),
+    "dpo": ("speechsum.training.dpo", "DPOConfig"),
+    "pipeline": ("speechsum.pipeline", "PipelineConfig"),
 }
 
 

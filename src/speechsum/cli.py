@@ -165,6 +165,18 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    from speechsum.config import load_config
+    from speechsum.pipeline import PipelineConfig, run
+
+    try:
+        run(load_config(PipelineConfig, args.config, args.overrides))
+    except FileNotFoundError as e:
+        error(str(e))
+        return EXIT_USAGE
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- dispatch
 
 
@@ -192,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. loop.max_steps=10")
     t.set_defaults(func=cmd_train)
+
+    pl = sub.add_parser("pipeline", help="run synth -> align -> sft -> kd -> dpo into one run folder (resumes)")
+    pl.add_argument("--config", required=True, help="configs/pipeline/<preset>.yaml")
+    pl.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    pl.set_defaults(func=cmd_pipeline)
     return p
 
 

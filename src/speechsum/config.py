@@ -79,11 +79,20 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
+        # which keys the user gave (vs defaults): a later stage inheriting a saved model config
+        # applies exactly these as overrides (see training.common.build_model)
+        object.__setattr__(obj, "_explicit_keys", frozenset(data))
+        return obj
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
+
+
+def explicit_keys(obj: Any) -> frozenset[str] | None:
+    """Keys set explicitly when `obj` was built by `from_dict`/`load_config` (None otherwise)."""
+    return getattr(obj, "_explicit_keys", None)
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

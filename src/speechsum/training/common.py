@@ -341,11 +341,11 @@ def resolve_init(init: str) -> Path:
 
 def build_model(cfg_model, init: str, log=None):
     """(model, effective config). With `init`, the saved model config is inherited and any field
-    the stage config sets to a non-default value overrides it (printed); shape-defining fields
-    cannot change."""
+    the stage config sets explicitly (or, for configs built in code, to a non-default value)
+    overrides it (printed); shape-defining fields cannot change."""
     import dataclasses
 
-    from speechsum.config import from_dict
+    from speechsum.config import explicit_keys, from_dict
     from speechsum.models.speech_lm import CONFIG_NAME, SpeechLM, SpeechLMConfig
 
     if not init:
@@ -354,7 +354,9 @@ def build_model(cfg_model, init: str, log=None):
     saved = json.loads((path / CONFIG_NAME).read_text())["config"]
     defaults = dataclasses.asdict(SpeechLMConfig())
     wanted = dataclasses.asdict(cfg_model)
-    overrides = {k: v for k, v in wanted.items() if v != defaults[k] and v != saved.get(k)}
+    given = explicit_keys(cfg_model)
+    overrides = {k: v for k, v in wanted.items()
+                 if (k in given if given is not None else v != defaults[k]) and v != saved.get(k)}
     bad = [k for k in overrides if k in STRUCTURAL]
     if bad:
         raise ValueError(f"model.{bad[0]}={wanted[bad[0]]!r} differs from the init checkpoint's "
