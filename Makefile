@@ -23,7 +23,7 @@ system:
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,asr,data,eval]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,asr,data,eval,bench]'
 	touch $@
 
 install: system $(STAMP)

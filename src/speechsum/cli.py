@@ -165,6 +165,12 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_synth(args) -> int:
+    from speechsum.data.synth import synth_command
+
+    return synth_command(args.config, args.out, args.overrides)
+
+
 def cmd_pipeline(args) -> int:
     from speechsum.config import load_config
     from speechsum.pipeline import PipelineConfig, run
@@ -192,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summarize", help="summarize audio files with a SpeechLM")
     s.add_argument("audio", nargs="+", help="audio files (wav/flac/ogg/mp3, any rate, mono or multi-channel)")
     s.add_argument("--model", default=None, help="SpeechLM checkpoint folder (default: untrained assembly)")
-    s.add_argument("--style", default="short-paragraph", help="summary style (see --help-styles in README)")
+    s.add_argument("--style", default="paragraph", help="summary style: one-line, paragraph, bullets, "
+                   "action-items, email, title, tldr, ... (see README)")
     s.add_argument("--instruction", default=None, help="free instruction instead of a style")
     s.add_argument("--max-new-tokens", type=int, default=256)
     s.add_argument("--batch-size", type=int, default=4)
@@ -204,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. loop.max_steps=10")
     t.set_defaults(func=cmd_train)
+
+    sy = sub.add_parser("synth", help="write a synthetic speech-summarization dataset (train/dev/test)")
+    sy.add_argument("--config", required=True, help="configs/synth/<preset>.yaml")
+    sy.add_argument("--out", required=True, help="dataset folder to write (resumes if it exists)")
+    sy.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    sy.set_defaults(func=cmd_synth)
 
     pl = sub.add_parser("pipeline", help="run synth -> align -> sft -> kd -> dpo into one run folder (resumes)")
     pl.add_argument("--config", required=True, help="configs/pipeline/<preset>.yaml")

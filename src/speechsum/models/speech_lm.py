@@ -402,7 +402,7 @@ class SpeechLM(nn.Module):
             items = self.audio_items(frames, instructions)
         return self.generate_items(items, **kw)
 
-    def summarize(self, audio: str | os.PathLike | np.ndarray, style: str = "short-paragraph",
+    def summarize(self, audio: str | os.PathLike | np.ndarray, style: str = "paragraph",
                   instruction: str | None = None, max_new_tokens: int = 256, sample_rate: int | None = None) -> str:
         """Summary of one recording (path or array) in a named style or for a free instruction."""
         from speechsum.audio import load_audio

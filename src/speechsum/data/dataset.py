@@ -1,0 +1,99 @@
+"""The on-disk dataset format: one folder per split, a Parquet manifest, 16 kHz mono FLAC.
+
+```
+DIR/README.md                 dataset card (config, versions, counts, hours, voices, schema)
+DIR/synth_config.yaml         the resolved config (a re-run must match it to resume)
+DIR/<split>/manifest.parquet  one row per item (several items can share one audio file)
+DIR/<split>/audio/<doc>.flac  16 kHz mono 16-bit FLAC
+```
+
+The manifest is plain Parquet with the explicit schema below, readable by pandas, pyarrow or
+`datasets` without speechsum; `audio` is relative to the split folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "dev", "test")
+
+# (name, arrow type, description) - the single source of the schema and of its documentation
+FIELDS: list[tuple[str, str, str]] = [
+    ("id", "string", "unique item id: `<doc_id>-<k>`"),
+    ("doc_id", "string", "document id; items of one document share its audio; splits never share documents"),
+    ("split", "string", "train, dev or test"),
+    ("audio", "string", "FLAC path relative to the split folder (16 kHz mono)"),
+    ("duration", "float64", "audio length in seconds"),
+    ("language", "string", "language of the speech (en, es, fr, de)"),
+    ("voice", "string", "voice of the first speaker, e.g. `espeak:en-gb+f3`, `piper:en_US-joe-medium`"),
+    ("voices", "list<string>", "voice of each speaker, in speaker order"),
+    ("speed", "float64", "speaking-rate factor (1.0 = engine default)"),
+    ("genre", "string", "meeting, status_call, interview, podcast, news_brief, voicemail, lecture; `user` for user data"),
+    ("register", "string", "formal, neutral or casual (casual text has fillers and repetitions)"),
+    ("transcript", "string", "what is said, written as an ASR transcript would show it"),
+    ("sentences", "list<struct<text: string, start: float64, end: float64, speaker: int32>>",
+     "each transcript sentence with its start/end seconds in the audio and speaker index"),
+    ("instruction", "string", "the summarization request"),
+    ("style", "string", "summary style (see speechsum.data.styles); empty when there is no target"),
+    ("paraphrase_id", "int32", "which paraphrase of the style's instruction (-1 when none)"),
+    ("held_out", "bool", "true if the style or the paraphrase is never used in train/dev"),
+    ("held_out_kind", "string", "`style`, `paraphrase` or empty"),
+    ("target", "string", "the reference summary"),
+    ("target_author", "string", "who wrote the target: `facts-template`, `user`, or a teacher model id"),
+    ("target_problems", "list<string>", "fact-check findings for the target (empty for clean targets)"),
+    ("facts", "string", "JSON list of the document's facts: {id, kind, value, mention, attrs}"),
+    ("source", "string", "`procedural`, `procedural-multilingual` or `user`"),
+]
+
+
+def arrow_schema():
+    import pyarrow as pa
+
+    sentence = pa.struct([("text", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
+                          ("speaker", pa.int32())])
+    types = {"string": pa.string(), "float64": pa.float64(), "int32": pa.int32(), "bool": pa.bool_(),
+             "list<string>": pa.list_(pa.string()), FIELDS[12][1]: pa.list_(sentence)}
+    return pa.schema([(name, types[t]) for name, t, _ in FIELDS])
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(split_dir: Path, records: list[dict[str, Any]]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(records, schema=arrow_schema())
+    path = split_dir / "manifest.parquet"
+    fd, tmp = tempfile.mkstemp(dir=split_dir, prefix=".manifest.")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def read_manifest(split_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(Path(split_dir) / "manifest.parquet").to_pylist()
+
+
+def schema_markdown() -> str:
+    rows = [f"| `{name}` | `{t}` | {doc} |" for name, t, doc in FIELDS]
+    return "\n".join(["| field | type | meaning |", "|---|---|---|", *rows])
