@@ -165,6 +165,18 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from speechsum.evaluation.run_eval import evaluate
+
+    try:
+        evaluate(args.model, args.data, args.out, llm=args.llm, limit=args.limit, batch_size=args.batch_size,
+                 max_new_tokens=args.max_new_tokens)
+    except (FileNotFoundError, ValueError) as e:
+        error(str(e))
+        return EXIT_USAGE
+    return 0
+
+
 def cmd_synth(args) -> int:
     from speechsum.data.synth import synth_command
 
@@ -211,6 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. loop.max_steps=10")
     t.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="summarize a test split with several systems and score them")
+    ev.add_argument("--model", nargs="+", required=True,
+                    help="SpeechLM or run folders, 'untrained', 'cascade' (whisper-base -> LLM), 'text-teacher'")
+    ev.add_argument("--data", required=True, help="a split folder with manifest.parquet, e.g. runs/data/test")
+    ev.add_argument("--out", default=None, help="folder for metrics.json and predictions.parquet")
+    ev.add_argument("--llm", default=None, help="LLM of the cascade and text-teacher baselines")
+    ev.add_argument("--limit", type=int, default=0, help="only the first N items")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.set_defaults(func=cmd_eval)
 
     sy = sub.add_parser("synth", help="write a synthetic speech-summarization dataset (train/dev/test)")
     sy.add_argument("--config", required=True, help="configs/synth/<preset>.yaml")

@@ -1,0 +1,226 @@
+"""`speechsum eval`: generate summaries for test items with several systems and score them.
+
+    speechsum eval --model runs/tiny/sft runs/tiny/dpo cascade text-teacher --data runs/data/test --out runs/eval
+
+Systems: a SpeechLM folder (or a run folder: its final/), `untrained` (the default assembly),
+`cascade` (whisper-base greedy ASR through faster-whisper -> the LLM reading the ASR transcript)
+and `text-teacher` (the LLM reading the gold transcript: the upper bound). The LLM of the two
+baselines is the first SpeechLM's LLM unless `--llm` names one.
+
+Scores per item: ROUGE-1/2/Lsum, MiniLM embedding similarity, fact recall/precision/F1 and
+invented facts (documents with known facts), style compliance; the headline scores get bootstrap
+confidence intervals, and every score is broken down by style, genre, held-out kind, voice,
+language and audio length. Writes metrics.json and predictions.parquet; prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+HEADLINE = ("fact_recall", "fact_f1", "invented_per_summary", "rouge_l", "similarity", "compliance")
+
+
+def load_test_items(data: str | Path, limit: int = 0) -> list[dict]:
+    from speechsum.data.dataset import read_manifest
+
+    split_dir = Path(data)
+    if not (split_dir / "manifest.parquet").is_file():
+        raise FileNotFoundError(f"{split_dir}: no manifest.parquet (pass a split folder such as runs/data/test)")
+    items = [r for r in read_manifest(split_dir) if r["target"]]
+    for r in items:
+        r["audio_path"] = str(split_dir / r["audio"])
+    return items[:limit] if limit else items
+
+
+def system_name(spec: str) -> str:
+    p = Path(spec)
+    return f"{p.parent.name}/{p.name}" if p.name == "final" else (p.name or spec)
+
+
+# ------------------------------------------------------------------------------------ systems
+
+
+def generate_speechlm(spec: str, items: list[dict], batch_size: int, max_new_tokens: int, log) -> tuple[list[str], str]:
+    """Summaries from audio by a SpeechLM folder / run folder / 'untrained'; returns (texts, llm)."""
+    from speechsum.audio import load_audio
+    from speechsum.models.encoder import EncoderCache
+    from speechsum.models.speech_lm import SpeechLM, SpeechLMConfig
+    from speechsum.training.common import resolve_init
+
+    model = SpeechLM.from_config(SpeechLMConfig()) if spec == "untrained" else SpeechLM.from_pretrained(resolve_init(spec))
+    model.eval()
+    cache_root = Path(items[0]["audio_path"]).parents[2] / "encoder_cache" if items else None
+    if cache_root is not None:
+        model.encoder_cache = EncoderCache(cache_root)
+    out: list[str] = []
+    order = sorted(range(len(items)), key=lambda i: items[i]["duration"])  # similar lengths per batch
+    texts = [""] * len(items)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        gens = model.generate([load_audio(items[i]["audio_path"]) for i in idx],
+                              [items[i]["instruction"] for i in idx], max_new_tokens=max_new_tokens)
+        for i, g in zip(idx, gens):
+            texts[i] = g.text
+    out = texts
+    return out, model.config.llm
+
+
+def asr_transcripts(items: list[dict], model: str = "whisper-base") -> list[str]:
+    """Greedy whisper transcripts through faster-whisper on the registry's CTranslate2 folder."""
+    from faster_whisper import WhisperModel
+
+    from speechsum.models import registry
+
+    asr = WhisperModel(str(registry.source_dir(model)), device="cpu", compute_type="int8", cpu_threads=2)
+    out = []
+    for r in items:
+        segs, _ = asr.transcribe(r["audio_path"], beam_size=1, language=None, condition_on_previous_text=False)
+        out.append(" ".join(s.text.strip() for s in segs))
+    return out
+
+
+def generate_text(llm: str, transcripts: list[str], items: list[dict], batch_size: int, max_new_tokens: int,
+                  system_prompt: str) -> list[str]:
+    """The LLM reading a transcript with the same system prompt and instruction as the SpeechLM."""
+    from speechsum.models.text_lm import TextLM
+
+    lm = TextLM.from_pretrained(llm)
+    convs = [[{"role": "system", "content": system_prompt},
+              {"role": "user", "content": f"{t}\n\n{r['instruction']}"}] for t, r in zip(transcripts, items)]
+    return lm.chat(convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+# ------------------------------------------------------------------------------------ scoring
+
+
+def score_items(items: list[dict], preds: list[str], embeddings: bool = True) -> list[dict]:
+    from speechsum.evaluation.compliance import style_compliance
+    from speechsum.evaluation.facts import score_summary
+    from speechsum.evaluation.metrics import embedding_similarity, rouge
+
+    sims = embedding_similarity(preds, [r["target"] for r in items]) if embeddings else [None] * len(items)
+    rows = []
+    for r, p, sim in zip(items, preds, sims):
+        facts = json.loads(r["facts"]) if r.get("facts") else []
+        f = score_summary(p, facts, r["transcript"], context=r["instruction"]) if facts else None
+        rg = rouge(p, r["target"])
+        comp = style_compliance(r["style"], p, r["instruction"])
+        rows.append({
+            "rouge_1": rg["rouge1"], "rouge_2": rg["rouge2"], "rouge_l": rg["rougeLsum"],
+            "similarity": sim,
+            "fact_recall": f["recall"] if f else None, "fact_precision": f["precision"] if f else None,
+            "fact_f1": f["f1"] if f else None,
+            "invented_per_summary": f["n_hallucinated"] if f else None,
+            "invented": f["hallucinated"] if f else [],
+            "compliance": comp["score"],
+        })
+    return rows
+
+
+def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
+    from speechsum.evaluation.metrics import bootstrap_ci
+
+    def agg(sel: list[int]) -> dict:
+        out = {"n": len(sel)}
+        for key in ("rouge_1", "rouge_2", "rouge_l", "similarity", "fact_recall", "fact_precision", "fact_f1",
+                    "invented_per_summary", "compliance"):
+            vals = [rows[i][key] for i in sel if rows[i][key] is not None]
+            out[key] = float(np.mean(vals)) if vals else None
+        return out
+
+    everything = list(range(len(rows)))
+    result = {"overall": agg(everything), "ci": {}, "by": {}}
+    for key in HEADLINE:
+        vals = [rows[i][key] for i in everything if rows[i][key] is not None]
+        if vals:
+            m, lo, hi = bootstrap_ci(vals)
+            result["ci"][key] = [m, lo, hi]
+    buckets = {
+        "style": lambda r: r["style"], "genre": lambda r: r["genre"], "language": lambda r: r["language"],
+        "voice": lambda r: r["voice"], "held_out": lambda r: r["held_out_kind"] or "seen",
+        "length": lambda r: "<30s" if r["duration"] < 30 else "30-90s" if r["duration"] < 90 else ">=90s",
+    }
+    for name, fn in buckets.items():
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(items):
+            groups.setdefault(str(fn(r)), []).append(i)
+        result["by"][name] = {k: agg(v) for k, v in sorted(groups.items())}
+    return result
+
+
+def markdown_table(metrics: dict) -> str:
+    cols = [("fact recall", "fact_recall"), ("fact F1", "fact_f1"), ("invented/summary", "invented_per_summary"),
+            ("ROUGE-L", "rouge_l"), ("similarity", "similarity"), ("style", "compliance")]
+    lines = ["| system | " + " | ".join(c for c, _ in cols) + " | s/item |",
+             "|---|" + "---|" * (len(cols) + 1)]
+    for name, m in metrics["systems"].items():
+        cells = []
+        for _, key in cols:
+            ci = m["ci"].get(key)
+            v = m["overall"][key]
+            cells.append("-" if v is None else f"{v:.3f}" + (f" [{ci[1]:.2f}, {ci[2]:.2f}]" if ci else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['seconds_per_item']:.2f} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ the command
+
+
+def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | None = None, limit: int = 0,
+             batch_size: int = 8, max_new_tokens: int = 128, embeddings: bool = True, log=print) -> dict:
+    from speechsum.models.speech_lm import SpeechLMConfig
+
+    items = load_test_items(data, limit)
+    if not items:
+        raise ValueError(f"{data}: no items with targets")
+    out_dir = Path(out) if out else None
+    preds_all: dict[str, list[str]] = {}
+    metrics: dict = {"data": str(data), "n_items": len(items), "systems": {}}
+    first_llm = None
+    asr: list[str] | None = None
+    for spec in systems:
+        t = time.time()
+        if spec == "cascade":
+            asr = asr if asr is not None else asr_transcripts(items)
+            preds = generate_text(llm or first_llm or SpeechLMConfig().llm, asr, items, batch_size, max_new_tokens,
+                                  SpeechLMConfig().system_prompt)
+        elif spec == "text-teacher":
+            preds = generate_text(llm or first_llm or SpeechLMConfig().llm, [r["transcript"] for r in items], items,
+                                  batch_size, max_new_tokens, SpeechLMConfig().system_prompt)
+        else:
+            preds, used_llm = generate_speechlm(spec, items, batch_size, max_new_tokens, log)
+            first_llm = first_llm or used_llm
+        dt = time.time() - t
+        name = system_name(spec)
+        rows = score_items(items, preds, embeddings)
+        metrics["systems"][name] = {**summarize_scores(rows, items), "seconds_per_item": dt / len(items)}
+        preds_all[name] = preds
+        log(f"eval: {name}: {len(items)} items in {dt:.0f} s")
+        if out_dir is not None:
+            _write(out_dir, items, preds_all, metrics, asr)
+    table = markdown_table(metrics)
+    metrics["table"] = table
+    if out_dir is not None:
+        _write(out_dir, items, preds_all, metrics, asr)
+    log(table)
+    return metrics
+
+
+def _write(out_dir: Path, items, preds_all, metrics, asr) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cols = {k: [r[k] for r in items] for k in ("id", "doc_id", "audio_path", "duration", "language", "voice",
+                                                "genre", "style", "held_out_kind", "instruction", "transcript",
+                                                "target", "facts")}
+    if asr is not None:
+        cols["asr_transcript"] = asr
+    for name, preds in preds_all.items():
+        cols[f"pred:{name}"] = preds
+    pq.write_table(pa.table(cols), out_dir / "predictions.parquet")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
