@@ -170,7 +170,7 @@ def cmd_eval(args) -> int:
 
     try:
         evaluate(args.model, args.data, args.out, llm=args.llm, limit=args.limit, batch_size=args.batch_size,
-                 max_new_tokens=args.max_new_tokens)
+                 max_new_tokens=args.max_new_tokens, task=args.task)
     except (FileNotFoundError, ValueError) as e:
         error(str(e))
         return EXIT_USAGE
@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=0, help="only the first N items")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument("--task", choices=["summarize", "transcribe"], default="summarize",
+                    help="transcribe: verbatim transcripts per document, scored with WER and fact recall "
+                         "(the alignment gate)")
     ev.set_defaults(func=cmd_eval)
 
     sy = sub.add_parser("synth", help="write a synthetic speech-summarization dataset (train/dev/test)")

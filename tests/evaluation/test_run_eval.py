@@ -20,3 +20,12 @@ def test_eval_tiny_model_three_items(tmp_path, tiny_dir):
     assert (tmp_path / "out" / "predictions.parquet").is_file()
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "| ckpt |" in saved["table"] and saved["table"] == markdown_table(saved)
+
+
+def test_transcription_gate_adds_wer(tmp_path, tiny_dir):
+    data = make_dataset(tmp_path / "data", n_train=1, n_dev=2)
+    tiny_speechlm(tiny_dir).save_pretrained(tmp_path / "ckpt")
+    m = evaluate([str(tmp_path / "ckpt")], str(data / "dev"), None, max_new_tokens=3, embeddings=False,
+                 task="transcribe", log=lambda *a: None)
+    assert m["systems"]["ckpt"]["overall"]["wer"] >= 0.5  # a random model cannot transcribe
+    assert m["table"].splitlines()[0].startswith("| system | WER |")

@@ -155,13 +155,15 @@ def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
 def markdown_table(metrics: dict) -> str:
     cols = [("fact recall", "fact_recall"), ("fact F1", "fact_f1"), ("invented/summary", "invented_per_summary"),
             ("ROUGE-L", "rouge_l"), ("similarity", "similarity"), ("style", "compliance")]
+    if any("wer" in m["overall"] for m in metrics["systems"].values()):
+        cols = [("WER", "wer")] + cols
     lines = ["| system | " + " | ".join(c for c, _ in cols) + " | s/item |",
              "|---|" + "---|" * (len(cols) + 1)]
     for name, m in metrics["systems"].items():
         cells = []
         for _, key in cols:
             ci = m["ci"].get(key)
-            v = m["overall"][key]
+            v = m["overall"].get(key)
             cells.append("-" if v is None else f"{v:.3f}" + (f" [{ci[1]:.2f}, {ci[2]:.2f}]" if ci else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['seconds_per_item']:.2f} |")
     return "\n".join(lines)
@@ -170,11 +172,27 @@ def markdown_table(metrics: dict) -> str:
 # ------------------------------------------------------------------------------------ the command
 
 
+def as_transcription(items: list[dict]) -> list[dict]:
+    """One item per document asking for a verbatim transcript (the alignment gate): target = transcript."""
+    from speechsum.training.align import TASKS
+
+    docs = {r["doc_id"]: r for r in items}
+    return [{**r, "id": f"{r['doc_id']}-asr", "instruction": TASKS["transcribe"][0], "style": "transcribe",
+             "target": r["transcript"], "held_out_kind": ""} for r in docs.values()]
+
+
 def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | None = None, limit: int = 0,
-             batch_size: int = 8, max_new_tokens: int = 128, embeddings: bool = True, log=print) -> dict:
+             batch_size: int = 8, max_new_tokens: int = 128, embeddings: bool = True, task: str = "summarize",
+             log=print) -> dict:
+    """Run and score every system; task 'transcribe' asks each document for a verbatim transcript
+    and adds WER (the alignment gate)."""
+    from speechsum.evaluation.wer import wer
     from speechsum.models.speech_lm import SpeechLMConfig
 
-    items = load_test_items(data, limit)
+    items = load_test_items(data)
+    if task == "transcribe":
+        items = as_transcription(items)
+    items = items[:limit] if limit else items
     if not items:
         raise ValueError(f"{data}: no items with targets")
     out_dir = Path(out) if out else None
@@ -198,6 +216,8 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
         name = system_name(spec)
         rows = score_items(items, preds, embeddings)
         metrics["systems"][name] = {**summarize_scores(rows, items), "seconds_per_item": dt / len(items)}
+        if task == "transcribe":
+            metrics["systems"][name]["overall"]["wer"] = wer([r["transcript"] for r in items], preds)
         preds_all[name] = preds
         log(f"eval: {name}: {len(items)} items in {dt:.0f} s")
         if out_dir is not None:
