@@ -58,6 +58,8 @@ class AlignConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     teacher: str = ""
     """Text LLM writing behaviour targets: registry name, folder, or openai:URL#MODEL ('' = the student's LLM)."""
+    teacher_batch_size: int = 32
+    """Prompts per teacher generation batch (decoding is memory-bound: bigger batches are ~free)."""
     teacher_cache: str = ""
     """Cache folder of teacher answers (default: <data.path>/teacher_cache)."""
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
@@ -123,7 +125,7 @@ def make_examples(items: list[dict], cfg: AlignConfig, seed: int) -> list[Exampl
     return out
 
 
-def fill_targets(examples: list[Example], teacher, log=None) -> None:
+def fill_targets(examples: list[Example], teacher, log=None, batch_size: int = 32) -> None:
     """Behaviour targets: the teacher's answer to the task prompt on the span's transcript."""
     by_task: dict[str, list[Example]] = {}
     for ex in examples:
@@ -135,7 +137,7 @@ def fill_targets(examples: list[Example], teacher, log=None) -> None:
         prompt, max_new = TASKS[task]
         t = time.time()
         convs = [[{"role": "user", "content": f"{ex.text}\n\n{prompt}"}] for ex in exs]
-        for ex, answer in zip(exs, teacher.chat(convs, max_new_tokens=max_new)):
+        for ex, answer in zip(exs, teacher.chat(convs, max_new_tokens=max_new, batch_size=batch_size)):
             ex.target = answer.strip() or ex.text  # an empty answer would teach silence
         if log:
             log(f"align: {len(exs)} '{task}' targets in {time.time() - t:.0f} s")
@@ -220,7 +222,7 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
     else:  # MTBI: the student's own LLM reading the transcript (LoRA off: the frozen base)
         teacher = CachedChat(TextLM(model.base_llm, model.tokenizer, identity=f"local:{model_cfg.llm}"), cache_dir)
     with torch.no_grad(), _adapters_off(model):
-        fill_targets(examples, teacher, log if acc.is_main_process else None)
+        fill_targets(examples, teacher, log if acc.is_main_process else None, cfg.teacher_batch_size)
     order = common.DataOrder(len(examples), cfg.loop.seed)
 
     # --- resume
