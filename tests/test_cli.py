@@ -65,3 +65,13 @@ def test_models_list_shows_every_name(capsys):
 def test_models_fetch_unknown_name(capsys):
     assert main(["models", "fetch", "gpt-7"]) == 1
     assert "gpt-7: unknown model name" in capsys.readouterr().err
+
+
+def test_overrides_after_options_reach_the_stage(monkeypatch):
+    import speechsum.training.sft as sft
+
+    seen = {}
+    monkeypatch.setattr(sft, "train", lambda cfg, resume=False: seen.update(cfg=cfg, resume=resume))
+    assert main(["train", "sft", "--config", "configs/sft/tiny.yaml", "loop.max_steps=3", "--resume",
+                 "optim.lr=0.01"]) == 0
+    assert seen["cfg"].loop.max_steps == 3 and seen["cfg"].optim.lr == 0.01 and seen["resume"]
