@@ -48,9 +48,16 @@ def test_summarize_and_reload(real_model, tmp_path):
     model = real_model
     model.eval()
     text = model.summarize(CLIP, style="bullets", max_new_tokens=20)
-    assert isinstance(text, str) and text.strip()
+    assert isinstance(text, str)  # an untrained connector may well say nothing useful (or nothing)
+    samples = load_audio(CLIP)
+    first = model.generate([samples], ["Summarize."], max_new_tokens=8, do_sample=True,
+                           generator=torch.Generator().manual_seed(0))[0]
+    assert len(first.ids) == len(first.logprobs) > 0 or first.finished
     model.save_pretrained(tmp_path / "ckpt")
     from speechsum.models.speech_lm import SpeechLM
 
     again = SpeechLM.from_pretrained(tmp_path / "ckpt")
     assert again.summarize(CLIP, style="bullets", max_new_tokens=20) == text
+    second = again.generate([samples], ["Summarize."], max_new_tokens=8, do_sample=True,
+                            generator=torch.Generator().manual_seed(0))[0]
+    assert second.ids == first.ids
