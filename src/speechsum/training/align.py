@@ -194,22 +194,12 @@ def feature_term(model, pairs) -> torch.Tensor:
 
 def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
     """Run the alignment stage; returns `<out_dir>/final`."""
-    from accelerate import Accelerator
-
-    from speechsum.models.encoder import EncoderCache
     from speechsum.models.text_lm import CachedChat, TextLM, chat_backend
     from speechsum.training.losses import token_cross_entropy
 
-    run_dir = Path(cfg.loop.out_dir)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.loop.bf16 else "no")
-    common.seed_everything(cfg.loop.seed + acc.process_index)
-
-    # --- model
-    model, model_cfg = common.build_model(cfg.model, cfg.init, log if acc.is_main_process else None)
-    cfg.model = model_cfg
-    model.encoder_cache = EncoderCache(cfg.data.encoder_cache or Path(cfg.data.path) / "encoder_cache")
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = common.build_optimizer(params, cfg.optim)
+    # --- model, optimizer
+    run = common.start_run(cfg, log)
+    model, acc, opt = run.model, run.acc, run.opt
 
     # --- data: spans, tasks and behaviour targets (teacher answers cached by request)
     train_items = load_items(cfg.data, cfg.data.train_split)
@@ -220,28 +210,11 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
     if cfg.teacher:
         teacher = chat_backend(cfg.teacher, cache_dir)
     else:  # MTBI: the student's own LLM reading the transcript (LoRA off: the frozen base)
-        teacher = CachedChat(TextLM(model.base_llm, model.tokenizer, identity=f"local:{model_cfg.llm}"), cache_dir)
+        teacher = CachedChat(TextLM(model.base_llm, model.tokenizer, identity=f"local:{cfg.model.llm}"), cache_dir)
     with torch.no_grad(), _adapters_off(model):
-        fill_targets(examples, teacher, log if acc.is_main_process else None, cfg.teacher_batch_size)
+        fill_targets(examples, teacher, log if run.main else None, cfg.teacher_batch_size)
     order = common.DataOrder(len(examples), cfg.loop.seed)
-
-    # --- resume
-    step = 0
-    ckpt = common.latest_checkpoint(run_dir) if resume else None
-    if ckpt is not None:
-        model.load_trainable(ckpt / "model")
-        state = common.load_trainer_state(ckpt, opt)
-        step, order.position = state["step"], state["data_position"]
-        if acc.is_main_process:
-            log(f"resumed from {ckpt} at step {step}")
-            common.truncate_metrics(run_dir, step)
-    elif acc.is_main_process:
-        common.write_run_files(run_dir, cfg)
-    model.train()
-    ddp_model, opt = acc.prepare(model, opt)
-    metrics = common.MetricsLog(run_dir, enabled=acc.is_main_process)
-    per_step = cfg.loop.batch_size * cfg.optim.grad_accum * acc.num_processes
-    bar = common.progress(cfg.loop.max_steps, step, enabled=acc.is_main_process)
+    common.resume_or_begin(run, order, resume)
 
     def segments_for(exs):
         docs = {ex.item["doc_id"]: ex.item for ex in exs}
@@ -250,51 +223,40 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
         return align_segments(model, exs, dict(zip(docs, frames)))
 
     # --- train
-    while step < cfg.loop.max_steps:
+    while run.step < cfg.loop.max_steps:
         t0 = time.time()
-        lr = cfg.optim.lr * common.lr_at(step, cfg.optim, cfg.loop.max_steps)
+        lr = cfg.optim.lr * common.lr_at(run.step, cfg.optim, cfg.loop.max_steps)
         common.set_lr(opt, lr)
-        step_ids = order.take(per_step)
-        step_examples = [examples[i] for i in step_ids]
+        step_examples = [examples[i] for i in order.take(run.per_step)]
         n_tokens = sum(len(model.target_ids(ex.target)) for ex in step_examples)  # global normaliser
         loss_sum, feat_sum, tokens = 0.0, 0.0, 0
         for micro in range(cfg.optim.grad_accum):
             mb = common.rank_slice(step_examples, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
-            with common.maybe_no_sync(acc, ddp_model, last=micro == cfg.optim.grad_accum - 1):
+            with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
                 items, pairs = segments_for(mb)
-                out = ddp_model(model.build_batch(items))
+                out = run.ddp_model(model.build_batch(items))
                 # sum over this rank's tokens / global tokens, x ranks because DDP averages gradients
                 loss = token_cross_entropy(out.logits, out.targets, reduction="sum") / n_tokens * acc.num_processes
                 if cfg.feature_weight > 0 and pairs:
                     feat = feature_term(model, pairs)
                     loss = loss + cfg.feature_weight * feat / cfg.optim.grad_accum
                     feat_sum += feat.item() / cfg.optim.grad_accum
-                common.check_finite(loss, step, [f"{ex.item['doc_id']}:{ex.first}-{ex.last}:{ex.task}" for ex in mb])
+                common.check_finite(loss, run.step,
+                                    [f"{ex.item['doc_id']}:{ex.first}-{ex.last}:{ex.task}" for ex in mb])
                 acc.backward(loss)
             loss_sum += loss.item() / acc.num_processes
             tokens += len(out.targets)
-        grad_norm = common.clip_and_step(acc, params, opt, cfg.optim.grad_clip)
-        step += 1
+        grad_norm = common.clip_and_step(acc, run.params, opt, cfg.optim.grad_clip)
+        run.step += 1
         loss_sum = common.all_reduce_sum(acc, loss_sum)
         tokens = int(common.all_reduce_sum(acc, tokens))
         dt = time.time() - t0
-        if step % cfg.loop.log_every == 0 or step == cfg.loop.max_steps:
-            metrics.log(step, loss=loss_sum, feature=feat_sum, lr=lr, grad_norm=grad_norm,
-                        tokens_per_s=tokens / dt, epoch=order.epoch, seconds=dt)
-        bar.update(loss=loss_sum, tok_s=tokens / dt)
-        if step % cfg.loop.save_every == 0 or step == cfg.loop.max_steps:
-            if acc.is_main_process:
-                common.save_checkpoint(run_dir, step, acc.unwrap_model(ddp_model), opt,
-                                       {"data_position": order.position}, cfg.loop.keep_last)
-            acc.wait_for_everyone()
-    bar.close()
-    metrics.close()
-    final = common.final_model_dir(run_dir)
-    if acc.is_main_process:
-        acc.unwrap_model(ddp_model).save_pretrained(final)
-        log(f"align: done; final model in {final}")
-    acc.wait_for_everyone()
-    return final
+        if common.should_log(run):
+            run.metrics.log(run.step, loss=loss_sum, feature=feat_sum, lr=lr, grad_norm=grad_norm,
+                            tokens_per_s=tokens / dt, epoch=order.epoch, seconds=dt)
+        run.bar.update(loss=loss_sum, tok_s=tokens / dt)
+        common.end_step(run, order)
+    return common.finish_run(run, "align")
 
 
 class _adapters_off:

@@ -460,3 +460,91 @@ def evaluate_dev(model, data_cfg, run_dir: Path, step: int, n_items: int, load_i
     if was_training:
         model.train()
     return {"dev_loss": dev_loss}
+
+
+# ------------------------------------------------------------------------------------ stage scaffolding
+# The four stage loops share these steps word for word; only the data and the loss step differ.
+
+
+@dataclass
+class Run:
+    cfg: object  # the stage config (has .model, .init, .data, .optim, .loop)
+    acc: object  # accelerate.Accelerator
+    model: object  # SpeechLM (unwrapped)
+    params: list
+    opt: torch.optim.Optimizer
+    run_dir: Path
+    log: object
+    ddp_model: object = None
+    metrics: object = None
+    bar: object = None
+    step: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.acc.is_main_process
+
+    @property
+    def per_step(self) -> int:
+        """Items per optimizer step over all ranks and micro-batches."""
+        return self.cfg.loop.batch_size * self.cfg.optim.grad_accum * self.acc.num_processes
+
+
+def start_run(cfg, log=print) -> Run:
+    """Accelerator, seeds, the model (from `init` or assembled), encoder cache, optimizer."""
+    from accelerate import Accelerator
+
+    from speechsum.models.encoder import EncoderCache
+
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.loop.bf16 else "no")
+    seed_everything(cfg.loop.seed + acc.process_index)
+    model, model_cfg = build_model(cfg.model, cfg.init, log if acc.is_main_process else None)
+    cfg.model = model_cfg
+    model.encoder_cache = EncoderCache(cfg.data.encoder_cache or Path(cfg.data.path) / "encoder_cache")
+    params = [p for p in model.parameters() if p.requires_grad]
+    return Run(cfg, acc, model, params, build_optimizer(params, cfg.optim), Path(cfg.loop.out_dir), log)
+
+
+def resume_or_begin(run: Run, order: DataOrder, resume: bool) -> None:
+    """Restore the latest checkpoint (weights, optimizer, RNG, data position) or write the run
+    files of a fresh run; then wrap the model for distributed training and open the logs."""
+    ckpt = latest_checkpoint(run.run_dir) if resume else None
+    if ckpt is not None:
+        run.model.load_trainable(ckpt / "model")
+        state = load_trainer_state(ckpt, run.opt)
+        run.step, order.position = state["step"], state["data_position"]
+        if run.main:
+            run.log(f"resumed from {ckpt} at step {run.step}")
+            truncate_metrics(run.run_dir, run.step)
+    elif run.main:
+        write_run_files(run.run_dir, run.cfg)
+    run.model.train()
+    run.ddp_model, run.opt = run.acc.prepare(run.model, run.opt)
+    run.metrics = MetricsLog(run.run_dir, enabled=run.main)
+    run.bar = progress(run.cfg.loop.max_steps, run.step, enabled=run.main)
+
+
+def end_step(run: Run, order: DataOrder) -> None:
+    """Checkpoint every `save_every` steps and at the last one (main process; others wait)."""
+    loop = run.cfg.loop
+    if run.step % loop.save_every == 0 or run.step == loop.max_steps:
+        if run.main:
+            save_checkpoint(run.run_dir, run.step, run.acc.unwrap_model(run.ddp_model), run.opt,
+                            {"data_position": order.position}, loop.keep_last)
+        run.acc.wait_for_everyone()
+
+
+def should_log(run: Run) -> bool:
+    return run.step % run.cfg.loop.log_every == 0 or run.step == run.cfg.loop.max_steps
+
+
+def finish_run(run: Run, stage: str) -> Path:
+    """Close the logs and save the final model to `<out_dir>/final` (what the next stage inits from)."""
+    run.bar.close()
+    run.metrics.close()
+    final = final_model_dir(run.run_dir)
+    if run.main:
+        run.acc.unwrap_model(run.ddp_model).save_pretrained(final)
+        run.log(f"{stage}: done; final model in {final}")
+    run.acc.wait_for_everyone()
+    return final

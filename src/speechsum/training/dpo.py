@@ -186,78 +186,47 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
 
 def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
     """Run DPO; returns `<out_dir>/final`."""
-    from accelerate import Accelerator
-
-    from speechsum.models.encoder import EncoderCache
     from speechsum.training.losses import dpo_loss, sequence_logps, token_cross_entropy
 
-    run_dir = Path(cfg.loop.out_dir)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.loop.bf16 else "no")
-    common.seed_everything(cfg.loop.seed + acc.process_index)
-
-    # --- model
-    model, model_cfg = common.build_model(cfg.model, cfg.init, log if acc.is_main_process else None)
-    cfg.model = model_cfg
-    model.encoder_cache = EncoderCache(cfg.data.encoder_cache or Path(cfg.data.path) / "encoder_cache")
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = common.build_optimizer(params, cfg.optim)
+    # --- model, optimizer
+    run = common.start_run(cfg, log)
+    model, acc, opt = run.model, run.acc, run.opt
 
     # --- data: preference pairs (sampled and judged once by the starting policy = the reference)
     train_items = load_items(cfg.data, cfg.data.train_split)
     by_id = {r["id"]: r for r in train_items}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.pairs:
-        records = [json.loads(x) for x in Path(cfg.pairs).read_text().splitlines() if x.strip()]
-        pairs = [r for r in records if r.get("pair")]
-    else:
-        if acc.is_main_process:
-            items = train_items[: cfg.pair_items] if cfg.pair_items else train_items
-            build_preferences(model, items, cfg, run_dir / "preferences.jsonl", log)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    pref_file = Path(cfg.pairs) if cfg.pairs else run.run_dir / "preferences.jsonl"
+    if not cfg.pairs:
+        if run.main:
+            build_preferences(model, train_items[: cfg.pair_items] if cfg.pair_items else train_items, cfg,
+                              pref_file, log)
         acc.wait_for_everyone()
-        records = [json.loads(x) for x in (run_dir / "preferences.jsonl").read_text().splitlines() if x.strip()]
-        pairs = [r for r in records if r["pair"]]
+    pairs = [r for r in (json.loads(x) for x in pref_file.read_text().splitlines() if x.strip()) if r.get("pair")]
     missing = [r["id"] for r in pairs if r["id"] not in by_id]
     if missing:
         raise ValueError(f"preference pairs name items not in {cfg.data.path}/{cfg.data.train_split}: {missing[:3]}")
     if not pairs:
         raise ValueError("no preference pairs: every item's samples tied (raise num_samples or sample_temperature)")
     order = common.DataOrder(len(pairs), cfg.loop.seed)
-
-    # --- resume
-    step = 0
-    ckpt = common.latest_checkpoint(run_dir) if resume else None
-    if ckpt is not None:
-        model.load_trainable(ckpt / "model")
-        state = common.load_trainer_state(ckpt, opt)
-        step, order.position = state["step"], state["data_position"]
-        if acc.is_main_process:
-            log(f"resumed from {ckpt} at step {step}")
-            common.truncate_metrics(run_dir, step)
-    elif acc.is_main_process:
-        common.write_run_files(run_dir, cfg)
-    model.train()
-    ddp_model, opt = acc.prepare(model, opt)
-    metrics = common.MetricsLog(run_dir, enabled=acc.is_main_process)
-    per_step = cfg.loop.batch_size * cfg.optim.grad_accum * acc.num_processes
-    bar = common.progress(cfg.loop.max_steps, step, enabled=acc.is_main_process)
+    common.resume_or_begin(run, order, resume)
 
     # --- train
-    while step < cfg.loop.max_steps:
+    while run.step < cfg.loop.max_steps:
         t0 = time.time()
-        lr = cfg.optim.lr * common.lr_at(step, cfg.optim, cfg.loop.max_steps)
+        lr = cfg.optim.lr * common.lr_at(run.step, cfg.optim, cfg.loop.max_steps)
         common.set_lr(opt, lr)
-        step_pairs = [pairs[i] for i in order.take(per_step)]
+        step_pairs = [pairs[i] for i in order.take(run.per_step)]
         loss_sum, acc_sum, margin_sum = 0.0, 0.0, 0.0
         for micro in range(cfg.optim.grad_accum):
             mb = common.rank_slice(step_pairs, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
-            items = [by_id[r["id"]] for r in mb]
             with torch.no_grad():
-                frames = item_frames(model, items)
-            with common.maybe_no_sync(acc, ddp_model, last=micro == cfg.optim.grad_accum - 1):
+                frames = item_frames(model, [by_id[r["id"]] for r in mb])
+            with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
                 # one forward over [chosen_1..chosen_P, rejected_1..rejected_P]
                 comps = [r["pair"]["chosen_ids"] for r in mb] + [r["pair"]["rejected_ids"] for r in mb]
                 instrs = [r["pair"]["instruction"] for r in mb] * 2
-                out = ddp_model(model.build_batch(model.audio_items(frames + frames, instrs, comps)))
+                out = run.ddp_model(model.build_batch(model.audio_items(frames + frames, instrs, comps)))
                 tok = torch.log_softmax(out.logits, -1).gather(1, out.targets[:, None])[:, 0]
                 seq = sequence_logps(tok, out.rows, len(comps))
                 p = len(mb)
@@ -268,29 +237,18 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
                     chosen_rows = out.rows < p
                     loss = loss + cfg.sft_weight * token_cross_entropy(out.logits[chosen_rows], out.targets[chosen_rows])
                 loss = loss / cfg.optim.grad_accum
-                common.check_finite(loss, step, [r["id"] for r in mb])
+                common.check_finite(loss, run.step, [r["id"] for r in mb])
                 acc.backward(loss)
             loss_sum += loss.item()
             acc_sum += (rc > rr).float().mean().item() / cfg.optim.grad_accum
             margin_sum += (rc - rr).mean().item() / cfg.optim.grad_accum
-        grad_norm = common.clip_and_step(acc, params, opt, cfg.optim.grad_clip)
-        step += 1
+        grad_norm = common.clip_and_step(acc, run.params, opt, cfg.optim.grad_clip)
+        run.step += 1
         loss_sum = common.all_reduce_sum(acc, loss_sum) / acc.num_processes
         dt = time.time() - t0
-        if step % cfg.loop.log_every == 0 or step == cfg.loop.max_steps:
-            metrics.log(step, loss=loss_sum, reward_accuracy=acc_sum, reward_margin=margin_sum, lr=lr,
-                        grad_norm=grad_norm, seconds=dt, epoch=order.epoch)
-        bar.update(loss=loss_sum, acc=acc_sum)
-        if step % cfg.loop.save_every == 0 or step == cfg.loop.max_steps:
-            if acc.is_main_process:
-                common.save_checkpoint(run_dir, step, acc.unwrap_model(ddp_model), opt,
-                                       {"data_position": order.position}, cfg.loop.keep_last)
-            acc.wait_for_everyone()
-    bar.close()
-    metrics.close()
-    final = common.final_model_dir(run_dir)
-    if acc.is_main_process:
-        acc.unwrap_model(ddp_model).save_pretrained(final)
-        log(f"dpo: done; final model in {final}")
-    acc.wait_for_everyone()
-    return final
+        if common.should_log(run):
+            run.metrics.log(run.step, loss=loss_sum, reward_accuracy=acc_sum, reward_margin=margin_sum, lr=lr,
+                            grad_norm=grad_norm, seconds=dt, epoch=order.epoch)
+        run.bar.update(loss=loss_sum, acc=acc_sum)
+        common.end_step(run, order)
+    return common.finish_run(run, "dpo")

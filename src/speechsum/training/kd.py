@@ -107,60 +107,32 @@ def kd_loss(cfg: KDConfig, student_logits: torch.Tensor, scores) -> torch.Tensor
 
 def train(cfg: KDConfig, resume: bool = False, log=print) -> Path:
     """Run on-policy KD; returns `<out_dir>/final`."""
-    from accelerate import Accelerator
-
-    from speechsum.models.encoder import EncoderCache
     from speechsum.training.losses import token_cross_entropy
 
-    run_dir = Path(cfg.loop.out_dir)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.loop.bf16 else "no")
-    common.seed_everything(cfg.loop.seed + acc.process_index)
-
-    # --- model and teacher
-    model, model_cfg = common.build_model(cfg.model, cfg.init, log if acc.is_main_process else None)
-    cfg.model = model_cfg
-    model.encoder_cache = EncoderCache(cfg.data.encoder_cache or Path(cfg.data.path) / "encoder_cache")
-    teacher = build_teacher(cfg, model, log if acc.is_main_process else None)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = common.build_optimizer(params, cfg.optim)
+    # --- model, teacher, optimizer
+    run = common.start_run(cfg, log)
+    model, acc, opt = run.model, run.acc, run.opt
+    teacher = build_teacher(cfg, model, log if run.main else None)
 
     # --- data
     train_items = load_items(cfg.data, cfg.data.train_split)
     if cfg.data.max_items:
         train_items = train_items[: cfg.data.max_items]
     order = common.DataOrder(len(train_items), cfg.loop.seed)
-
-    # --- resume
-    step = 0
-    ckpt = common.latest_checkpoint(run_dir) if resume else None
-    if ckpt is not None:
-        model.load_trainable(ckpt / "model")
-        state = common.load_trainer_state(ckpt, opt)
-        step, order.position = state["step"], state["data_position"]
-        if acc.is_main_process:
-            log(f"resumed from {ckpt} at step {step}")
-            common.truncate_metrics(run_dir, step)
-    elif acc.is_main_process:
-        common.write_run_files(run_dir, cfg)
-    model.train()
-    ddp_model, opt = acc.prepare(model, opt)
-    metrics = common.MetricsLog(run_dir, enabled=acc.is_main_process)
-    per_step = cfg.loop.batch_size * cfg.optim.grad_accum * acc.num_processes
-    bar = common.progress(cfg.loop.max_steps, step, enabled=acc.is_main_process)
+    common.resume_or_begin(run, order, resume)
 
     # --- train
-    while step < cfg.loop.max_steps:
+    while run.step < cfg.loop.max_steps:
         t0 = time.time()
-        lr = cfg.optim.lr * common.lr_at(step, cfg.optim, cfg.loop.max_steps)
+        lr = cfg.optim.lr * common.lr_at(run.step, cfg.optim, cfg.loop.max_steps)
         common.set_lr(opt, lr)
-        step_ids = order.take(per_step)
-        step_items = [train_items[i] for i in step_ids]
+        step_items = [train_items[i] for i in order.take(run.per_step)]
         loss_sum, tokens, t_sample, t_teacher, n_on = 0.0, 0, 0.0, 0.0, 0
         for micro in range(cfg.optim.grad_accum):
             mb = common.rank_slice(step_items, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
             # the on/off-policy draw and the sampling RNG depend only on (seed, step, micro, rank): resumable
-            on_policy = random.Random(f"{cfg.loop.seed}-{step}-{micro}").random() < cfg.lam
-            gen = torch.Generator().manual_seed(hash((cfg.loop.seed, step, micro, acc.process_index)) % 2**31)
+            on_policy = random.Random(f"{cfg.loop.seed}-{run.step}-{micro}").random() < cfg.lam
+            gen = torch.Generator().manual_seed(hash((cfg.loop.seed, run.step, micro, acc.process_index)) % 2**31)
             with torch.no_grad():
                 frames = item_frames(model, mb)
             completions, dt_sample = completions_for(model, frames, mb, on_policy, cfg, gen)
@@ -169,38 +141,27 @@ def train(cfg: KDConfig, resume: bool = False, log=print) -> Path:
             t_teacher += time.time() - t
             t_sample += dt_sample
             n_on += on_policy
-            with common.maybe_no_sync(acc, ddp_model, last=micro == cfg.optim.grad_accum - 1):
+            with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
                 items = model.audio_items(frames, [r["instruction"] for r in mb], completions)
-                out = ddp_model(model.build_batch(items))
+                out = run.ddp_model(model.build_batch(items))
                 assert torch.equal(out.rows, scores.rows), "teacher and student positions must be the same tokens"
                 loss = kd_loss(cfg, out.logits, scores) / cfg.optim.grad_accum
                 if cfg.sft_weight > 0:
-                    gold = ddp_model(model.build_batch(
+                    gold = run.ddp_model(model.build_batch(
                         model.audio_items(frames, [r["instruction"] for r in mb], [r["target"] for r in mb])))
                     loss = loss + cfg.sft_weight * token_cross_entropy(gold.logits, gold.targets) / cfg.optim.grad_accum
-                common.check_finite(loss, step, [r["id"] for r in mb])
+                common.check_finite(loss, run.step, [r["id"] for r in mb])
                 acc.backward(loss)
             loss_sum += loss.item()
             tokens += len(out.targets)
-        grad_norm = common.clip_and_step(acc, params, opt, cfg.optim.grad_clip)
-        step += 1
+        grad_norm = common.clip_and_step(acc, run.params, opt, cfg.optim.grad_clip)
+        run.step += 1
         loss_sum = common.all_reduce_sum(acc, loss_sum) / acc.num_processes
         dt = time.time() - t0
-        if step % cfg.loop.log_every == 0 or step == cfg.loop.max_steps:
-            metrics.log(step, loss=loss_sum, lr=lr, grad_norm=grad_norm, on_policy=n_on / cfg.optim.grad_accum,
-                        completion_tokens=tokens, seconds=dt, seconds_sampling=t_sample, seconds_teacher=t_teacher,
-                        seconds_student=dt - t_sample - t_teacher, epoch=order.epoch)
-        bar.update(loss=loss_sum, sample_s=t_sample)
-        if step % cfg.loop.save_every == 0 or step == cfg.loop.max_steps:
-            if acc.is_main_process:
-                common.save_checkpoint(run_dir, step, acc.unwrap_model(ddp_model), opt,
-                                       {"data_position": order.position}, cfg.loop.keep_last)
-            acc.wait_for_everyone()
-    bar.close()
-    metrics.close()
-    final = common.final_model_dir(run_dir)
-    if acc.is_main_process:
-        acc.unwrap_model(ddp_model).save_pretrained(final)
-        log(f"kd: done; final model in {final}")
-    acc.wait_for_everyone()
-    return final
+        if common.should_log(run):
+            run.metrics.log(run.step, loss=loss_sum, lr=lr, grad_norm=grad_norm, on_policy=n_on / cfg.optim.grad_accum,
+                            completion_tokens=tokens, seconds=dt, seconds_sampling=t_sample,
+                            seconds_teacher=t_teacher, seconds_student=dt - t_sample - t_teacher, epoch=order.epoch)
+        run.bar.update(loss=loss_sum, sample_s=t_sample)
+        common.end_step(run, order)
+    return common.finish_run(run, "kd")

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechsum.config import to_dict
 from speechsum.models.speech_lm import SpeechLMConfig
 from speechsum.training import common
 from speechsum.training.common import LoopConfig, OptimConfig
@@ -97,93 +96,52 @@ def sft_segments(model, items: list[dict]):
 
 def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
     """Run SFT; returns the folder of the final model (`<out_dir>/final`)."""
-    from accelerate import Accelerator
-
-    from speechsum.models.encoder import EncoderCache
     from speechsum.training.losses import token_cross_entropy
 
-    run_dir = Path(cfg.loop.out_dir)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.loop.bf16 else "no")
-    common.seed_everything(cfg.loop.seed + acc.process_index)
-
-    # --- model
-    model, model_cfg = common.build_model(cfg.model, cfg.init, log if acc.is_main_process else None)
-    cfg.model = model_cfg
-    model.encoder_cache = EncoderCache(cfg.data.encoder_cache or Path(cfg.data.path) / "encoder_cache")
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = common.build_optimizer(params, cfg.optim)
+    # --- model, optimizer
+    run = common.start_run(cfg, log)
+    model, acc, opt = run.model, run.acc, run.opt
 
     # --- data
     train_items = load_items(cfg.data, cfg.data.train_split)
     if cfg.data.max_items:
         train_items = train_items[: cfg.data.max_items]
     order = common.DataOrder(len(train_items), cfg.loop.seed, weights=item_weights(train_items, cfg.data))
-
-    # --- resume
-    step = 0
-    ckpt = common.latest_checkpoint(run_dir) if resume else None
-    if ckpt is not None:
-        model.load_trainable(ckpt / "model")
-        state = common.load_trainer_state(ckpt, opt)
-        step, order.position = state["step"], state["data_position"]
-        if acc.is_main_process:
-            log(f"resumed from {ckpt} at step {step}")
-            common.truncate_metrics(run_dir, step)
-    elif acc.is_main_process:
-        common.write_run_files(run_dir, cfg)
-    model.train()
-    ddp_model, opt = acc.prepare(model, opt)
-    metrics = common.MetricsLog(run_dir, enabled=acc.is_main_process)
-    per_step = cfg.loop.batch_size * cfg.optim.grad_accum * acc.num_processes
-    bar = common.progress(cfg.loop.max_steps, step, enabled=acc.is_main_process)
+    common.resume_or_begin(run, order, resume)
 
     # --- train
-    while step < cfg.loop.max_steps:
+    while run.step < cfg.loop.max_steps:
         t0 = time.time()
-        lr = cfg.optim.lr * common.lr_at(step, cfg.optim, cfg.loop.max_steps)
+        lr = cfg.optim.lr * common.lr_at(run.step, cfg.optim, cfg.loop.max_steps)
         common.set_lr(opt, lr)
-        step_ids = order.take(per_step)
-        step_items = [train_items[i] for i in step_ids]
+        step_items = [train_items[i] for i in order.take(run.per_step)]
         n_tokens = sum(len(model.target_ids(r["target"])) for r in step_items)  # global normaliser
         loss_sum, tokens = 0.0, 0
         for micro in range(cfg.optim.grad_accum):
             mb = common.rank_slice(step_items, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
-            with common.maybe_no_sync(acc, ddp_model, last=micro == cfg.optim.grad_accum - 1):
-                batch = model.build_batch(sft_segments(model, mb))
-                out = ddp_model(batch)
+            with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
+                out = run.ddp_model(model.build_batch(sft_segments(model, mb)))
                 # sum over this rank's tokens / global tokens, x ranks because DDP averages gradients
                 loss = token_cross_entropy(out.logits, out.targets, reduction="sum") / n_tokens * acc.num_processes
-                common.check_finite(loss, step, [r["id"] for r in mb])
+                common.check_finite(loss, run.step, [r["id"] for r in mb])
                 acc.backward(loss)
             loss_sum += loss.item() / acc.num_processes
             tokens += len(out.targets)
-        grad_norm = common.clip_and_step(acc, params, opt, cfg.optim.grad_clip)
-        step += 1
+        grad_norm = common.clip_and_step(acc, run.params, opt, cfg.optim.grad_clip)
+        run.step += 1
         loss_sum = common.all_reduce_sum(acc, loss_sum)
         tokens = int(common.all_reduce_sum(acc, tokens))
         dt = time.time() - t0
-        if step % cfg.loop.log_every == 0 or step == cfg.loop.max_steps:
-            metrics.log(step, loss=loss_sum, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens / dt,
-                        epoch=order.epoch, seconds=dt)
-        bar.update(loss=loss_sum, tok_s=tokens / dt)
-        if step % cfg.loop.save_every == 0 or step == cfg.loop.max_steps:
-            if acc.is_main_process:
-                common.save_checkpoint(run_dir, step, acc.unwrap_model(ddp_model), opt,
-                                       {"data_position": order.position}, cfg.loop.keep_last)
-            acc.wait_for_everyone()
-        if acc.is_main_process and (
-            (cfg.loop.eval_every and step % cfg.loop.eval_every == 0) or step == cfg.loop.max_steps
-        ):
-            common.evaluate_dev(model, cfg.data, run_dir, step, cfg.loop.eval_items, load_items, sft_segments,
-                                metrics)
-    bar.close()
-    metrics.close()
-    final = common.final_model_dir(run_dir)
-    if acc.is_main_process:
-        acc.unwrap_model(ddp_model).save_pretrained(final)
-        log(f"sft: done; final model in {final}")
-    acc.wait_for_everyone()
-    return final
+        if common.should_log(run):
+            run.metrics.log(run.step, loss=loss_sum, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens / dt,
+                            epoch=order.epoch, seconds=dt)
+        run.bar.update(loss=loss_sum, tok_s=tokens / dt)
+        common.end_step(run, order)
+        if run.main and ((cfg.loop.eval_every and run.step % cfg.loop.eval_every == 0)
+                         or run.step == cfg.loop.max_steps):
+            common.evaluate_dev(model, cfg.data, run.run_dir, run.step, cfg.loop.eval_items, load_items,
+                                sft_segments, run.metrics)
+    return common.finish_run(run, "sft")
 
 
-__all__ = ["SFTConfig", "DataConfig", "train", "to_dict"]
+__all__ = ["SFTConfig", "DataConfig", "train"]
