@@ -5,7 +5,8 @@
 Both decode greedily from the same left-padded text prompts (the LLM path of SpeechLM with
 the transcript in place of audio), stop on eos / <|im_end|>, and are counted in *useful*
 tokens: generated tokens up to and excluding the stop token. HF generate keeps finished rows
-in the batch until the longest one ends; ours drops them. Prints a table, writes JSON to
+in the batch until the longest one ends; ours drops them. Both are measured with fp32 and bf16
+weights (greedy outputs are compared within a dtype). Prints a table, writes JSON to
 bench/results/generate.json. Goal from the foundation issue: >= 3x HF generate at batch 8.
 """
 
@@ -41,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="weight dtypes to measure")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate.json"))
     args = ap.parse_args(argv)
 
@@ -50,9 +52,19 @@ def main(argv=None) -> int:
     hf_logging.disable_progress_bar()
     from speechsum.models.speech_lm import SpeechLM, SpeechLMConfig
 
-    torch.manual_seed(0)
-    model = SpeechLM.from_config(SpeechLMConfig(encoder=args.encoder, llm=args.llm, llm_training="frozen"))
-    model.eval()
+    rows = []
+    for dtype_name in args.dtypes:
+        torch.manual_seed(0)
+        dtype = getattr(torch, dtype_name)
+        model = SpeechLM.from_config(SpeechLMConfig(encoder=args.encoder, llm=args.llm, llm_training="frozen"),
+                                     dtype=dtype)
+        model.eval()
+        rows += measure(model, args, dtype_name)
+    report(rows, args)
+    return 0
+
+
+def measure(model, args, dtype_name: str) -> list[dict]:
     tok, llm = model.tokenizer, model.base_llm
     rows = []
     for bsz in args.batches:
@@ -87,17 +99,21 @@ def main(argv=None) -> int:
                 outs = fn()
                 best = min(best, time.perf_counter() - t)
             ntok = sum(map(len, outs))
-            rows.append({"impl": name, "batch": bsz, "seconds": round(best, 3), "useful_tokens": ntok,
-                         "tokens_per_s": round(ntok / best, 1), "outputs": outs})
+            rows.append({"impl": name, "dtype": dtype_name, "batch": bsz, "seconds": round(best, 3), "useful_tokens": ntok,
+                         "tokens_per_s": round(ntok / best, 1), "outputs": outs})  # noqa: E501
         hf, ours = rows[-2], rows[-1]
         hf["same_tokens_as_speechsum"] = hf["outputs"] == ours["outputs"]
+    return rows
 
-    print(f"\n{'impl':12} {'batch':>5} {'seconds':>8} {'tokens':>7} {'tok/s':>7} {'speedup':>7}")
+
+def report(rows: list[dict], args) -> None:
+    print(f"\n{'impl':12} {'dtype':9} {'batch':>5} {'seconds':>8} {'tokens':>7} {'tok/s':>7} {'vs HF fp32':>10}")
     for r in rows:
-        ref = next(x for x in rows if x["batch"] == r["batch"] and x["impl"] == "hf_generate")
-        r["speedup_vs_hf"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 2)
-        print(f"{r['impl']:12} {r['batch']:>5} {r['seconds']:>8.2f} {r['useful_tokens']:>7} "
-              f"{r['tokens_per_s']:>7.1f} {r['speedup_vs_hf']:>6.2f}x")
+        ref = next(x for x in rows if x["batch"] == r["batch"] and x["impl"] == "hf_generate"
+                   and x["dtype"] == "float32")
+        r["speedup_vs_hf_fp32"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 2)
+        print(f"{r['impl']:12} {r['dtype']:9} {r['batch']:>5} {r['seconds']:>8.2f} {r['useful_tokens']:>7} "
+              f"{r['tokens_per_s']:>7.1f} {r['speedup_vs_hf_fp32']:>9.2f}x")
     same = all(r.get("same_tokens_as_speechsum", True) for r in rows)
     print(f"greedy outputs identical to HF generate: {same}")
     out = Path(args.out)
@@ -108,7 +124,6 @@ def main(argv=None) -> int:
               "greedy_identical": same}
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":
