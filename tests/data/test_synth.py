@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+import yaml
 
 from speechsum.audio import SAMPLE_RATE
 from speechsum.config import ConfigError, from_dict, load_config
@@ -48,7 +49,8 @@ def test_manifest_schema_is_plain_parquet(made):
         assert len(m[split]) == summary["splits"][split] > 0
     assert len(m["train"]) == 14 and len(m["test"]) == 18
     r = m["train"][0]
-    assert r["target_author"] == "facts-template" and r["source"] == "procedural"
+    assert r["target_author"] == "facts-template" and r["source"] == "procedural" and r["source_id"] == ""
+    assert r["rejected_target"] == "" and r["rejected_problems"] == []
     assert isinstance(json.loads(r["facts"]), list)
     card = (out / "README.md").read_text()
     for word in ("train", "hours", "espeak:en-029+m6", "| `sentences` |", "espeak-ng 1."):
@@ -139,6 +141,19 @@ def test_rerun_with_a_different_config_is_refused(made):
     out, _, _ = made
     with pytest.raises(ConfigError, match="seed"):
         synthesize(tiny_config(out.parent / "cache", seed=5), out)
+
+
+def test_a_folder_made_before_the_teacher_fields_still_resumes(made):
+    out, _, full = made
+    path = out / "synth_config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    for key in ("teacher", "teacher_fraction", "teacher_batch", "llm_corpus"):
+        del saved[key]
+    for split in dataset.SPLITS:
+        del saved[split]["llm_documents"], saved[split]["aclsum_documents"]
+    path.write_text(yaml.safe_dump(saved))
+    synthesize(tiny_config(out.parent / "cache"), out)
+    assert dataset.read_manifest(out / "train") == full["train"]
 
 
 @pytest.mark.parametrize("data, key", [

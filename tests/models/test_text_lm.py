@@ -1,11 +1,8 @@
 """Text LLM backends: local TextLM on a tiny model, the OpenAI-compatible client against a real
 HTTP server on loopback, and the content-addressed cache."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
+from servers import LoopbackServer, chat_reply
 from tiny import tiny_llm, tiny_tokenizer
 
 from speechsum.models.text_lm import CachedChat, OpenAIChat, RemoteError, TextLM, chat_backend
@@ -21,43 +18,21 @@ def test_local_batch_equals_single():
     assert batched == [lm.chat([c], max_new_tokens=6)[0] for c in convs]
 
 
-class _Server:
-    """A loopback server speaking /v1/chat/completions; `script` lists what to answer per request."""
+def _server(script):
+    """A loopback chat server; `script` lists what to answer per request: ok, 500, garbage, weird."""
+    script = list(script)
 
-    def __init__(self, script):
-        self.script, self.requests = list(script), []
-        outer = self
+    def respond(path, body):
+        kind = script.pop(0) if script else "ok"
+        if kind == "500":
+            return 500, b"overloaded"
+        if kind == "garbage":
+            return 200, b"<html>nope</html>"
+        if kind == "weird":
+            return 200, {"error": "weird"}
+        return 200, chat_reply(f" echo: {body['messages'][-1]['content']} ")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append((self.path, body))
-                kind = outer.script.pop(0) if outer.script else "ok"
-                if kind == "500":
-                    self.send_response(500)
-                    self.end_headers()
-                    self.wfile.write(b"overloaded")
-                    return
-                payload = b"<html>nope</html>" if kind == "garbage" else json.dumps(
-                    {"choices": [{"message": {"role": "assistant",
-                                              "content": f" echo: {body['messages'][-1]['content']} "}}]}
-                    if kind == "ok" else {"error": "weird"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    return LoopbackServer(respond)
 
 
 @pytest.fixture
@@ -65,7 +40,7 @@ def server():
     servers = []
 
     def make(script=()):
-        s = _Server(script)
+        s = _server(script)
         servers.append(s)
         return s
 
@@ -100,7 +75,7 @@ def test_remote_errors_are_clear(server):
     s3 = server(["500"] * 5)
     with pytest.raises(RemoteError, match="HTTP 500.*after 2 attempts"):
         OpenAIChat(s3.url, "m", timeout=5, retries=1, backoff=0.01).chat([CONV])
-    port = s.httpd.server_address[1]
+    port = s.port
     s.close()  # nothing listens there now
     with pytest.raises(RemoteError, match="unreachable.*is the server running"):
         OpenAIChat(f"http://127.0.0.1:{port}/v1", "m", timeout=2, retries=1, backoff=0.01).chat([CONV])

@@ -2,7 +2,6 @@
 
 import json
 
-import torch
 from tiny import save_tiny_models
 
 from speechsum.models.speech_lm import SpeechLMConfig

@@ -2,11 +2,10 @@
 teacher speaks vLLM's prompt_logprobs over a real loopback server, and a short run trains."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from servers import LoopbackServer
 from tiny import save_tiny_models, tiny_tokenizer
 
 from speechsum.models.speech_lm import SpeechLMConfig
@@ -60,50 +59,35 @@ def test_different_vocabulary_is_a_clear_error(tiny_model):
         check_same_vocabulary(tiny_model.tokenizer, other, "student-llm", "big-teacher")
 
 
-class _VLLM:
-    """Loopback server answering /v1/completions with vLLM-style prompt_logprobs computed by a real model."""
+def _vllm(llm):
+    """A loopback /v1/completions server with vLLM-style prompt_logprobs computed by a real model."""
 
-    def __init__(self, llm, k):
-        outer = self
-        self.calls = 0
+    def respond(path, body):
+        ids = body["prompt"]
+        with torch.no_grad():
+            lp = torch.log_softmax(llm(torch.tensor([ids])).logits[0], -1)
+        plp = [None]
+        for pos in range(1, len(ids)):
+            top = lp[pos - 1].topk(body["prompt_logprobs"])
+            entry = {str(t): {"logprob": v, "rank": r + 1, "decoded_token": "x"}
+                     for r, (t, v) in enumerate(zip(top.indices.tolist(), top.values.tolist()))}
+            entry.setdefault(str(ids[pos]), {"logprob": lp[pos - 1, ids[pos]].item(), "rank": 999})
+            plp.append(entry)
+        return 200, {"choices": [{"text": "x", "prompt_logprobs": plp}]}
 
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.calls += 1
-                ids = body["prompt"]
-                with torch.no_grad():
-                    lp = torch.log_softmax(llm(torch.tensor([ids])).logits[0], -1)
-                plp = [None]
-                for pos in range(1, len(ids)):
-                    top = lp[pos - 1].topk(body["prompt_logprobs"])
-                    entry = {str(t): {"logprob": v, "rank": r + 1, "decoded_token": "x"}
-                             for r, (t, v) in enumerate(zip(top.indices.tolist(), top.values.tolist()))}
-                    entry.setdefault(str(ids[pos]), {"logprob": lp[pos - 1, ids[pos]].item(), "rank": 999})
-                    plp.append(entry)
-                payload = json.dumps({"choices": [{"text": "x", "prompt_logprobs": plp}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    return LoopbackServer(respond)
 
 
 def test_remote_teacher_matches_local_on_the_buckets(teacher):
-    srv = _VLLM(teacher.llm, k=5)
+    srv = _vllm(teacher.llm)
     try:
         remote = RemoteTeacher(srv.url, "tiny", teacher.tokenizer, teacher.system_prompt, top_k=5, timeout=10)
         r = remote.score(TRANSCRIPTS, INSTR, COMPLETIONS)
         local = teacher.score(TRANSCRIPTS, INSTR, COMPLETIONS)
     finally:
-        srv.httpd.shutdown()
-    assert srv.calls == 3 and torch.equal(r.rows, local.rows)
+        srv.close()
+    assert len(srv.requests) == 3 and torch.equal(r.rows, local.rows)
+    assert all(path == "/v1/completions" and body["max_tokens"] == 1 for path, body in srv.requests)
     torch.testing.assert_close(r.topk_logp, local.logp.gather(1, r.topk_ids), atol=1e-5, rtol=1e-5)
     assert torch.equal(r.topk_ids, local.logp.topk(5).indices)
 

@@ -31,22 +31,47 @@ FIELDS: list[tuple[str, str, str]] = [
     ("voice", "string", "voice of the first speaker, e.g. `espeak:en-gb+f3`, `piper:en_US-joe-medium`"),
     ("voices", "list<string>", "voice of each speaker, in speaker order"),
     ("speed", "float64", "speaking-rate factor (1.0 = engine default)"),
-    ("genre", "string", "meeting, status_call, interview, podcast, news_brief, voicemail, lecture; `user` for user data"),
+    ("genre", "string", "meeting, status_call, interview, podcast, news_brief, voicemail, lecture; "
+     "`research_talk` for ACLSum papers, `user` for user data"),
     ("register", "string", "formal, neutral or casual (casual text has fillers and repetitions)"),
     ("transcript", "string", "what is said, written as an ASR transcript would show it"),
     ("sentences", "list<struct<text: string, start: float64, end: float64, speaker: int32>>",
      "each transcript sentence with its start/end seconds in the audio and speaker index"),
     ("instruction", "string", "the summarization request"),
-    ("style", "string", "summary style (see speechsum.data.styles); empty when there is no target"),
+    ("style", "string", "summary style or ACLSum aspect (see speechsum.data.styles); empty when there is no target"),
     ("paraphrase_id", "int32", "which paraphrase of the style's instruction (-1 when none)"),
     ("held_out", "bool", "true if the style or the paraphrase is never used in train/dev"),
     ("held_out_kind", "string", "`style`, `paraphrase` or empty"),
     ("target", "string", "the reference summary"),
-    ("target_author", "string", "who wrote the target: `facts-template`, `user`, or a teacher model id"),
+    ("target_author", "string", "who wrote the target: `facts-template`, `aclsum-human`, `user`, or the teacher "
+     "backend (`local:<model>:<dtype>`, `openai:<url>:<model>`)"),
     ("target_problems", "list<string>", "fact-check findings for the target (empty for clean targets)"),
-    ("facts", "string", "JSON list of the document's facts: {id, kind, value, mention, attrs}"),
-    ("source", "string", "`procedural`, `procedural-multilingual` or `user`"),
+    ("rejected_target", "string", "a teacher target that failed the fact check and was replaced by the "
+     "facts-template target (a ready-made negative for preference data); empty otherwise"),
+    ("rejected_problems", "list<string>", "the fact-check findings of `rejected_target`"),
+    ("facts", "string", "JSON list of the document's facts: {id, kind, value, mention, attrs}; `[]` when the "
+     "document has no structured facts (LLM-written, ACLSum, user)"),
+    ("source", "string", "`procedural`, `procedural-multilingual`, `llm` (teacher-written transcript), "
+     "`aclsum` or `user`"),
+    ("source_id", "string", "where the document came from: the ACLSum paper id, the topic seed of an LLM-written "
+     "document, the user's file id; empty for procedural documents"),
 ]
+
+
+_SENTENCES = next(t for name, t, _ in FIELDS if name == "sentences")
+
+
+def item_record(doc_id: str, k: int, style, paraphrase_id: int, instruction: str, target: str, author: str,
+                problems: list[str], facts_json: str = "[]", rejected_target: str = "",
+                rejected_problems: list[str] = ()) -> dict[str, Any]:
+    """The item-level fields of a manifest row (the document-level ones are added by the writer)."""
+    from speechsum.data.styles import held_out_kind
+
+    kind = held_out_kind(style, paraphrase_id)
+    return {"id": f"{doc_id}-{k}", "instruction": instruction, "style": style.name, "paraphrase_id": paraphrase_id,
+            "held_out": kind != "", "held_out_kind": kind, "target": target, "target_author": author,
+            "target_problems": list(problems), "rejected_target": rejected_target,
+            "rejected_problems": list(rejected_problems), "facts": facts_json}
 
 
 def arrow_schema():
@@ -55,7 +80,7 @@ def arrow_schema():
     sentence = pa.struct([("text", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
                           ("speaker", pa.int32())])
     types = {"string": pa.string(), "float64": pa.float64(), "int32": pa.int32(), "bool": pa.bool_(),
-             "list<string>": pa.list_(pa.string()), FIELDS[12][1]: pa.list_(sentence)}
+             "list<string>": pa.list_(pa.string()), _SENTENCES: pa.list_(sentence)}
     return pa.schema([(name, types[t]) for name, t, _ in FIELDS])
 
 

@@ -24,7 +24,8 @@ from speechsum.data.numbers import Surface
 GENRES = ("meeting", "status_call", "interview", "podcast", "news_brief", "voicemail", "lecture")
 GENRE_NOUNS = {"meeting": "meeting", "status_call": "status call", "interview": "interview",
                "podcast": "podcast episode", "news_brief": "news brief", "voicemail": "voicemail",
-               "lecture": "lecture"}
+               "lecture": "lecture",
+               "research_talk": "talk"}  # ACLSum papers read aloud (aclsum.py); not a procedural genre
 # Register by genre: formal text has no fillers; casual text has many (ASR keeps them verbatim).
 REGISTERS = {"meeting": ("neutral", "casual", "formal"), "status_call": ("neutral", "casual"),
              "interview": ("neutral", "formal"), "podcast": ("casual",), "news_brief": ("formal",),
@@ -523,6 +524,22 @@ _GENRE_FUNCS = {
 # agenda items per genre (each adds roughly 15-40 s of speech); voicemails stay short
 ITEM_RANGE = {"meeting": (1, 5), "status_call": (1, 3), "interview": (1, 4), "podcast": (1, 4),
               "news_brief": (1, 4), "voicemail": (1, 1), "lecture": (1, 6)}
+
+
+def document_record(doc: Document) -> dict[str, Any]:
+    """A document as plain JSON (LLM-written and ACLSum documents travel to the TTS workers and
+    into the committed corpus this way)."""
+    return {"id": doc.doc_id, "genre": doc.genre, "language": doc.language, "register": doc.register,
+            "speakers": list(doc.speakers),
+            "sentences": [{"text": s.text, "spoken": s.spoken, "speaker": s.speaker} for s in doc.sentences],
+            "facts": doc.to_json()}
+
+
+def record_document(record: dict[str, Any]) -> Document:
+    return Document(record["id"], record["genre"], record.get("language", "en"), record["register"],
+                    list(record["speakers"]),
+                    [Sentence(s["text"], s["spoken"], int(s["speaker"])) for s in record["sentences"]],
+                    [Fact(**f) for f in record.get("facts", [])])
 
 
 def make_document(doc_id: str, genre: str, rng: random.Random, length_scale: float = 1.0) -> Document:

@@ -9,6 +9,11 @@ target always obeys it.
 Targets here are written from a document's facts alone ("facts-template" author), so they can
 only state what the document states; `factcheck.check_target` verifies that anyway, and is the
 same check a teacher-written target goes through.
+
+A second family, `ASPECT_STYLES` (challenge / approach / outcome, one sentence each), asks for
+the three human summaries that ACLSum papers come with (aclsum.py). It is kept out of `STYLES`,
+so the held-out style split above and the style sampling of the other sources are unchanged;
+its last two paraphrases are held out of train/dev in the same way.
 """
 
 from __future__ import annotations
@@ -142,8 +147,47 @@ GIVEN_SUMMARY = Style("summary", (
     "Write a summary of the {genre}.",
 ))
 
+# ACLSum's three aspects, each one sentence written by a person (see aclsum.py)
+ASPECT_STYLES: dict[str, Style] = {s.name: s for s in (
+    Style("challenge", (
+        "What problem does this {genre} address? Answer in one sentence.",
+        "In one sentence, what is the challenge the speaker is tackling?",
+        "State the research problem described in the recording, in a single sentence.",
+        "What gap or difficulty motivates this work? One sentence.",
+        "Summarize the challenge this {genre} is about in one sentence.",
+        "Which problem is the speaker trying to solve? Keep it to one sentence.",
+        "One sentence: what issue with existing work is raised here?",
+    )),
+    Style("approach", (
+        "What approach does the speaker propose? Answer in one sentence.",
+        "In one sentence, describe the method presented in this {genre}.",
+        "Summarize the proposed solution in a single sentence.",
+        "How do they tackle the problem? One sentence.",
+        "Describe the approach from the recording in one sentence.",
+        "What is the core idea of the method? One sentence please.",
+        "Explain in one sentence what the authors built or did.",
+    )),
+    Style("outcome", (
+        "What were the results? Answer in one sentence.",
+        "In one sentence, what did the work achieve?",
+        "Summarize the outcome reported in this {genre} in a single sentence.",
+        "What did the experiments show? One sentence.",
+        "State the main finding of the recording in one sentence.",
+        "How well did it work, in one sentence?",
+        "One sentence: what is the key result?",
+    )),
+)}
+
 HELD_OUT_STYLES = tuple(s.name for s in STYLES.values() if s.held_out)
 TRAIN_STYLES = tuple(s.name for s in STYLES.values() if not s.held_out)
+
+
+def get_style(name: str) -> Style:
+    """Any style by its manifest name (summary styles, ACLSum aspects, the user-summary style)."""
+    for family in (STYLES, ASPECT_STYLES, {GIVEN_SUMMARY.name: GIVEN_SUMMARY}):
+        if name in family:
+            return family[name]
+    raise KeyError(f"unknown style {name!r}")
 
 
 def held_out_kind(style: Style, paraphrase_id: int) -> str:
@@ -162,6 +206,35 @@ def choose_paraphrase(style: Style, rng: random.Random, allow_held_out: bool) ->
     if style.held_out:
         raise ValueError(f"style {style.name} is held out of training")
     return rng.randrange(n - style.held_out_paraphrases)
+
+
+def pick_paraphrase(style: Style, rng: random.Random, held: bool) -> int:
+    """A held-out paraphrase when `held` (and the style is seen), else one the style allows."""
+    if held and not style.held_out:
+        k = len(style.paraphrases)
+        return rng.randrange(k - style.held_out_paraphrases, k)
+    return choose_paraphrase(style, rng, allow_held_out=style.held_out)
+
+
+def pick_styles(rng: random.Random, n_items: int, held_out_fraction: float) -> list[tuple[Style, int]]:
+    """(style, paraphrase) for each item of a document, distinct styles.
+
+    With `held_out_fraction` 0 (train/dev) no held-out style or paraphrase can come out; in test,
+    each item is held out with that probability, half of them as a whole held-out style.
+    """
+    seen = [STYLES[n] for n in TRAIN_STYLES]
+    out = []
+    names_used: set[str] = set()
+    for _ in range(n_items):
+        held = rng.random() < held_out_fraction
+        if held and rng.random() < 0.5:
+            pool = [STYLES[n] for n in HELD_OUT_STYLES if n not in names_used]
+        else:
+            pool = [s for s in seen if s.name not in names_used]
+        style = rng.choice(pool or seen)
+        names_used.add(style.name)
+        out.append((style, pick_paraphrase(style, rng, held)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,6 +395,19 @@ def _round_up(words: int, step: int = 5) -> int:
 def instruction_text(style: Style, paraphrase_id: int, doc_genre: str, n: int | None) -> str:
     template = style.paraphrases[paraphrase_id]
     return template.format(genre=GENRE_NOUNS.get(doc_genre, "recording"), n=n if n is not None else "")
+
+
+# `{n}` for documents without facts (teacher-written targets): a limit people would ask for
+FREE_LIMITS = {"one_line": (20, 25, 30), "tldr": (15, 20, 25), "title": (6, 8, 10), "paragraph": (2, 3, 4),
+               "bullets": (3, 4, 5), "questions_answered": (2, 3, 4)}
+
+
+def free_instruction(style: Style, paraphrase_id: int, doc_genre: str, rng: random.Random) -> str:
+    """The instruction when no target exists yet to size the limit (the teacher must obey it)."""
+    n = None
+    if "{n}" in style.paraphrases[paraphrase_id]:
+        n = rng.choice(FREE_LIMITS.get(style.name, (USER_LIMITS.get(style.limit, 3),)))
+    return instruction_text(style, paraphrase_id, doc_genre, n)
 
 
 

@@ -1,9 +1,18 @@
 """Synthetic speech-summarization data: `speechsum synth --config configs/synth/tiny.yaml --out DIR`.
 
-What is implemented: procedural English documents of seven genres and es/fr/de test documents
-(documents.py, multilingual.py), targets rendered from their facts (styles.py, checked by
-factcheck.py), espeak-ng and piper speech with per-sentence timestamps (tts.py), written as the
-format in dataset.py. Teacher-LLM targets and documents plug in later through `target_writer`.
+Document sources: procedural English documents of seven genres and es/fr/de test documents
+(documents.py, multilingual.py); transcripts a teacher LLM writes from topic seeds, live or from
+a committed corpus (teacher.py, corpus.py); ACLSum papers read aloud with their human summaries
+(aclsum.py). Targets are rendered from facts (styles.py) or written by the teacher reading the
+transcript (`teacher`, `teacher_fraction`); every target is fact-checked (factcheck.py). Speech
+is espeak-ng and piper with per-sentence timestamps (tts.py), written as the format in dataset.py.
+
+The teacher runs in this process before the TTS pool starts (a local model is loaded once), in
+batches, through a content-addressed cache under `<cache_dir>/teacher/`; its answers travel to
+the workers inside the jobs. A teacher target that fails the fact check on a procedural
+document is replaced by the facts-template target and kept as `rejected_target` (with
+`rejected_problems`); on an LLM-written document, which has no template to fall back on, it is
+kept and its findings are in `target_problems` (filter on it to train on clean targets only).
 
 The unit of work is a document: its audio and its items are written by one worker to a temp
 file and renamed (`<split>/audio/<doc>.flac`, then `<split>/.parts/<doc>.json`); a document whose
@@ -16,6 +25,7 @@ finish does not change the result.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import json
 import random
@@ -28,11 +38,12 @@ from typing import Any, Protocol
 import yaml
 
 from speechsum.config import ConfigError, load_config, to_dict
-from speechsum.data import dataset, documents, multilingual, styles, tts
+from speechsum.data import aclsum, dataset, documents, multilingual, styles, teacher, tts
 from speechsum.data.documents import Document
 from speechsum.data.factcheck import check_target
 
 FACTS_TEMPLATE = "facts-template"
+SOURCES = {"procedural": "en", "procedural-multilingual": "xl", "llm": "llm", "aclsum": "acl"}  # -> doc id tag
 
 
 @dataclasses.dataclass
@@ -47,13 +58,20 @@ class SplitConfig:
     """es/fr/de documents (test split only), for the zero-shot cross-lingual check."""
     multilingual_voices: list[str] = dataclasses.field(default_factory=list)
     """espeak voices for those documents; their languages decide which languages appear."""
+    llm_documents: int = 0
+    """English documents whose transcript a teacher LLM writes from a topic seed (no structured
+    facts; all their targets are teacher-written). Needs `teacher` or `llm_corpus`."""
+    aclsum_documents: int = 0
+    """ACLSum papers read aloud, from ACLSum's own split (train/dev/test <- train/val/test, at most
+    100/50/100); three items each (challenge, approach, outcome) with the human summaries as
+    targets, whatever `items_per_doc` says."""
 
     def __post_init__(self):
-        if self.documents < 0 or self.multilingual_documents < 0:
+        if min(self.documents, self.multilingual_documents, self.llm_documents, self.aclsum_documents) < 0:
             raise ConfigError("documents: must be >= 0")
         if not 1 <= self.items_per_doc <= len(styles.TRAIN_STYLES):
             raise ConfigError(f"items_per_doc: must be between 1 and {len(styles.TRAIN_STYLES)}")
-        if self.documents and not self.voices:
+        if self.documents + self.llm_documents + self.aclsum_documents and not self.voices:
             raise ConfigError("voices: a split with documents needs at least one voice")
         if self.multilingual_documents and not self.multilingual_voices:
             raise ConfigError("multilingual_voices: needed when multilingual_documents > 0")
@@ -63,6 +81,10 @@ class SplitConfig:
         for i, v in enumerate(self.voices):
             if tts.voice_language(v) != "en":
                 raise ConfigError(f"voices[{i}]: {v!r} is not an English voice")
+
+
+def _n_documents(sc: SplitConfig) -> int:
+    return sc.documents + sc.multilingual_documents + sc.llm_documents + sc.aclsum_documents
 
 
 @dataclasses.dataclass
@@ -78,13 +100,26 @@ class SynthConfig:
     genres: list[str] = dataclasses.field(default_factory=lambda: list(documents.GENRES))
     """English genres, used in turn."""
     length_scale: float = 1.0
-    """Scales the number of agenda items per document (0.3 gives short documents, 1.5 long ones)."""
+    """Scales the number of agenda items per document (0.3 gives short documents, 1.5 long ones)
+    and the length asked of LLM-written documents."""
     speed_range: list[float] = dataclasses.field(default_factory=lambda: [0.85, 1.15])
     """Speaking-rate factor range, sampled per document."""
     test_held_out_fraction: float = 0.5
     """Share of test items that use a held-out style or a held-out paraphrase."""
+    teacher: str = ""
+    """Teacher LLM for targets and LLM-written documents: a registry name or model folder
+    (`qwen2.5-1.5b-instruct`, `local:/path/to/model`) or an OpenAI-compatible endpoint
+    `openai:BASE_URL#MODEL` (vLLM, llama.cpp server, OpenAI; key from $OPENAI_API_KEY). Empty: none."""
+    teacher_fraction: float = 0.0
+    """Share of the items of English procedural documents whose target the teacher writes (same
+    instruction) instead of the facts template; one failing the fact check falls back to the template."""
+    teacher_batch: int = 8
+    """Prompts per batch for a local teacher; concurrent requests for an endpoint."""
+    llm_corpus: str = ""
+    """A corpus file written by `python -m speechsum.data.corpus`: when set, `llm_documents` (and
+    their targets) are read from it, in order per split, instead of written by a live teacher."""
     cache_dir: str = ""
-    """TTS clip cache; empty means $SPEECHSUM_HOME/cache/tts."""
+    """TTS clip cache, with teacher answers under `teacher/`; empty means $SPEECHSUM_HOME/cache/tts."""
     workers: int = 2
     """Processes; 1 runs in the calling process."""
     progress: bool = True
@@ -103,22 +138,49 @@ class SynthConfig:
             raise ConfigError("test_held_out_fraction: must be between 0 and 1")
         if self.workers < 1:
             raise ConfigError("workers: must be >= 1")
-        for name in ("train", "dev"):
-            if getattr(self, name).multilingual_documents:
+        if not 0.0 <= self.teacher_fraction <= 1.0:
+            raise ConfigError("teacher_fraction: must be between 0 and 1")
+        if self.teacher_batch < 1:
+            raise ConfigError("teacher_batch: must be >= 1")
+        if self.teacher.startswith("openai:"):
+            url, _, model = self.teacher.removeprefix("openai:").partition("#")
+            if not url.startswith(("http://", "https://")) or not model:
+                raise ConfigError(f"teacher: {self.teacher!r}: expected openai:BASE_URL#MODEL, "
+                                  "e.g. openai:http://127.0.0.1:8000/v1#qwen")
+        elif self.teacher and not self.teacher.removeprefix("local:").strip():
+            raise ConfigError("teacher: 'local:' needs a registry name or a model folder")
+        if self.teacher_fraction > 0 and not self.teacher:
+            raise ConfigError("teacher_fraction: needs a `teacher` (registry name, folder or openai:URL#MODEL)")
+        for name in dataset.SPLITS:
+            sc: SplitConfig = getattr(self, name)
+            if name != "test" and sc.multilingual_documents:
                 raise ConfigError(f"{name}.multilingual_documents: other languages belong to the test split only")
+            if sc.llm_documents and not (self.teacher or self.llm_corpus):
+                raise ConfigError(f"{name}.llm_documents: needs a `teacher` or an `llm_corpus`")
+            limit = aclsum.SPLITS[name][1]
+            if sc.aclsum_documents > limit:
+                raise ConfigError(f"{name}.aclsum_documents: ACLSum has {limit} papers for {name}, "
+                                  f"asked for {sc.aclsum_documents}")
         shared = sorted(set(self.train.voices) & set(self.test.voices + self.test.multilingual_voices))
         if shared:
             raise ConfigError(f"test.voices: {shared[0]} is also a train voice; test voices must be unseen")
-        if not any(getattr(self, s).documents + getattr(self, s).multilingual_documents for s in dataset.SPLITS):
+        if not any(_n_documents(getattr(self, s)) for s in dataset.SPLITS):
             raise ConfigError("train.documents: the config makes no documents at all")
+
+    def needs_teacher(self) -> bool:
+        """A live teacher is loaded only when something will ask it for text."""
+        splits = [getattr(self, s) for s in dataset.SPLITS]
+        return (self.teacher_fraction > 0 and any(sc.documents for sc in splits)) or (
+            not self.llm_corpus and any(sc.llm_documents for sc in splits))
 
 
 # settings that change how, not what, is made: they may differ when resuming
-_RUN_ONLY = ("cache_dir", "workers", "progress")
+_RUN_ONLY = ("cache_dir", "workers", "progress", "teacher_batch")
 
 
-def preflight(cfg: SynthConfig) -> None:
-    """Check every voice is usable; raises ConfigError naming the key, before any work."""
+def preflight(cfg: SynthConfig):
+    """Check every voice, the ACLSum wheel, the LLM corpus and the teacher before any work;
+    raises ConfigError naming the key. Returns the opened teacher (None when none is needed)."""
     for module, extra in (("pyarrow", "data"), ("soundfile", ""), ("tqdm", "")):
         try:
             __import__(module)
@@ -132,6 +194,37 @@ def preflight(cfg: SynthConfig) -> None:
                     tts.check_voice(v)
                 except tts.VoiceError as e:
                     raise ConfigError(f"{split}.{key}[{i}]: {e}") from None
+    if any(getattr(cfg, s).aclsum_documents for s in dataset.SPLITS):
+        from speechsum.models.registry import ModelError
+
+        try:
+            aclsum.wheel_path()
+        except ModelError as e:
+            raise ConfigError(f"aclsum_documents: {e}") from None
+    if cfg.llm_corpus:
+        _corpus(cfg)
+    if not cfg.needs_teacher():
+        return None
+    try:
+        return teacher.open_teacher(cfg.teacher, cfg.cache_dir or default_cache())
+    except ValueError as e:
+        raise ConfigError(f"teacher: {e}") from None
+
+
+def _corpus(cfg: SynthConfig) -> dict[str, list[dict[str, Any]]]:
+    """The LLM corpus, checked against the config (enough records in each split)."""
+    from speechsum.data.corpus import CorpusError, read_corpus
+
+    try:
+        per_split = read_corpus(cfg.llm_corpus)
+    except CorpusError as e:
+        raise ConfigError(f"llm_corpus: {e}") from None
+    for split in dataset.SPLITS:
+        want = getattr(cfg, split).llm_documents
+        if want > len(per_split[split]):
+            raise ConfigError(f"{split}.llm_documents: {cfg.llm_corpus} has {len(per_split[split])} "
+                              f"{split} documents, asked for {want}")
+    return per_split
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +250,7 @@ def facts_template_writer(doc: Document, style: styles.Style, paraphrase_id: int
 class Job:
     split: str
     index: int
-    multilingual: bool
+    source: str  # a key of SOURCES
     split_dir: str
     seed: int
     genres: tuple[str, ...]
@@ -167,55 +260,51 @@ class Job:
     items_per_doc: int
     held_out_fraction: float  # 0 outside test
     cache_dir: str
+    teacher_fraction: float = 0.0  # English procedural documents only
+    prepared: str = ""  # llm, aclsum: JSON of the document record with its finished items
+    teacher_targets: tuple[tuple[int, str, str], ...] = ()  # procedural: (item k, target, author)
 
     @property
     def doc_id(self) -> str:
-        return f"{self.split}-{'xl' if self.multilingual else 'en'}-{self.index:06d}"
+        return f"{self.split}-{SOURCES[self.source]}-{self.index:06d}"
 
 
 def make_document(job: Job) -> Document:
+    if job.prepared:
+        return documents.record_document(json.loads(job.prepared))
     rng = random.Random(f"{job.seed}:{job.doc_id}:doc")
-    if job.multilingual:
+    if job.source == "procedural-multilingual":
         langs = sorted({tts.voice_language(v) for v in job.voices})
         return multilingual.make_document(job.doc_id, langs[job.index % len(langs)], rng, job.length_scale)
     return documents.make_document(job.doc_id, job.genres[job.index % len(job.genres)], rng, job.length_scale)
 
 
-def _pick_styles(job: Job, rng: random.Random) -> list[tuple[styles.Style, int]]:
-    """(style, paraphrase) per item; train/dev never see a held-out style or paraphrase."""
-    seen = [styles.STYLES[n] for n in styles.TRAIN_STYLES]
-    out = []
-    names_used: set[str] = set()
-    for _ in range(job.items_per_doc):
-        held = rng.random() < job.held_out_fraction
-        if held and rng.random() < 0.5:
-            pool = [styles.STYLES[n] for n in styles.HELD_OUT_STYLES if n not in names_used]
-        else:
-            pool = [s for s in seen if s.name not in names_used]
-        style = rng.choice(pool or seen)
-        names_used.add(style.name)
-        if held and not style.held_out:
-            k = len(style.paraphrases)
-            pid = rng.randrange(k - style.held_out_paraphrases, k)
-        else:
-            pid = styles.choose_paraphrase(style, rng, allow_held_out=style.held_out)
-        out.append((style, pid))
-    return out
+def taught(job: Job, k: int) -> bool:
+    """Does the teacher write item k's target? A random stream of its own: changing
+    `teacher_fraction` changes nothing else about the dataset."""
+    return random.Random(f"{job.seed}:{job.doc_id}:{k}:teacher").random() < job.teacher_fraction
 
 
 def build_items(job: Job, doc: Document, target_writer: TargetWriter, rng: random.Random) -> list[dict[str, Any]]:
     items = []
     facts_json = json.dumps(doc.to_json(), ensure_ascii=False)
     values = [f.value for f in doc.facts]
-    for k, (style, pid) in enumerate(_pick_styles(job, rng)):
+    from_teacher = {k: (target, author) for k, target, author in job.teacher_targets}
+    for k, (style, pid) in enumerate(styles.pick_styles(rng, job.items_per_doc, job.held_out_fraction)):
         instruction, target, author = target_writer(doc, style, pid, random.Random(f"{job.seed}:{job.doc_id}:{k}"))
         problems = check_target(target, doc.transcript, values)
         if problems and author == FACTS_TEMPLATE:
             raise AssertionError(f"{doc.doc_id}/{style.name}: rendered target fails the fact check: {problems}")
-        kind = styles.held_out_kind(style, pid)
-        items.append({"id": f"{doc.doc_id}-{k}", "instruction": instruction, "style": style.name,
-                      "paraphrase_id": pid, "held_out": kind != "", "held_out_kind": kind, "target": target,
-                      "target_author": author, "target_problems": problems, "facts": facts_json})
+        rejected, rejected_problems = "", []
+        if k in from_teacher:
+            t_target, t_author = from_teacher[k]
+            t_problems = teacher.target_problems(t_target, doc)
+            if t_problems:  # keep the writer's target; the teacher's stays as a negative example
+                rejected, rejected_problems = t_target, t_problems
+            else:
+                target, author, problems = t_target, t_author, []
+        items.append(dataset.item_record(doc.doc_id, k, style, pid, instruction, target, author, problems,
+                                         facts_json, rejected, rejected_problems))
     return items
 
 
@@ -232,7 +321,7 @@ def run_job(job: Job, target_writer: TargetWriter = facts_template_writer) -> di
     rng = random.Random(f"{job.seed}:{job.doc_id}:speech")
     n_speakers = max(s.speaker for s in doc.sentences) + 1
     pool = list(job.voices)
-    if job.multilingual:
+    if job.source == "procedural-multilingual":
         pool = [v for v in pool if tts.voice_language(v) == doc.language]
     picked = rng.sample(pool, min(n_speakers, len(pool)))
     voices = [picked[i % len(picked)] for i in range(n_speakers)]
@@ -249,9 +338,16 @@ def run_job(job: Job, target_writer: TargetWriter = facts_template_writer) -> di
         "register": doc.register, "transcript": doc.transcript,
         "sentences": [{"text": s.text, "start": round(a, 4), "end": round(b, 4), "speaker": s.speaker}
                       for s, (a, b) in zip(doc.sentences, spans)],
-        "source": "procedural-multilingual" if job.multilingual else "procedural",
+        "source": job.source, "source_id": "",
     }
-    items = [{**base, **item} for item in build_items(job, doc, target_writer, random.Random(f"{job.seed}:{job.doc_id}:items"))]
+    if job.prepared:
+        record = json.loads(job.prepared)
+        base["source_id"] = record["source_id"]
+        # a corpus may hold more items per document than this config asks for; ACLSum has its three
+        made = record["items"] if job.source == "aclsum" else record["items"][: job.items_per_doc]
+    else:
+        made = build_items(job, doc, target_writer, random.Random(f"{job.seed}:{job.doc_id}:items"))
+    items = [{**base, **item} for item in made]
     dataset.atomic_write(part, json.dumps(items, ensure_ascii=False).encode())
     return {"doc_id": doc.doc_id, "skipped": False, "items": len(items), "duration": duration}
 
@@ -261,23 +357,87 @@ def run_job(job: Job, target_writer: TargetWriter = facts_template_writer) -> di
 
 
 def plan(cfg: SynthConfig, out_dir: Path) -> list[Job]:
+    """Every document of the config as a job. ACLSum and corpus documents come ready; live LLM
+    documents and teacher targets are added by `prepare`, for the jobs still to do."""
+    corpus = _corpus(cfg) if cfg.llm_corpus else None
     jobs = []
     for split in dataset.SPLITS:
         sc: SplitConfig = getattr(cfg, split)
         common = dict(split=split, split_dir=str(out_dir / split), seed=cfg.seed, genres=tuple(cfg.genres),
                       length_scale=cfg.length_scale, speed_range=tuple(cfg.speed_range),
-                      items_per_doc=sc.items_per_doc, cache_dir=cfg.cache_dir or str(_default_cache()),
+                      items_per_doc=sc.items_per_doc, cache_dir=cfg.cache_dir or str(default_cache()),
                       held_out_fraction=cfg.test_held_out_fraction if split == "test" else 0.0)
-        jobs += [Job(index=i, multilingual=False, voices=tuple(sc.voices), **common) for i in range(sc.documents)]
-        jobs += [Job(index=i, multilingual=True, voices=tuple(sc.multilingual_voices), **common)
+        jobs += [Job(index=i, source="procedural", voices=tuple(sc.voices), teacher_fraction=cfg.teacher_fraction,
+                     **common) for i in range(sc.documents)]
+        jobs += [Job(index=i, source="procedural-multilingual", voices=tuple(sc.multilingual_voices), **common)
                  for i in range(sc.multilingual_documents)]
+        jobs += [Job(index=i, source="llm", voices=tuple(sc.voices), **common,
+                     prepared=json.dumps(corpus[split][i], ensure_ascii=False) if corpus else "")
+                 for i in range(sc.llm_documents)]
+        if sc.aclsum_documents:
+            for i, paper in enumerate(aclsum.pick_papers(split, sc.aclsum_documents, cfg.seed)):
+                job = Job(index=i, source="aclsum", voices=tuple(sc.voices), **common)
+                doc = aclsum.to_document(paper, job.doc_id)
+                record = {**documents.document_record(doc), "source_id": paper.id,
+                          "items": aclsum.items(paper, doc, cfg.seed, job.held_out_fraction)}
+                jobs.append(dataclasses.replace(job, prepared=json.dumps(record, ensure_ascii=False)))
     return jobs
 
 
-def _default_cache() -> Path:
+def prepare(todo: list[Job], cfg: SynthConfig, chat, target_writer: TargetWriter) -> list[Job]:
+    """The teacher's part, in this process and in batches: transcripts of live LLM documents,
+    then targets of the procedural items it was picked for. Returns the jobs ready for TTS."""
+    ready = {j.doc_id: j for j in todo}
+    live = [j for j in todo if j.source == "llm" and not j.prepared]
+    if live:
+        requests = [teacher.doc_request(cfg.seed, j.split, j.index, cfg.length_scale) for j in live]
+        records = teacher.write_llm_documents(
+            chat, requests, items_per_doc={s: getattr(cfg, s).items_per_doc for s in dataset.SPLITS},
+            held_out_fraction={s: cfg.test_held_out_fraction if s == "test" else 0.0 for s in dataset.SPLITS},
+            seed=cfg.seed, batch=cfg.teacher_batch, progress=cfg.progress)
+        for j, record in zip(live, records):
+            ready[j.doc_id] = dataclasses.replace(j, prepared=json.dumps(record, ensure_ascii=False))
+    asks = []  # (doc_id, k, conversation): the same instruction the facts template answers
+    for j in todo:
+        ks = [k for k in range(j.items_per_doc) if taught(j, k)] if j.teacher_fraction > 0 else []
+        if ks:
+            doc = make_document(j)
+            items = build_items(j, doc, target_writer, random.Random(f"{j.seed}:{j.doc_id}:items"))
+            asks += [(j.doc_id, k, teacher.target_messages(doc, items[k]["instruction"])) for k in ks]
+    if asks:
+        start = time.perf_counter()
+        answers = teacher.ask(chat, [conv for _, _, conv in asks], teacher.TARGET_MAX_TOKENS, cfg.teacher_batch,
+                              "teacher: targets", cfg.progress)
+        per_doc: dict[str, list[tuple[int, str, str]]] = {}
+        for (doc_id, k, _), answer in zip(asks, answers):
+            per_doc.setdefault(doc_id, []).append((k, answer, chat.identity))
+        for doc_id, targets in per_doc.items():
+            ready[doc_id] = dataclasses.replace(ready[doc_id], teacher_targets=tuple(targets))
+        elapsed = time.perf_counter() - start
+        print(f"teacher: {len(asks)} targets in {elapsed:.1f} s ({elapsed / len(asks):.2f} s per target, "
+              "cached answers included)", file=sys.stderr)
+    return [ready[j.doc_id] for j in todo]
+
+
+def default_cache() -> Path:
     from speechsum.models import registry
 
     return registry.home() / "cache" / "tts"
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the fields added since it was written, at their defaults (which make
+    what older versions made), so an older dataset folder still resumes."""
+    def default(f):
+        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+    out = dict(saved)
+    for f in dataclasses.fields(SynthConfig):
+        if f.name in dataset.SPLITS and isinstance(out.get(f.name), dict):
+            out[f.name] = {g.name: default(g) for g in dataclasses.fields(SplitConfig)} | out[f.name]
+        elif f.name not in out:
+            out[f.name] = to_dict(default(f)) if dataclasses.is_dataclass(default(f)) else default(f)
+    return out
 
 
 def _claim_out_dir(cfg: SynthConfig, out_dir: Path) -> None:
@@ -285,7 +445,8 @@ def _claim_out_dir(cfg: SynthConfig, out_dir: Path) -> None:
     wanted = {k: v for k, v in to_dict(cfg).items() if k not in _RUN_ONLY}
     path = out_dir / "synth_config.yaml"
     if path.is_file():
-        have = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k not in _RUN_ONLY}
+        saved = _with_defaults(yaml.safe_load(path.read_text()) or {})
+        have = {k: v for k, v in saved.items() if k not in _RUN_ONLY}
         if have != wanted:
             key = next((k for k in sorted(set(have) | set(wanted)) if have.get(k) != wanted.get(k)), "?")
             raise ConfigError(f"{key}: {out_dir} was made with a different config; use a new --out folder")
@@ -305,12 +466,16 @@ def synthesize(cfg: SynthConfig, out_dir: str | Path, *, target_writer: TargetWr
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
-    preflight(cfg)
+    chat = preflight(cfg)
     _claim_out_dir(cfg, out_dir)
     jobs = plan(cfg, out_dir)
     todo = [j for j in jobs if not (Path(j.split_dir) / ".parts" / f"{j.doc_id}.json").is_file()
             or not (Path(j.split_dir) / "audio" / f"{j.doc_id}.flac").is_file()]
     start = time.perf_counter()
+    if chat is not None:
+        todo = prepare(todo, cfg, chat, target_writer)
+        del chat  # a local teacher's memory goes back before the TTS workers start
+        gc.collect()
     made_items = made_seconds = 0.0
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="doc", disable=not cfg.progress,
                desc="synth", dynamic_ncols=True, file=sys.stderr)
@@ -370,15 +535,19 @@ def _finish(cfg: SynthConfig, out_dir: Path, jobs: list[Job]) -> dict[str, Any]:
 
 
 def synth_command(config: str | None, out: str, overrides: list[str] = ()) -> int:
-    """CLI body: one-line errors, exit code 2 for a bad config or voice."""
+    """CLI body: one-line errors, exit code 2 for a bad config, voice, teacher or source."""
+    from speechsum.models.text_lm import RemoteError
+
     try:
         cfg = load_config(SynthConfig, config, overrides)
         synthesize(cfg, out)
     except ConfigError as e:
         print(f"speechsum synth: {e}", file=sys.stderr)
         return 2
+    except (RemoteError, teacher.TeacherError) as e:  # the teacher failed mid-run; its answers so far are cached
+        print(f"speechsum synth: teacher: {e}", file=sys.stderr)
+        return 1
     return 0
-
 
 
 if __name__ == "__main__":  # `python -m speechsum.data.synth --config ... --out ... key=value ...`

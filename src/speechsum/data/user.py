@@ -131,7 +131,8 @@ def convert_user_data(path: str | Path, out_dir: str | Path, split: str = "test"
             "instruction": styles.instruction_text(styles.GIVEN_SUMMARY, pid, "user", None) if it.summary else "",
             "style": styles.GIVEN_SUMMARY.name if it.summary else "", "paraphrase_id": pid,
             "held_out": False, "held_out_kind": "", "target": it.summary or "",
-            "target_author": "user" if it.summary else "", "target_problems": [], "facts": "[]", "source": "user",
+            "target_author": "user" if it.summary else "", "target_problems": [], "rejected_target": "",
+            "rejected_problems": [], "facts": "[]", "source": "user", "source_id": it.id,
         })
     dataset.write_manifest(split_dir, records)
     from speechsum.data.card import write_card
