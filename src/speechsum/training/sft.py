@@ -65,7 +65,9 @@ def load_items(cfg: DataConfig, split: str) -> list[dict]:
     split_dir = Path(cfg.path) / split
     if not (split_dir / "manifest.parquet").is_file():
         raise FileNotFoundError(f"{split_dir}: no manifest.parquet (run `speechsum synth` first)")
-    items = [r for r in read_manifest(split_dir) if r["target"]]
+    # items without a target, or whose target failed the fact check (a teacher that invented a
+    # fact on an LLM-written document), are not trained or scored on
+    items = [r for r in read_manifest(split_dir) if r["target"] and not r.get("target_problems")]
     for r in items:
         r["audio_path"] = str(split_dir / r["audio"])
     return items
