@@ -253,7 +253,7 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
         dt = time.time() - t0
         if common.should_log(run):
             run.metrics.log(run.step, loss=loss_sum, feature=feat_sum, lr=lr, grad_norm=grad_norm,
-                            tokens_per_s=tokens / dt, epoch=order.epoch, seconds=dt)
+                            target_tokens_per_s=tokens / dt, epoch=order.epoch, seconds=dt)
         run.bar.update(loss=loss_sum, tok_s=tokens / dt)
         common.end_step(run, order)
     return common.finish_run(run, "align")

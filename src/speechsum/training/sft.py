@@ -135,7 +135,7 @@ def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
         tokens = int(common.all_reduce_sum(acc, tokens))
         dt = time.time() - t0
         if common.should_log(run):
-            run.metrics.log(run.step, loss=loss_sum, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens / dt,
+            run.metrics.log(run.step, loss=loss_sum, lr=lr, grad_norm=grad_norm, target_tokens_per_s=tokens / dt,
                             epoch=order.epoch, seconds=dt)
         run.bar.update(loss=loss_sum, tok_s=tokens / dt)
         common.end_step(run, order)
