@@ -6,7 +6,7 @@ from tiny import save_tiny_models
 from speechsum.pipeline import PipelineConfig, run
 
 
-def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data):
+def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypatch):
     enc, llm = save_tiny_models(tmp_path / "models")
     model = {"encoder": str(enc), "llm": str(llm), "stack": 4, "projector_hidden": 32, "lora_r": 4, "lora_alpha": 8,
              "system_prompt": "you are a helpful assistant"}
@@ -28,7 +28,7 @@ def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data):
     # judge those by length instead to exercise the whole chain
     import speechsum.training.dpo as dpo
 
-    dpo.fact_judge = lambda item, texts, pen: ([len(t) for t in texts], ["len"] * len(texts))
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, pen: ([len(t) for t in texts], ["len"] * len(texts)))
     run(cfg, log=logs.append)
     for stage in ("align", "sft", "kd", "dpo"):
         assert (tmp_path / "run" / stage / "final" / "speechlm_config.json").is_file(), stage
