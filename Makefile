@@ -12,18 +12,19 @@ PYTEST_ARGS ?=
 
 .PHONY: install system models test-models test demo bench clean-venv
 
-# Debian packages: espeak-ng (TTS for synthetic data, demo clip), sox (audio tools)
+# Debian packages: espeak-ng (TTS for synthetic data, demo clip), sox (audio tools),
+# chromium (the headless-browser test of `speechsum report`)
 system:
-	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { \
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && command -v chromium >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng sox chromium >/dev/null; }
 
 # torch is pinned to the local CPU wheel (an unpinned torch pulls a multi-GB CUDA build);
 # everything else is pinned by constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,asr,data,eval,bench]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,asr,data,eval,bench,report]'
 	touch $@
 
 install: system $(STAMP)

@@ -177,6 +177,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from speechsum.evaluation.report import build_report
+
+    try:
+        path = build_report(args.run_dir, eval_dir=args.eval, out=args.out, max_examples=args.examples)
+    except (FileNotFoundError, ValueError) as e:
+        error(str(e))
+        return EXIT_USAGE
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_synth(args) -> int:
     from speechsum.data.synth import synth_command
 
@@ -237,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="transcribe: verbatim transcripts per document, scored with WER and fact recall "
                          "(the alignment gate)")
     ev.set_defaults(func=cmd_eval)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page of a run: table, curves, examples")
+    rp.add_argument("run_dir", help="run folder (stage folders with metrics.jsonl, eval/ with metrics.json)")
+    rp.add_argument("--eval", default=None, help="eval output folder (default RUN_DIR/eval, else RUN_DIR)")
+    rp.add_argument("--out", default=None, help="folder for index.html and the PNG plots (default RUN_DIR/report)")
+    rp.add_argument("--examples", type=int, default=12, help="at most this many example cards (clips are embedded)")
+    rp.set_defaults(func=cmd_report)
 
     sy = sub.add_parser("synth", help="write a synthetic speech-summarization dataset (train/dev/test)")
     sy.add_argument("--config", required=True, help="configs/synth/<preset>.yaml")

@@ -152,21 +152,31 @@ def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
     return result
 
 
-def markdown_table(metrics: dict) -> str:
-    cols = [("fact recall", "fact_recall"), ("fact F1", "fact_f1"), ("invented/summary", "invented_per_summary"),
-            ("ROUGE-L", "rouge_l"), ("similarity", "similarity"), ("style", "compliance")]
+# (column label, metric key) of the comparison table; WER is put first for the transcription gate
+TABLE_COLUMNS = [("fact recall", "fact_recall"), ("fact F1", "fact_f1"), ("invented/summary", "invented_per_summary"),
+                 ("ROUGE-L", "rouge_l"), ("similarity", "similarity"), ("style", "compliance")]
+
+
+def table_cells(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows of the comparison table (markdown here, HTML in report.py)."""
+    cols = list(TABLE_COLUMNS)
     if any("wer" in m["overall"] for m in metrics["systems"].values()):
         cols = [("WER", "wer")] + cols
-    lines = ["| system | " + " | ".join(c for c, _ in cols) + " | s/item |",
-             "|---|" + "---|" * (len(cols) + 1)]
+    rows = []
     for name, m in metrics["systems"].items():
         cells = []
         for _, key in cols:
             ci = m["ci"].get(key)
             v = m["overall"].get(key)
             cells.append("-" if v is None else f"{v:.3f}" + (f" [{ci[1]:.2f}, {ci[2]:.2f}]" if ci else ""))
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['seconds_per_item']:.2f} |")
-    return "\n".join(lines)
+        rows.append([name] + cells + [f"{m['seconds_per_item']:.2f}"])
+    return ["system"] + [c for c, _ in cols] + ["s/item"], rows
+
+
+def markdown_table(metrics: dict) -> str:
+    header, rows = table_cells(metrics)
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 # ------------------------------------------------------------------------------------ the command
