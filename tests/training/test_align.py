@@ -1,9 +1,12 @@
 """Alignment stage (MTBI): spans, interleaving layout, behaviour targets, a short run."""
 
+import json
+import math
+
 import torch
 from tiny import save_tiny_models
 
-from speechsum.models.speech_lm import Audio, SpeechLMConfig, Text
+from speechsum.models.speech_lm import Audio, SpeechLM, SpeechLMConfig, Text
 from speechsum.training import align, common
 from speechsum.training.sft import DataConfig, load_items
 
@@ -73,3 +76,33 @@ def test_align_run_trains_projector_only(tmp_path, tiny_data):
     assert any((tiny_data / "teacher_cache").rglob("*.json"))
     items = load_items(DataConfig(path=str(tiny_data)), "train")
     assert len(align.make_examples(items, cfg, 0)) == 2 * len({r["doc_id"] for r in items})
+
+
+def test_ctc_only_alignment_skips_llm_and_teacher(tmp_path, tiny_data):
+    """lm_weight=0: only the embedding-space CTC term trains the projector; no teacher call."""
+    enc, llm = save_tiny_models(tmp_path / "models")
+    cfg = align.AlignConfig(
+        model=SpeechLMConfig(encoder=str(enc), llm=str(llm), stack=2, projector_hidden=32, llm_training="frozen",
+                             system_prompt="you are a helpful assistant"),
+        data=DataConfig(path=str(tiny_data)), examples_per_doc=2, lm_weight=0.0, ctc_weight=1.0, ctc_blank="<pad>",
+        teacher_cache=str(tmp_path / "tcache"), tasks=["one_line"],
+        optim=common.OptimConfig(lr=1e-2, warmup_steps=1),
+        loop=common.LoopConfig(out_dir=str(tmp_path / "run"), max_steps=3, batch_size=2, save_every=3, bf16=False),
+    )
+    common.seed_everything(cfg.loop.seed)  # the same initial projector as the run's
+    start = {n: p.clone() for n, p in SpeechLM.from_config(cfg.model).projector.named_parameters()}
+    final = align.train(cfg, log=lambda *a: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["ctc_spans"] > 0 and math.isfinite(r["ctc"]) and r["ctc"] > 0 for r in rows)
+    assert not (tmp_path / "tcache").exists()  # no behaviour targets were generated
+    trained = dict(SpeechLM.from_pretrained(final).projector.named_parameters())
+    assert all(not torch.equal(start[n], trained[n]) for n in ("fc1.weight", "fc2.weight"))
+
+
+def test_align_config_refuses_an_objective_of_nothing():
+    import pytest
+
+    with pytest.raises(ValueError, match="nothing to train"):
+        align.AlignConfig(lm_weight=0.0)
+    with pytest.raises(ValueError, match="ctc_temperature"):
+        align.AlignConfig(ctc_weight=1.0, ctc_temperature=0.0)

@@ -94,3 +94,40 @@ def test_dpo_zero_margin_is_log2_and_sign():
 def test_sequence_logps_sum_by_row_and_masked_positions_contribute_nothing():
     tok = torch.tensor([-1.0, -2.0, -0.5])
     assert sequence_logps(tok, torch.tensor([0, 0, 1]), 3).tolist() == [-3.0, -0.5, 0.0]
+
+
+# ------------------------------------------------------------------------------------ embedding CTC
+from speechsum.training.losses import ctc_feasible, embedding_ctc_loss  # noqa: E402
+
+# vocabulary rows: 0 (the blank token, e.g. a lone space), 1, 2
+_E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+
+
+def test_embedding_ctc_one_frame_golden():
+    # one audio token pointing at row 1: cosines blank 0, tok1 1, tok2 0 (the blank's own row is
+    # masked, so it does not take mass twice) -> p(tok1) = e / (e + 2), CTC = log(1 + 2/e)
+    loss, used = embedding_ctc_loss([torch.tensor([[0.0, 3.0]])], [[1]], _E, blank_id=0, temperature=1.0)
+    assert used == 1 and math.isclose(loss.item(), math.log(1 + 2 / math.e), rel_tol=1e-5)
+
+
+def test_embedding_ctc_perfect_alignment_is_near_zero():
+    # tokens 1, 2 with a blank between: audio tokens equal the embeddings, sharp temperature
+    audio = torch.stack([_E[1], _E[0], _E[2]]) * 5
+    loss, _ = embedding_ctc_loss([audio], [[1, 2]], _E, blank_id=0, temperature=0.01)
+    assert loss.item() < 1e-6
+    wrong, _ = embedding_ctc_loss([torch.stack([_E[2], _E[0], _E[1]])], [[1, 2]], _E, blank_id=0, temperature=0.01)
+    assert wrong.item() > 10
+
+
+def test_embedding_ctc_skips_infeasible_spans_and_blank_targets():
+    assert ctc_feasible(2, [1, 2]) and not ctc_feasible(2, [1, 1]) and ctc_feasible(3, [1, 1])
+    good = torch.tensor([[0.0, 3.0]])
+    alone, _ = embedding_ctc_loss([good], [[1]], _E, 0, 1.0)
+    # a span with 1 audio token for 2 target tokens is left out; blank ids in a target are dropped
+    both, used = embedding_ctc_loss([good, good], [[1], [1, 2]], _E, 0, 1.0)
+    assert used == 1 and math.isclose(both.item(), alone.item(), rel_tol=1e-6)
+    dropped, used = embedding_ctc_loss([good], [[0, 1, 0]], _E, 0, 1.0)
+    assert used == 1 and math.isclose(dropped.item(), alone.item(), rel_tol=1e-6)
+    nothing, used = embedding_ctc_loss([good.requires_grad_()], [[1, 2]], _E, 0, 1.0)
+    assert used == 0 and nothing.item() == 0.0
+    nothing.backward()  # still differentiable: a step with no usable span is a no-op, not a crash

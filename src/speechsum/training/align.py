@@ -76,6 +76,15 @@ class AlignConfig:
     """In interleaved examples, the chance that a sentence is audio rather than text."""
     feature_weight: float = 0.0
     """Weight of the feature-level alignment term (0: off)."""
+    ctc_weight: float = 0.0
+    """Weight of the embedding-space CTC term on audio spans (`losses.embedding_ctc_loss`; 0: off)."""
+    ctc_temperature: float = 0.1
+    """Temperature of the CTC term's cosine logits."""
+    ctc_blank: str = " "
+    """Text of the one LLM token whose embedding is the CTC blank (a lone space reads as nothing)."""
+    lm_weight: float = 1.0
+    """Weight of the behaviour-imitation cross-entropy through the LLM; 0 skips the LLM pass and the
+    teacher entirely (CTC-only connector pre-alignment, ~10x cheaper steps)."""
 
     def __post_init__(self):
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -85,6 +94,12 @@ class AlignConfig:
             raise ValueError("interleave_prob must be in [0, 1] and audio_ratio in (0, 1)")
         if self.max_sentences < 1 or self.examples_per_doc < 1:
             raise ValueError("max_sentences and examples_per_doc must be >= 1")
+        if min(self.feature_weight, self.ctc_weight, self.lm_weight) < 0:
+            raise ValueError("feature_weight, ctc_weight and lm_weight must be >= 0")
+        if self.lm_weight == 0 and self.ctc_weight == 0 and self.feature_weight == 0:
+            raise ValueError("lm_weight, ctc_weight and feature_weight are all 0: nothing to train")
+        if self.ctc_temperature <= 0:
+            raise ValueError(f"ctc_temperature must be > 0, got {self.ctc_temperature}")
 
 
 # ------------------------------------------------------------------------------------ examples
@@ -189,6 +204,21 @@ def feature_term(model, pairs) -> torch.Tensor:
     return feature_alignment_loss([a for a, _ in pairs], text)
 
 
+def blank_id(tokenizer, text: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"ctc_blank: {text!r} is {len(ids)} tokens for this tokenizer, not 1; pick a single-token text")
+    return ids[0]
+
+
+def ctc_term(model, pairs, cfg: AlignConfig) -> tuple[torch.Tensor, int]:
+    from speechsum.training.losses import embedding_ctc_loss
+
+    emb = model.base_llm.get_input_embeddings().weight.detach()
+    return embedding_ctc_loss([a for a, _ in pairs], [ids for _, ids in pairs], emb,
+                              blank_id(model.tokenizer, cfg.ctc_blank), cfg.ctc_temperature)
+
+
 # ------------------------------------------------------------------------------------ the loop
 
 
@@ -211,8 +241,11 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
         teacher = chat_backend(cfg.teacher, cache_dir)
     else:  # MTBI: the student's own LLM reading the transcript (LoRA off: the frozen base)
         teacher = CachedChat(TextLM(model.base_llm, model.tokenizer, identity=f"local:{cfg.model.llm}"), cache_dir)
-    with torch.no_grad(), _adapters_off(model):
-        fill_targets(examples, teacher, log if run.main else None, cfg.teacher_batch_size)
+    if cfg.lm_weight > 0:  # CTC/feature-only pre-alignment needs no behaviour targets
+        with torch.no_grad(), _adapters_off(model):
+            fill_targets(examples, teacher, log if run.main else None, cfg.teacher_batch_size)
+    if cfg.ctc_weight > 0:
+        blank_id(model.tokenizer, cfg.ctc_blank)  # fail before any work
     order = common.DataOrder(len(examples), cfg.loop.seed)
     common.resume_or_begin(run, order, resume)
 
@@ -229,32 +262,42 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
         common.set_lr(opt, lr)
         step_examples = [examples[i] for i in order.take(run.per_step)]
         n_tokens = sum(len(model.target_ids(ex.target)) for ex in step_examples)  # global normaliser
-        loss_sum, feat_sum, tokens = 0.0, 0.0, 0
+        loss_sum, feat_sum, ctc_sum, ctc_spans, tokens = 0.0, 0.0, 0.0, 0, 0
         for micro in range(cfg.optim.grad_accum):
             mb = common.rank_slice(step_examples, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
             with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
                 items, pairs = segments_for(mb)
-                out = run.ddp_model(model.build_batch(items))
-                # sum over this rank's tokens / global tokens, x ranks because DDP averages gradients
-                loss = token_cross_entropy(out.logits, out.targets, reduction="sum") / n_tokens * acc.num_processes
+                loss = torch.zeros(())
+                if cfg.lm_weight > 0:
+                    out = run.ddp_model(model.build_batch(items))
+                    # sum over this rank's tokens / global tokens, x ranks because DDP averages gradients
+                    lm = token_cross_entropy(out.logits, out.targets, reduction="sum") / n_tokens * acc.num_processes
+                    loss = loss + cfg.lm_weight * lm
+                    loss_sum += lm.item() / acc.num_processes
+                    tokens += len(out.targets)
                 if cfg.feature_weight > 0 and pairs:
                     feat = feature_term(model, pairs)
                     loss = loss + cfg.feature_weight * feat / cfg.optim.grad_accum
                     feat_sum += feat.item() / cfg.optim.grad_accum
+                if cfg.ctc_weight > 0 and pairs:
+                    ctc, used = ctc_term(model, pairs, cfg)
+                    loss = loss + cfg.ctc_weight * ctc / cfg.optim.grad_accum
+                    ctc_sum += ctc.item() / cfg.optim.grad_accum
+                    ctc_spans += used
                 common.check_finite(loss, run.step,
                                     [f"{ex.item['doc_id']}:{ex.first}-{ex.last}:{ex.task}" for ex in mb])
                 acc.backward(loss)
-            loss_sum += loss.item() / acc.num_processes
-            tokens += len(out.targets)
+        if cfg.lm_weight == 0:  # no pass through the DDP-wrapped model: sync the connector here
+            common.average_grads(acc, run.params)
         grad_norm = common.clip_and_step(acc, run.params, opt, cfg.optim.grad_clip)
         run.step += 1
         loss_sum = common.all_reduce_sum(acc, loss_sum)
         tokens = int(common.all_reduce_sum(acc, tokens))
         dt = time.time() - t0
         if common.should_log(run):
-            run.metrics.log(run.step, loss=loss_sum, feature=feat_sum, lr=lr, grad_norm=grad_norm,
-                            target_tokens_per_s=tokens / dt, epoch=order.epoch, seconds=dt)
-        run.bar.update(loss=loss_sum, tok_s=tokens / dt)
+            run.metrics.log(run.step, loss=loss_sum, feature=feat_sum, ctc=ctc_sum, ctc_spans=ctc_spans, lr=lr,
+                            grad_norm=grad_norm, target_tokens_per_s=tokens / dt, epoch=order.epoch, seconds=dt)
+        run.bar.update(loss=loss_sum if cfg.lm_weight > 0 else ctc_sum, tok_s=tokens / dt)
         common.end_step(run, order)
     return common.finish_run(run, "align")
 

@@ -403,6 +403,17 @@ def all_reduce_sum(acc, value: float) -> float:
     return float(acc.reduce(t, reduction="sum").item())
 
 
+def average_grads(acc, params: list[torch.nn.Parameter]) -> None:
+    """Mean of the gradients over ranks, for a step whose backward did not go through the DDP
+    wrapper (which otherwise does this during backward)."""
+    if acc.num_processes == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= acc.num_processes
+
+
 def clip_and_step(acc, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, clip: float) -> float:
     norm = acc.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
     opt.step()

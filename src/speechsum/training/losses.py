@@ -41,6 +41,50 @@ def feature_alignment_loss(audio: list[torch.Tensor], text: list[torch.Tensor]) 
     return (1 - F.cosine_similarity(a, t, dim=-1)).mean()
 
 
+def ctc_feasible(n_frames: int, target: list[int]) -> bool:
+    """CTC needs one frame per target token plus a blank between repeated tokens."""
+    repeats = sum(a == b for a, b in zip(target, target[1:]))
+    return n_frames >= len(target) + repeats
+
+
+def embedding_ctc_loss(audio: list[torch.Tensor], targets: list[list[int]], embedding: torch.Tensor,
+                       blank_id: int, temperature: float = 0.1) -> tuple[torch.Tensor, int]:
+    """CTC of audio tokens against their transcript's token ids, scored in the LLM's own input space.
+
+    audio: per span the projected audio tokens [A_i, D]; targets: per span the transcript ids;
+    embedding: the frozen LLM input embedding matrix [V, D]. The logit of token v at an audio
+    token a is cos(a, E_v) / temperature, so minimising CTC pulls each audio token towards the
+    embedding of the text token it carries (an LLM reads those natively), with the CTC blank being
+    the embedding of `blank_id` (a token the LLM can skip, such as a single space). Dense,
+    per-token supervision that needs no pass through the LLM: cheap connector pre-alignment.
+    Returns (mean over feasible spans of CTC / target length, number of spans used); spans with
+    too few audio tokens for their target (see `ctc_feasible`) are left out, not clipped. Target
+    ids equal to `blank_id` are dropped (they would be indistinguishable from blanks).
+    """
+    keep = []
+    for a, t in zip(audio, targets):
+        t = [i for i in t if i != blank_id]
+        if t and ctc_feasible(len(a), t):
+            keep.append((a, t))
+    if not keep:
+        return audio[0].sum() * 0.0 if audio else embedding.sum() * 0.0, 0
+    e = F.normalize(embedding.float(), dim=-1)  # V, D
+    # classes: index 0 = blank, 1..V = vocabulary (CTC wants the blank at a fixed class index)
+    e = torch.cat([e[blank_id : blank_id + 1], e])
+    lengths = torch.tensor([len(a) for a, _ in keep])
+    x = torch.cat([F.normalize(a.float(), dim=-1) for a, _ in keep])  # sum A_i, D
+    logits = x @ e.T / temperature  # sum A_i, V+1
+    # the blank's own vocabulary row: only class 0 stands for it. A finite mask: CTC's backward
+    # computes log-alpha-beta minus log-prob, which is nan at a log-prob of -inf.
+    logits[:, blank_id + 1] = -1e4
+    logp = F.log_softmax(logits, -1)
+    padded = torch.nn.utils.rnn.pad_sequence(list(logp.split(lengths.tolist())))  # T, B, V+1
+    flat = torch.tensor([i + 1 for _, t in keep for i in t])
+    loss = F.ctc_loss(padded, flat, lengths, torch.tensor([len(t) for _, t in keep]), blank=0,
+                      reduction="mean", zero_infinity=True)
+    return loss, len(keep)
+
+
 # ------------------------------------------------------------------------------------ distillation
 # All divergences take log-probabilities [N, K] over the same K outcomes (the vocabulary, or the
 # top-k + tail buckets of a remote teacher) at the N completion positions, and return the mean
