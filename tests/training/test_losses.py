@@ -131,3 +131,23 @@ def test_embedding_ctc_skips_infeasible_spans_and_blank_targets():
     nothing, used = embedding_ctc_loss([good.requires_grad_()], [[1, 2]], _E, 0, 1.0)
     assert used == 0 and nothing.item() == 0.0
     nothing.backward()  # still differentiable: a step with no usable span is a no-op, not a crash
+
+
+def test_embedding_ctc_gathered_classes_equal_full_vocabulary_ctc():
+    """The column gathering is exact: same value as torch's CTC over all V + 1 classes."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    emb = torch.randn(9, 4)
+    audio = [torch.randn(7, 4), torch.randn(5, 4)]
+    targets = [[3, 3, 5, 7], [8, 2]]  # different numbers of distinct tokens per span
+    got, used = embedding_ctc_loss(audio, targets, emb, blank_id=1, temperature=0.5)
+    e = F.normalize(torch.cat([emb[1:2], emb]), dim=-1)
+    lp = []
+    for a in audio:
+        logits = F.normalize(a, dim=-1) @ e.T / 0.5
+        logits[:, 2] = -1e4
+        lp.append(F.log_softmax(logits, -1))
+    full = F.ctc_loss(torch.nn.utils.rnn.pad_sequence(lp), torch.tensor([4, 4, 6, 8, 9, 3]), torch.tensor([7, 5]),
+                      torch.tensor([4, 2]), blank=0, reduction="mean")
+    assert used == 2 and math.isclose(got.item(), full.item(), rel_tol=1e-5)

@@ -132,6 +132,19 @@ def sequence_logps_of(model, frames, instructions: list[str], completions: list[
     return sequence_logps(tok, out.rows, len(completions))
 
 
+def pair_logps(forward, model, frames, pairs: list[dict]):
+    """Policy sequence log-probs [2P] of [chosen_1..chosen_P, rejected_1..rejected_P] from one
+    forward (`forward`: the model or its DDP wrapper), and that forward's TargetLogits (rows < P
+    are chosen tokens)."""
+    from speechsum.training.losses import sequence_logps
+
+    comps = [r["pair"]["chosen_ids"] for r in pairs] + [r["pair"]["rejected_ids"] for r in pairs]
+    instrs = [r["pair"]["instruction"] for r in pairs] * 2
+    out = forward(model.build_batch(model.audio_items(frames + frames, instrs, comps)))
+    tok = torch.log_softmax(out.logits, -1).gather(1, out.targets[:, None])[:, 0]
+    return sequence_logps(tok, out.rows, len(comps)), out
+
+
 def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, log=None) -> list[dict]:
     """Sample, judge and record pairs with reference log-probs; resumes from a partial file."""
     done = {}
@@ -186,7 +199,7 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
 
 def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
     """Run DPO; returns `<out_dir>/final`."""
-    from speechsum.training.losses import dpo_loss, sequence_logps, token_cross_entropy
+    from speechsum.training.losses import dpo_loss, token_cross_entropy
 
     # --- model, optimizer
     run = common.start_run(cfg, log)
@@ -223,19 +236,19 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
             with torch.no_grad():
                 frames = item_frames(model, [by_id[r["id"]] for r in mb])
             with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
-                # one forward over [chosen_1..chosen_P, rejected_1..rejected_P]
-                comps = [r["pair"]["chosen_ids"] for r in mb] + [r["pair"]["rejected_ids"] for r in mb]
-                instrs = [r["pair"]["instruction"] for r in mb] * 2
-                out = run.ddp_model(model.build_batch(model.audio_items(frames + frames, instrs, comps)))
-                tok = torch.log_softmax(out.logits, -1).gather(1, out.targets[:, None])[:, 0]
-                seq = sequence_logps(tok, out.rows, len(comps))
+                seq, out = pair_logps(run.ddp_model, model, frames, mb)
                 p = len(mb)
                 ref_c = torch.tensor([r["pair"]["ref_chosen"] for r in mb])
                 ref_r = torch.tensor([r["pair"]["ref_rejected"] for r in mb])
+                # a mean over this rank's pairs; every rank has batch_size of them, so DDP's gradient
+                # average is the mean over all ranks' pairs
                 loss, rc, rr = dpo_loss(seq[:p], seq[p:], ref_c, ref_r, cfg.beta)
                 if cfg.sft_weight > 0:
+                    # chosen tokens differ per rank: sum here / all ranks' chosen tokens, x ranks (DDP averages)
                     chosen_rows = out.rows < p
-                    loss = loss + cfg.sft_weight * token_cross_entropy(out.logits[chosen_rows], out.targets[chosen_rows])
+                    n_chosen = common.all_reduce_sum(acc, int(chosen_rows.sum()))
+                    ce = token_cross_entropy(out.logits[chosen_rows], out.targets[chosen_rows], reduction="sum")
+                    loss = loss + cfg.sft_weight * ce / n_chosen * acc.num_processes
                 loss = loss / cfg.optim.grad_accum
                 common.check_finite(loss, run.step, [r["id"] for r in mb])
                 acc.backward(loss)
@@ -245,6 +258,8 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
         grad_norm = common.clip_and_step(acc, run.params, opt, cfg.optim.grad_clip)
         run.step += 1
         loss_sum = common.all_reduce_sum(acc, loss_sum) / acc.num_processes
+        acc_sum = common.all_reduce_sum(acc, acc_sum) / acc.num_processes
+        margin_sum = common.all_reduce_sum(acc, margin_sum) / acc.num_processes
         dt = time.time() - t0
         if common.should_log(run):
             run.metrics.log(run.step, loss=loss_sum, reward_accuracy=acc_sum, reward_margin=margin_sum, lr=lr,

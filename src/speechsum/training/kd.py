@@ -141,15 +141,22 @@ def train(cfg: KDConfig, resume: bool = False, log=print) -> Path:
             t_teacher += time.time() - t
             t_sample += dt_sample
             n_on += on_policy
+            # each micro-batch is a token mean over all ranks' items: x local / global tokens (the
+            # divergence is a mean over this rank's), x ranks because DDP averages gradients, so
+            # 1 rank x batch 2B == 2 ranks x batch B
+            n_comp = common.all_reduce_sum(acc, sum(map(len, completions)))
             with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
                 items = model.audio_items(frames, [r["instruction"] for r in mb], completions)
                 out = run.ddp_model(model.build_batch(items))
                 assert torch.equal(out.rows, scores.rows), "teacher and student positions must be the same tokens"
-                loss = kd_loss(cfg, out.logits, scores) / cfg.optim.grad_accum
+                share = len(out.targets) / n_comp * acc.num_processes / cfg.optim.grad_accum
+                loss = kd_loss(cfg, out.logits, scores) * share
                 if cfg.sft_weight > 0:
                     gold = run.ddp_model(model.build_batch(
                         model.audio_items(frames, [r["instruction"] for r in mb], [r["target"] for r in mb])))
-                    loss = loss + cfg.sft_weight * token_cross_entropy(gold.logits, gold.targets) / cfg.optim.grad_accum
+                    n_gold = common.all_reduce_sum(acc, len(gold.targets))
+                    ce = token_cross_entropy(gold.logits, gold.targets, reduction="sum")
+                    loss = loss + cfg.sft_weight * ce / n_gold * acc.num_processes / cfg.optim.grad_accum
                 common.check_finite(loss, run.step, [r["id"] for r in mb])
                 acc.backward(loss)
             loss_sum += loss.item()
@@ -157,6 +164,7 @@ def train(cfg: KDConfig, resume: bool = False, log=print) -> Path:
         grad_norm = common.clip_and_step(acc, run.params, opt, cfg.optim.grad_clip)
         run.step += 1
         loss_sum = common.all_reduce_sum(acc, loss_sum) / acc.num_processes
+        tokens = int(common.all_reduce_sum(acc, tokens))
         dt = time.time() - t0
         if common.should_log(run):
             run.metrics.log(run.step, loss=loss_sum, lr=lr, grad_norm=grad_norm, on_policy=n_on / cfg.optim.grad_accum,

@@ -78,9 +78,17 @@ def embedding_ctc_loss(audio: list[torch.Tensor], targets: list[list[int]], embe
     # computes log-alpha-beta minus log-prob, which is nan at a log-prob of -inf.
     logits[:, blank_id + 1] = -1e4
     logp = F.log_softmax(logits, -1)
-    padded = torch.nn.utils.rnn.pad_sequence(list(logp.split(lengths.tolist())))  # T, B, V+1
-    flat = torch.tensor([i + 1 for _, t in keep for i in t])
-    loss = F.ctc_loss(padded, flat, lengths, torch.tensor([len(t) for _, t in keep]), blank=0,
+    # CTC reads only the blank and each span's own target tokens: gather those columns, so the
+    # CTC tensor is [T, B, max U + 1] instead of [T, B, V + 1] (49k classes for SmolLM2)
+    small, labels = [], []
+    for lp, (_, t) in zip(logp.split(lengths.tolist()), keep):
+        vocab = list(dict.fromkeys(t))  # the span's distinct tokens: a repeat keeps its label (CTC needs a blank between)
+        small.append(lp[:, [0] + [i + 1 for i in vocab]])  # A_i, U_i + 1
+        labels.append(torch.tensor([vocab.index(i) + 1 for i in t]))
+    width = max(x.shape[1] for x in small)
+    small = [F.pad(x, (0, width - x.shape[1]), value=-1e4) for x in small]  # padding columns are never read
+    padded = torch.nn.utils.rnn.pad_sequence(small)  # T, B, max U + 1
+    loss = F.ctc_loss(padded, torch.cat(labels), lengths, torch.tensor([len(t) for _, t in keep]), blank=0,
                       reduction="mean", zero_infinity=True)
     return loss, len(keep)
 
