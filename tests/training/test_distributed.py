@@ -1,5 +1,5 @@
 """2 CPU ranks (gloo, through `accelerate launch`) give the same result as 1 rank with the same
-global batch."""
+global batch, for SFT, KD and DPO."""
 
 import json
 import os
@@ -14,7 +14,7 @@ from tiny import save_tiny_models
 from speechsum.models.speech_lm import SpeechLM
 
 
-def _config(tmp_path, data, out, batch_size):
+def _config(tmp_path, data, out, batch_size, **stage):
     enc, llm = save_tiny_models(tmp_path / "models")
     cfg = {
         "model": {"encoder": str(enc), "llm": str(llm), "stack": 4, "projector_hidden": 32, "lora_r": 4,
@@ -23,6 +23,7 @@ def _config(tmp_path, data, out, batch_size):
         "optim": {"lr": 0.01, "warmup_steps": 1, "grad_accum": 2},
         "loop": {"out_dir": str(out), "max_steps": 2, "batch_size": batch_size, "save_every": 2, "bf16": False,
                  "eval_items": 1},
+        **stage,
     }
     path = out.parent / f"{out.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,20 +36,72 @@ def _run(cmd, env):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.slow
-def test_two_ranks_equal_one_rank(tmp_path, tiny_data):
+def _one_and_two_ranks(tmp_path, data, stage: str, **stage_cfg) -> tuple[list[dict], list[dict]]:
+    """Run `stage` on 1 rank x batch 2 and on 2 ranks x batch 1 (same global batch); returns both
+    metric logs, after checking the final trainable weights are the same."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    one = _config(tmp_path, tiny_data, tmp_path / "one", batch_size=2)
-    two = _config(tmp_path, tiny_data, tmp_path / "two", batch_size=1)
-    _run([sys.executable, "-m", "speechsum.cli", "train", "sft", "--config", str(one)], env)
+    one = _config(tmp_path, data, tmp_path / "one", batch_size=2, **stage_cfg)
+    two = _config(tmp_path, data, tmp_path / "two", batch_size=1, **stage_cfg)
+    _run([sys.executable, "-m", "speechsum.cli", "train", stage, "--config", str(one)], env)
     _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "speechsum.cli", "train", "sft",
+          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "speechsum.cli", "train", stage,
           "--config", str(two)], env)
-    loss = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()  # noqa: E731
-                      if "loss" in json.loads(x)]
-    torch.testing.assert_close(torch.tensor(loss(tmp_path / "two")), torch.tensor(loss(tmp_path / "one")),
-                               atol=1e-5, rtol=1e-5)
     a = SpeechLM.from_pretrained(tmp_path / "one" / "final")
     b = SpeechLM.from_pretrained(tmp_path / "two" / "final")
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=n)
+    metrics = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()  # noqa: E731
+                         if "loss" in json.loads(x)]
+    return metrics(tmp_path / "one"), metrics(tmp_path / "two")
+
+
+def _assert_same(one: list[dict], two: list[dict], *keys: str) -> None:
+    assert len(one) == len(two) == 2
+    for k in keys:
+        torch.testing.assert_close(torch.tensor([r[k] for r in two]), torch.tensor([r[k] for r in one]),
+                                   atol=1e-5, rtol=1e-5, msg=k)
+
+
+def _vary_target_lengths(data) -> None:
+    """Train targets of 3, 5, 7, ... tokens: a loss averaged per rank instead of over all ranks'
+    tokens would make 2 ranks differ from 1."""
+    from speechsum.data.dataset import read_manifest, write_manifest
+
+    rows = read_manifest(data / "train")
+    for i, r in enumerate(rows):
+        r["target"] = " ".join(["the budget meeting"] + ["on friday"] * i)
+    write_manifest(data / "train", rows)
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_rank(tmp_path, tiny_data):
+    one, two = _one_and_two_ranks(tmp_path, tiny_data, "sft")
+    _assert_same(one, two, "loss")
+
+
+@pytest.mark.slow
+def test_kd_two_ranks_equal_one_rank(tmp_path, tiny_data):
+    # Off-policy (lam=0): on-policy samples cannot match, because each rank draws its micro-batch's
+    # tokens from one generator seeded by (seed, step, micro, rank), so splitting a micro-batch
+    # over 2 ranks changes the random numbers every row gets. Everything downstream of the
+    # completions (teacher scoring, divergence, SFT term, gradient averaging) is what is compared.
+    _vary_target_lengths(tiny_data)
+    _, llm = save_tiny_models(tmp_path / "models")
+    one, two = _one_and_two_ranks(tmp_path, tiny_data, "kd", teacher=str(llm), lam=0.0, divergence="jsd",
+                                  sft_weight=0.5)
+    _assert_same(one, two, "loss", "completion_tokens")
+    assert all(r["on_policy"] == 0 for r in one + two)
+
+
+@pytest.mark.slow
+def test_dpo_two_ranks_equal_one_rank(tmp_path, tiny_data):
+    # a given preference file, with chosen/rejected of different lengths per pair (the pair
+    # sampling is rank 0's alone; this compares the training)
+    eot = 4  # <|im_end|> in the tiny tokenizer
+    pairs = tmp_path / "preferences.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"train{i}-0", "pair": {
+        "instruction": "summarize", "chosen_ids": list(range(20, 22 + 2 * i)) + [eot],
+        "rejected_ids": list(range(40, 41 + i)) + [eot], "ref_chosen": -10.0 - i, "ref_rejected": -8.0 - i,
+    }}) + "\n" for i in range(6)))
+    one, two = _one_and_two_ranks(tmp_path, tiny_data, "dpo", pairs=str(pairs), sft_weight=0.5, beta=0.1)
+    _assert_same(one, two, "loss", "reward_margin", "reward_accuracy")

@@ -122,27 +122,28 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None) -> tuple[i
     return (a, b, f"{cfg.judge}: preferred in both orders") if verdict == "a" else (b, a, f"{cfg.judge}: preferred in both orders")
 
 
+def completion_logps(forward, model, frames, instructions: list[str], completions: list[list[int]]):
+    """Sum of log p(completion | audio, instruction) per item [B] from one forward (`forward`: the
+    model's `target_logits`, or its DDP wrapper in training), and that forward's TargetLogits."""
+    from speechsum.training.losses import sequence_logps
+
+    out = forward(model.build_batch(model.audio_items(frames, instructions, completions)))
+    tok = torch.log_softmax(out.logits, -1).gather(1, out.targets[:, None])[:, 0]
+    return sequence_logps(tok, out.rows, len(completions)), out
+
+
 @torch.no_grad()
 def sequence_logps_of(model, frames, instructions: list[str], completions: list[list[int]]) -> torch.Tensor:
     """Sum of log p(completion | audio, instruction) per item [B] (used for the reference)."""
-    from speechsum.training.losses import sequence_logps
-
-    out = model.target_logits(model.build_batch(model.audio_items(frames, instructions, completions)))
-    tok = torch.log_softmax(out.logits, -1).gather(1, out.targets[:, None])[:, 0]
-    return sequence_logps(tok, out.rows, len(completions))
+    return completion_logps(model.target_logits, model, frames, instructions, completions)[0]
 
 
 def pair_logps(forward, model, frames, pairs: list[dict]):
     """Policy sequence log-probs [2P] of [chosen_1..chosen_P, rejected_1..rejected_P] from one
-    forward (`forward`: the model or its DDP wrapper), and that forward's TargetLogits (rows < P
-    are chosen tokens)."""
-    from speechsum.training.losses import sequence_logps
-
+    forward, and its TargetLogits (rows < P are chosen tokens)."""
     comps = [r["pair"]["chosen_ids"] for r in pairs] + [r["pair"]["rejected_ids"] for r in pairs]
     instrs = [r["pair"]["instruction"] for r in pairs] * 2
-    out = forward(model.build_batch(model.audio_items(frames + frames, instrs, comps)))
-    tok = torch.log_softmax(out.logits, -1).gather(1, out.targets[:, None])[:, 0]
-    return sequence_logps(tok, out.rows, len(comps)), out
+    return completion_logps(forward, model, frames + frames, instrs, comps)
 
 
 def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, log=None) -> list[dict]:
