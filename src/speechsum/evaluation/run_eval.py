@@ -69,18 +69,31 @@ def generate_speechlm(spec: str, items: list[dict], batch_size: int, max_new_tok
     return out, model.config.llm
 
 
-def asr_transcripts(items: list[dict], model: str = "whisper-base") -> list[str]:
-    """Greedy whisper transcripts through faster-whisper on the registry's CTranslate2 folder."""
+def load_asr(model: str = "whisper-base", cpu_threads: int = 2):
+    """faster-whisper on the registry's CTranslate2 folder (int8 weights, CPU)."""
     from faster_whisper import WhisperModel
 
     from speechsum.models import registry
 
-    asr = WhisperModel(str(registry.source_dir(model)), device="cpu", compute_type="int8", cpu_threads=2)
-    out = []
-    for r in items:
-        segs, _ = asr.transcribe(r["audio_path"], beam_size=1, language=None, condition_on_previous_text=False)
-        out.append(" ".join(s.text.strip() for s in segs))
-    return out
+    return WhisperModel(str(registry.source_dir(model)), device="cpu", compute_type="int8", cpu_threads=cpu_threads)
+
+
+def transcribe(asr, audio) -> str:
+    """Greedy transcript of one audio file (or 16 kHz array), language detected, windows independent."""
+    segs, _ = asr.transcribe(audio, beam_size=1, language=None, condition_on_previous_text=False)
+    return " ".join(s.text.strip() for s in segs)  # segs is lazy: decoding happens here
+
+
+def asr_transcripts(items: list[dict], model: str = "whisper-base") -> list[str]:
+    """Greedy whisper transcripts through faster-whisper on the registry's CTranslate2 folder."""
+    asr = load_asr(model)
+    return [transcribe(asr, r["audio_path"]) for r in items]
+
+
+def transcript_conversations(transcripts: list[str], instructions: list[str], system_prompt: str) -> list[list[dict]]:
+    """The text-LLM prompt of a transcript: the same system prompt and instruction as the SpeechLM's."""
+    return [[{"role": "system", "content": system_prompt}, {"role": "user", "content": f"{t}\n\n{instr}"}]
+            for t, instr in zip(transcripts, instructions)]
 
 
 def generate_text(llm: str, transcripts: list[str], items: list[dict], batch_size: int, max_new_tokens: int,
@@ -89,8 +102,7 @@ def generate_text(llm: str, transcripts: list[str], items: list[dict], batch_siz
     from speechsum.models.text_lm import TextLM
 
     lm = TextLM.from_pretrained(llm)
-    convs = [[{"role": "system", "content": system_prompt},
-              {"role": "user", "content": f"{t}\n\n{r['instruction']}"}] for t, r in zip(transcripts, items)]
+    convs = transcript_conversations(transcripts, [r["instruction"] for r in items], system_prompt)
     return lm.chat(convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 

@@ -1,0 +1,171 @@
+"""Long recordings: time and peak memory of `summarize` per audio minute, 1 to 30 minutes.
+
+    .venv/bin/python bench/long_audio.py [--minutes 1 2 5 10 20 30] [--model RUN/final] [--new-tokens 32]
+    .venv/bin/python bench/long_audio.py --threads 1 --clock cpu   # when other processes share the CPU
+
+Each length runs `SpeechLM.summarize(path)` (bench/summarize.py's timed `SpeechSystem`) once in
+its own process, after the model is loaded and warmed up on 10 s: time per part (encoder,
+projector, LLM prefill, decoding) and memory - the resident set before the call and its peak
+during the call (the kernel's high-water mark `VmHWM`, reset through /proc/self/clear_refs just
+before the call, so model loading does not count). Decoding is fixed at `--new-tokens` (stop
+tokens disabled): the answer's length is not a function of the audio, so it would only add noise.
+
+Recordings come from bench/summarize.py's builder (procedural documents spoken by espeak-ng with
+unseen test voices, joined and cut at a sentence boundary). `max_audio_tokens` (default 12,000 =
+32 min at stack 8) caps an item; a length over it is reported as the error `summarize` raises.
+
+Goal (issue 6): flat cost per audio minute. Judged on the marginal cost of a minute between
+consecutive lengths (so fixed costs - the prompt, a padded last window, allocator noise - do not
+count) of the audio-dependent time (encoder + projector + prefill; decoding is fixed here) and
+of the memory the call adds: flat when the largest marginal value is at most FLAT_TOLERANCE x
+the smallest. Averages per minute are in the table too. Prints a table and writes JSON to
+bench/results/long_audio.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+from common import (SAMPLE_RATE, add_machine_args, apply_machine_args, machine_argv, machine_info, run_worker,
+                    write_result)
+from summarize import SpeechSystem, data_dir, exact_length, load_speech_model, recording, write_flac
+
+FLAT_TOLERANCE = 1.25
+WARMUP_SECONDS = 10
+
+
+def proc_status_mb(field: str) -> float:
+    """A memory line of /proc/self/status (VmRSS: resident now, VmHWM: peak resident) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current resident set (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def worker(path: str, args) -> dict:
+    import soundfile as sf
+
+    from speechsum.audio import encoder_frames
+    from speechsum.data.styles import instruction_for
+    from summarize import STYLE
+
+    model, label = load_speech_model(args.model)
+    system = SpeechSystem(model)
+    samples, _ = sf.read(path, dtype="float32")
+    model.summarize(samples[: WARMUP_SECONDS * SAMPLE_RATE], sample_rate=SAMPLE_RATE, max_new_tokens=2)
+    system.clock.take()
+    gc.collect()
+    rss = proc_status_mb("VmRSS")
+    reset_peak_rss()
+    with exact_length(model):
+        row = system.run(path, instruction_for(STYLE), args.new_tokens)
+    peak = proc_status_mb("VmHWM")
+    return {**row, "audio_tokens": model.projector.num_tokens(encoder_frames(len(samples))), "model": label,
+            "rss_before_mb": round(rss, 1), "peak_rss_mb": round(peak, 1), "peak_increase_mb": round(peak - rss, 1)}
+
+
+def flat(values: list[float]) -> dict:
+    if len(values) < 1:
+        return {"max_over_min": None, "flat": None, "values": values}  # needs two lengths
+    ratio = max(values) / min(values) if min(values) > 0 else float("inf")
+    return {"max_over_min": round(ratio, 2), "flat": ratio <= FLAT_TOLERANCE, "values": values}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 5, 10, 20, 30])
+    ap.add_argument("--model", default=None, help="trained SpeechLM checkpoint folder (default: untrained assembly)")
+    ap.add_argument("--new-tokens", type=int, default=32, help="tokens decoded per call (fixed)")
+    ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. what else ran on the machine)")
+    add_machine_args(ap)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "long_audio.json"))
+    args = ap.parse_args(argv)
+    apply_machine_args(ap, args)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args)))
+        return 0
+
+    t_start = time.perf_counter()
+    root = data_dir()
+    rows = []
+    for minutes in sorted(args.minutes):
+        item = recording(minutes * 60, root)
+        item["id"] = f"{minutes:g}min"
+        path = write_flac(item, root)
+        print(f"  {item['id']}: {item['duration'] / 60:.2f} min of speech, {len(item['documents'])} documents ...",
+              flush=True)
+        argv = ["--new-tokens", str(args.new_tokens)] + machine_argv(args) + (
+            ["--model", args.model] if args.model else [])
+        row = run_worker(__file__, path, argv, {"minutes": minutes, "audio_seconds": round(item["duration"], 2)})
+        if "error" not in row:
+            m = row["audio_seconds"] / 60
+            row["audio_part_s"] = round(row["encoder_s"] + row["projector_s"] + row["prefill_s"], 4)
+            row["s_per_min"] = round(row["total_s"] / m, 3)
+            row["audio_part_s_per_min"] = round(row["audio_part_s"] / m, 3)
+            for part in ("encoder", "prefill", "decode"):
+                row[f"{part}_s_per_min"] = round(row[f"{part}_s"] / m, 3)
+            row["peak_increase_mb_per_min"] = round(row["peak_increase_mb"] / m, 1)
+        rows.append(row)
+
+    ok = [r for r in rows if "error" not in r]
+    for prev, r in zip(ok, ok[1:]):
+        m = (r["audio_seconds"] - prev["audio_seconds"]) / 60
+        for key in ("audio_part_s", "encoder_s", "prefill_s", "peak_increase_mb"):
+            r[f"marginal_{key}_per_min"] = round((r[key] - prev[key]) / m, 3)
+    marginal = ok[1:]
+    goals = {"tolerance": FLAT_TOLERANCE,
+             "time": flat([r["marginal_audio_part_s_per_min"] for r in marginal]),
+             "memory": flat([r["marginal_peak_increase_mb_per_min"] for r in marginal]),
+             "parts": {p: flat([r[f"marginal_{p}_s_per_min"] for r in marginal]) for p in ("encoder", "prefill")},
+             "judged_on": "marginal cost of a minute between consecutive lengths: encoder + projector + prefill "
+                          "seconds, and the peak RSS increase"}
+    report(rows, goals)
+    result = {
+        "model": ok[0]["model"] if ok else args.model, "trained": args.model is not None,
+        "new_tokens": args.new_tokens, "clock": "process CPU time (1 thread)" if args.clock == "cpu" else "wall time",
+        "memory": "VmRSS before the call, VmHWM (reset just before) at its end; one process per length",
+        "note": args.note, "goals": goals, "machine": machine_info(),
+        "bench_seconds": round(time.perf_counter() - t_start, 1),
+        "rows": [{k: v for k, v in r.items() if k != "model"} for r in rows],
+    }
+    write_result(args.out, result)
+    return 0
+
+
+def report(rows: list[dict], goals: dict) -> None:
+    print(f"\n{'min':>5} {'tokens':>6} {'encoder':>8} {'prefill':>8} {'decode':>7} {'total s':>8} {'s/min':>6} "
+          f"{'enc/min':>7} {'pre/min':>7} {'audio s/min':>11} {'marginal':>8} {'RSS MB':>7} {'peak MB':>8} {'+MB':>6} "
+          f"{'+MB/min':>7} {'marginal':>8}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['minutes']:>5g}  not run: {r['error']}")
+            continue
+        print(f"{r['audio_seconds'] / 60:>5.2f} {r['audio_tokens']:>6} {r['encoder_s']:>8.2f} {r['prefill_s']:>8.2f} "
+              f"{r['decode_s']:>7.2f} {r['total_s']:>8.2f} {r['s_per_min']:>6.2f} {r['encoder_s_per_min']:>7.2f} "
+              f"{r['prefill_s_per_min']:>7.2f} {r['audio_part_s_per_min']:>11.2f} "
+              f"{r.get('marginal_audio_part_s_per_min', float('nan')):>8.2f} "
+              f"{r['rss_before_mb']:>7.0f} {r['peak_rss_mb']:>8.0f} {r['peak_increase_mb']:>6.0f} "
+              f"{r['peak_increase_mb_per_min']:>7.1f} {r.get('marginal_peak_increase_mb_per_min', float('nan')):>8.1f}")
+    if goals["time"]["flat"] is None:
+        print("flatness needs at least two lengths")
+        return
+    for name in ("time", "memory"):
+        g = goals[name]
+        print(f"{name}: marginal cost per minute max/min {g['max_over_min']:.2f} -> "
+              f"{'flat' if g['flat'] else 'NOT flat'} (tolerance {goals['tolerance']}x)")
+    print("per part, marginal max/min: " + ", ".join(f"{p} {g['max_over_min']:.2f}" for p, g in goals["parts"].items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""End-to-end summarization time: SpeechLM (`summarize`) vs the ASR cascade, and both systems' quality.
+
+    .venv/bin/python bench/summarize.py [--model RUN/final] [--seconds 10 60 300] [--repeats 1]
+    .venv/bin/python bench/summarize.py --threads 1 --clock cpu   # when other processes share the CPU
+
+Systems, both loaded once before timing (load times are reported apart) and warmed up on the
+shortest recording:
+
+- speechsum: `SpeechLM.summarize(path, style)`, the path of `speechsum summarize`: audio file ->
+  Whisper encoder (30 s windows) -> projector -> the LLM's prefill over prompt + audio tokens ->
+  greedy decoding. `--model DIR` is a trained checkpoint folder; without it the untrained default
+  assembly (`SpeechLMConfig()`: whisper-base + SmolLM2-135M, random projector) runs, and its
+  quality numbers say nothing about the method (the table and JSON say "untrained").
+- cascade: `speechsum eval`'s cascade baseline (evaluation/run_eval.py): faster-whisper greedy ASR
+  with whisper-base (CTranslate2, int8) on the same file -> the SpeechLM's own LLM (without LoRA)
+  reading the transcript with the same system prompt and instruction, greedy.
+
+Both use the same number of threads (torch's and CTranslate2's `cpu_threads`). Parts are timed
+inside the real calls: encoder (`encode_audio`), projector, LLM prefill (the first decoder
+forward of a generation) and decoding (the rest of the generation) for speechsum; ASR and the
+same LLM split for the cascade; "total" is the whole call and includes reading the file, and
+"1st tok" is the total without decoding (file, encoder or ASR, prefill: what the audio costs).
+
+Decoding time depends on how long the answer is, which an untrained connector does not control
+(it may stop at once or run to `--max-new-tokens`). So besides its natural answer, speechsum is
+timed a second time decoding exactly as many LLM forwards as the cascade's answer took (stop
+tokens disabled): "speechsum @ cascade length". The speed goal is judged on that row when the
+model is untrained, and on the natural row otherwise.
+
+Recordings: procedural documents with known facts from the synthetic-data generator
+(`speechsum.data.synth.run_job`: the same documents, espeak-ng voices and timestamps as `speechsum
+synth`), spoken with test voices that training never sees, joined until the next document would
+overshoot the length; the last one is cut at a sentence boundary and keeps only the facts its
+kept sentences voice. The reference summary joins each document's `paragraph` target (rendered
+from its facts). Quality on the natural answers: fact recall and invented facts
+(evaluation/facts.py), ROUGE-L (metrics.py), style compliance, and the ASR's WER.
+
+Prints a table and writes JSON to bench/results/summarize.json. Goal (issue 6): end-to-end >= 2x
+faster than the cascade at equal or better quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import SAMPLE_RATE, CpuMeter, add_machine_args, apply_machine_args, machine_info, now, write_result
+
+# unseen test voices of configs/synth/tiny.yaml (espeak-ng only: no model download)
+VOICES = ("espeak:en-gb-scotland+f1", "espeak:en-gb-scotland+m5", "espeak:en-029+f5", "espeak:en-029+m6",
+          "espeak:en-us-nyc+m8", "espeak:en-gb-x-gbcwmd+Annie")
+STYLE = "paragraph"  # `speechsum summarize`'s default style
+TAIL_SECONDS = 0.25  # silence kept after the last sentence of a cut document
+SPEED_GOAL = 2.0
+
+
+# ------------------------------------------------------------------------------------ recordings
+
+
+def data_dir() -> Path:
+    from speechsum.models import registry
+
+    return registry.home() / "cache" / "bench"
+
+
+def spoken_document(index: int, root: Path):
+    """Procedural test document `index` as `speechsum synth` makes it (cached on disk):
+    (Document, sentence spans in seconds, 16 kHz samples)."""
+    import soundfile as sf
+
+    from speechsum.data import synth
+    from speechsum.data.documents import GENRES
+
+    job = synth.Job(split="test", index=index, source="procedural", split_dir=str(root / "documents"), seed=0,
+                    genres=GENRES, length_scale=1.0, speed_range=(0.85, 1.15), voices=VOICES, items_per_doc=1,
+                    held_out_fraction=0.0, cache_dir=str(synth.default_cache()))
+    synth.run_job(job)
+    split_dir = Path(job.split_dir)
+    part = json.loads((split_dir / ".parts" / f"{job.doc_id}.json").read_text())[0]
+    samples, sr = sf.read(split_dir / part["audio"], dtype="float32")
+    assert sr == SAMPLE_RATE, sr
+    return synth.make_document(job), [(s["start"], s["end"]) for s in part["sentences"]], samples
+
+
+def cut_document(doc, k: int):
+    """The document's first k sentences with the facts they voice (as `settle_facts` decides)."""
+    from speechsum.data.documents import Document, settle_facts
+
+    text = " ".join(s.text for s in doc.sentences[:k]).lower()
+    facts = [copy.deepcopy(f) for f in doc.facts if f.kind == "person" or f.mention.lower() in text]
+    cut = Document(doc.doc_id, doc.genre, doc.language, doc.register, list(doc.speakers), doc.sentences[:k], facts)
+    settle_facts(cut)
+    return cut
+
+
+def recording(seconds: float, root: Path) -> dict:
+    """About `seconds` of speech (never more) from documents 0, 1, 2, ...: an item in the eval's
+    shape (transcript, facts JSON, instruction, target, style) plus its samples."""
+    from speechsum.data import styles
+
+    pieces, docs, total, cut = [], [], 0.0, False
+    while not cut:
+        doc, spans, samples = spoken_document(len(docs), root)
+        room = seconds - total
+        if len(samples) / SAMPLE_RATE > room:
+            k = sum(end <= room - TAIL_SECONDS for _, end in spans)
+            if k == 0:
+                break
+            stop = spans[k - 1][1] + TAIL_SECONDS
+            if k < len(spans):
+                stop = min(stop, spans[k][0])
+            doc, samples, cut = cut_document(doc, k), samples[: int(stop * SAMPLE_RATE)], True
+        pieces.append(samples)
+        docs.append(doc)
+        total += len(samples) / SAMPLE_RATE
+    if not docs:
+        raise ValueError(f"{seconds} s is shorter than the first sentence")
+    style = styles.STYLES[STYLE]
+    targets = [styles.render_target(style, d, random.Random(f"bench:{d.doc_id}"))[0] for d in docs]
+    facts = [{**f, "id": f"{d.doc_id}/{f['id']}"} for d in docs for f in d.to_json()]
+    audio = np.concatenate(pieces)
+    return {"id": f"{seconds:g}s", "samples": audio, "duration": len(audio) / SAMPLE_RATE,
+            "documents": [d.doc_id for d in docs], "cut_last": cut,
+            "transcript": " ".join(d.transcript for d in docs), "facts": json.dumps(facts),
+            "instruction": styles.instruction_for(STYLE), "target": "\n".join(targets), "style": STYLE}
+
+
+def write_flac(item: dict, root: Path) -> str:
+    import soundfile as sf
+
+    path = root / "recordings" / f"{item['id']}.flac"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, item["samples"], SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------ timing
+
+
+class PartClock:
+    """Seconds per named part of one call, on the bench clock: `wrap` times a method (set as an
+    instance attribute, so the model's own calls go through it), `time_decoder` splits an LLM's
+    generation into the prefill (the first decoder forward) and the decode steps."""
+
+    def __init__(self):
+        self.parts: dict[str, float] = {}
+        self.calls: list[float] = []
+
+    def add(self, name: str, seconds: float) -> None:
+        self.parts[name] = self.parts.get(name, 0.0) + seconds
+
+    def wrap(self, obj, attr: str, name: str) -> None:
+        fn = getattr(obj, attr)
+
+        def timed(*a, **kw):
+            t = now()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.add(name, now() - t)
+
+        setattr(obj, attr, timed)
+
+    def time_decoder(self, decoder: torch.nn.Module) -> None:
+        starts = []
+        decoder.register_forward_pre_hook(lambda m, a: starts.append(now()))
+        decoder.register_forward_hook(lambda m, a, out: self.calls.append(now() - starts.pop()))
+
+    def take(self) -> dict:
+        """This call's parts; the LLM part is split into prefill_s and decode_s."""
+        out = {k: round(v, 4) for k, v in self.parts.items()}
+        if self.calls:
+            out["prefill_s"] = round(self.calls[0], 4)
+            out["decode_s"] = round(out.pop("llm_s") - self.calls[0], 4)
+            out["decode_steps"] = len(self.calls) - 1
+        self.parts, self.calls = {}, []
+        return out
+
+
+@contextmanager
+def exact_length(model):
+    """Generate exactly max_new_tokens: no token is a stop token (SpeechLM and TextLM both read
+    `stop_ids`)."""
+    saved, model.stop_ids = model.stop_ids, [-1]
+    try:
+        yield
+    finally:
+        model.stop_ids = saved
+
+
+class SpeechSystem:
+    """`SpeechLM.summarize` with its parts timed."""
+
+    def __init__(self, model):
+        self.model, self.clock = model, PartClock()
+        self.clock.wrap(model, "encode_audio", "encoder_s")
+        self.clock.wrap(model, "audio_items", "projector_s")
+        self.clock.wrap(model, "generate_items", "llm_s")
+        self.clock.time_decoder(model.base_llm.get_decoder())
+
+    def run(self, path: str, instruction: str, max_new_tokens: int) -> dict:
+        t = now()
+        text = self.model.summarize(path, instruction=instruction, max_new_tokens=max_new_tokens)
+        return {"total_s": round(now() - t, 4), **self.clock.take(), "text": text}
+
+
+class CascadeSystem:
+    """faster-whisper ASR -> the text LLM on the transcript, as `speechsum eval`'s cascade."""
+
+    def __init__(self, asr, lm, system_prompt: str):
+        self.asr, self.lm, self.system_prompt, self.clock = asr, lm, system_prompt, PartClock()
+        self.clock.wrap(lm, "chat", "llm_s")
+        self.clock.time_decoder(lm.llm.get_decoder())
+
+    def run(self, path: str, instruction: str, max_new_tokens: int) -> dict:
+        from speechsum.evaluation.run_eval import transcript_conversations, transcribe
+
+        t = now()
+        transcript = transcribe(self.asr, path)
+        asr_s = now() - t
+        conv = transcript_conversations([transcript], [instruction], self.system_prompt)
+        text = self.lm.chat(conv, max_new_tokens=max_new_tokens, batch_size=1)[0]
+        return {"total_s": round(now() - t, 4), "asr_s": round(asr_s, 4), **self.clock.take(), "text": text,
+                "transcript": transcript}
+
+
+def best_of(run, repeats: int, meter: CpuMeter) -> dict:
+    """The fastest of `repeats` calls, with the other processes' load during each."""
+    runs = []
+    for _ in range(repeats):
+        meter.start()
+        runs.append(run())
+        meter.stop()
+    best = min(runs, key=lambda r: r["total_s"])
+    return {**best, "totals_s": [r["total_s"] for r in runs], "other_load": meter.samples[-repeats:]}
+
+
+def load_speech_model(model_dir: str | None):
+    """(SpeechLM in eval mode, label): `speechsum summarize`'s loader (the untrained assembly without a folder)."""
+    from speechsum.cli import _quiet_hf, load_speechlm
+
+    _quiet_hf()
+    torch.manual_seed(0)  # the untrained assembly's random projector: the same one every run
+    model = load_speechlm(model_dir)
+    model.eval()
+    return model, model_dir or "untrained default assembly (SpeechLMConfig(): whisper-base + smollm2-135m-instruct, " \
+                               "random projector)"
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="trained SpeechLM checkpoint folder (default: untrained assembly)")
+    ap.add_argument("--seconds", type=float, nargs="+", default=[10, 60, 300], help="recording lengths")
+    ap.add_argument("--repeats", type=int, default=1, help="timed calls per system and length (best is kept)")
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="as `speechsum summarize`")
+    ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. what else ran on the machine)")
+    add_machine_args(ap)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "summarize.json"))
+    args = ap.parse_args(argv)
+    apply_machine_args(ap, args)
+
+    from speechsum.evaluation.run_eval import load_asr, score_items
+    from speechsum.evaluation.wer import wer
+    from speechsum.models.text_lm import TextLM
+
+    t_start = time.perf_counter()
+    root = data_dir()
+    items = [recording(s, root) for s in sorted(args.seconds)]
+    paths = [write_flac(it, root) for it in items]
+    print("recordings: " + ", ".join(f"{it['id']} = {it['duration']:.1f} s ({len(it['documents'])} documents, "
+                                     f"{len(json.loads(it['facts']))} facts)" for it in items), flush=True)
+
+    t = time.perf_counter()
+    model, label = load_speech_model(args.model)
+    speech_load = time.perf_counter() - t
+    t = time.perf_counter()
+    cascade = CascadeSystem(load_asr(cpu_threads=torch.get_num_threads()), TextLM.from_pretrained(model.config.llm),
+                            model.config.system_prompt)
+    cascade_load = time.perf_counter() - t
+    speech = SpeechSystem(model)
+    trained = args.model is not None
+    for system in (speech, cascade):  # warm-up
+        system.run(paths[0], items[0]["instruction"], 4)
+
+    meter = CpuMeter()
+    rows = []
+    for item, path in zip(items, paths):
+        print(f"  {item['id']}: speechsum ...", flush=True)
+        ours = best_of(lambda: speech.run(path, item["instruction"], args.max_new_tokens), args.repeats, meter)
+        print(f"  {item['id']}: cascade ...", flush=True)
+        casc = best_of(lambda: cascade.run(path, item["instruction"], args.max_new_tokens), args.repeats, meter)
+        forwards = casc["decode_steps"] + 1  # LLM forwards of the cascade's answer, prefill included
+        print(f"  {item['id']}: speechsum at the cascade's length ({forwards} forwards) ...", flush=True)
+        with exact_length(model):
+            matched = best_of(lambda: speech.run(path, item["instruction"], forwards), args.repeats, meter)
+        scores = score_items([item, item], [ours["text"], casc["text"]], embeddings=False)
+        common = {"length": item["id"], "audio_seconds": round(item["duration"], 2), "documents": item["documents"],
+                  "n_facts": len(json.loads(item["facts"]))}
+        asr_wer = wer([item["transcript"]], [casc["transcript"]])
+        for system, r, sc in (("speechsum", ours, scores[0]), ("cascade", casc, scores[1]),
+                              ("speechsum @ cascade length", matched, None)):
+            row = {**common, "system": system, **r, "rtf": round(r["total_s"] / item["duration"], 4),
+                   "first_token_s": round(r["total_s"] - r["decode_s"], 4)}
+            row["tokens"] = len(model.tokenizer(r["text"], add_special_tokens=False)["input_ids"])
+            if sc is not None:
+                row["quality"] = {k: sc[k] for k in ("fact_recall", "fact_precision", "invented_per_summary",
+                                                     "rouge_l", "compliance")} | {"invented": sc["invented"]}
+            if system == "cascade":
+                row["asr_wer"] = round(asr_wer, 4)
+            rows.append(row)
+
+    goals = judge(rows, trained)
+    report(rows, goals, label, trained)
+    result = {
+        "model": label, "trained": trained,
+        "quality_note": "" if trained else "untrained connector (random projector): speechsum's quality numbers "
+                                           "are not meaningful; re-run with --model RUN/final",
+        "style": STYLE, "instruction": items[0]["instruction"], "max_new_tokens": args.max_new_tokens,
+        "repeats": args.repeats, "clock": "process CPU time (1 thread)" if args.clock == "cpu" else "wall time",
+        "load_seconds": {"speechsum": round(speech_load, 2), "cascade": round(cascade_load, 2)},
+        "cascade": "faster-whisper whisper-base int8, beam 1, language detected -> " + model.config.llm + " (no LoRA)",
+        "recordings": {it["id"]: {"seconds": round(it["duration"], 2), "documents": it["documents"],
+                                  "last_document_cut": it["cut_last"], "path": p} for it, p in zip(items, paths)},
+        "cpu_shared": max(meter.samples, default=0) > 0.3, "other_load_cores": meter.samples, "note": args.note,
+        "goals": goals, "machine": machine_info(), "bench_seconds": round(time.perf_counter() - t_start, 1),
+        "rows": rows,
+    }
+    write_result(args.out, result)
+    return 0
+
+
+def judge(rows: list[dict], trained: bool) -> dict:
+    """Per length: speedup of speechsum over the cascade (natural and at the cascade's length) and
+    whether its quality is equal or better (fact recall, ROUGE-L not lower; no more invented facts)."""
+    out = {"speedup_goal": SPEED_GOAL, "by_length": {}}
+    for length in dict.fromkeys(r["length"] for r in rows):
+        ours, casc, matched = (next(r for r in rows if r["length"] == length and r["system"] == s)
+                               for s in ("speechsum", "cascade", "speechsum @ cascade length"))
+        q, qc = ours["quality"], casc["quality"]
+        quality_ok = ((q["fact_recall"] or 0) >= (qc["fact_recall"] or 0) and q["rouge_l"] >= qc["rouge_l"]
+                      and (q["invented_per_summary"] or 0) <= (qc["invented_per_summary"] or 0))
+        speed = casc["total_s"] / ours["total_s"]
+        speed_matched = casc["total_s"] / matched["total_s"]
+        first = casc["first_token_s"] / ours["first_token_s"]
+        judged = speed if trained else speed_matched
+        out["by_length"][length] = {"speedup": round(speed, 2), "speedup_at_cascade_length": round(speed_matched, 2),
+                                    "speedup_to_first_token": round(first, 2),
+                                    "speed_met": judged >= SPEED_GOAL, "quality_equal_or_better": quality_ok}
+    per = out["by_length"].values()
+    out["speed_met"] = all(v["speed_met"] for v in per)
+    out["quality_met"] = all(v["quality_equal_or_better"] for v in per) if trained else None
+    out["met"] = out["speed_met"] and bool(out["quality_met"])
+    if not trained:
+        out["note"] = "speed judged at the cascade's answer length; quality not judged (untrained connector)"
+    return out
+
+
+def report(rows: list[dict], goals: dict, label: str, trained: bool) -> None:
+    print(f"\nspeechsum model: {label}" + ("" if trained else "  [UNTRAINED: its quality columns are not meaningful]"))
+    print(f"\n{'length':6} {'system':27} {'audio s':>7} {'enc/ASR':>7} {'prefill':>7} {'decode':>7} {'steps':>5} "
+          f"{'1st tok':>7} {'total s':>7} {'RTF':>6} {'vs casc':>7} {'recall':>6} {'invent':>6} {'ROUGE-L':>7}")
+    for r in rows:
+        casc = next(x for x in rows if x["length"] == r["length"] and x["system"] == "cascade")
+        q = r.get("quality")
+        cells = (f"{q['fact_recall'] or 0:>6.2f} {q['invented_per_summary'] or 0:>6} {q['rouge_l']:>7.3f}"
+                 if q else f"{'':>6} {'':>6} {'':>7}")
+        front = r.get("encoder_s", r.get("asr_s", 0.0))
+        name = r["system"] + (" (untrained)" if r["system"] == "speechsum" and not trained else "")
+        print(f"{r['length']:6} {name:27} {r['audio_seconds']:>7.1f} {front:>7.2f} {r.get('prefill_s', 0):>7.2f} "
+              f"{r.get('decode_s', 0):>7.2f} {r.get('decode_steps', 0):>5} {r['first_token_s']:>7.2f} "
+              f"{r['total_s']:>7.2f} {r['rtf']:>6.3f} "
+              f"{casc['total_s'] / r['total_s']:>6.2f}x {cells}")
+    for length, g in goals["by_length"].items():
+        print(f"{length}: {g['speedup']:.2f}x natural, {g['speedup_at_cascade_length']:.2f}x at the cascade's length, "
+              f"{g['speedup_to_first_token']:.2f}x to the first token; "
+              f"quality equal or better: {g['quality_equal_or_better']}" + ("" if trained else " (untrained)"))
+    print(f"goal >= {SPEED_GOAL:.0f}x faster: {'met' if goals['speed_met'] else 'NOT met'}; equal or better quality: "
+          + ({True: "met", False: "NOT met"}[goals["quality_met"]] if trained else "not judged (untrained)"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

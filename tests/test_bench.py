@@ -1,0 +1,60 @@
+"""Helpers of bench/summarize.py and bench/long_audio.py on tiny in-code models (no timing asserts)."""
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tiny import tone
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+summarize = pytest.importorskip("summarize")
+
+
+def test_speech_system_times_parts_and_exact_length(tiny_model, tmp_path):
+    path = tmp_path / "a.flac"
+    sf.write(path, tone(3.0), 16000)
+    system = summarize.SpeechSystem(tiny_model.eval())
+    stops = list(tiny_model.stop_ids)
+    with summarize.exact_length(tiny_model):
+        r = system.run(str(path), "summarize", 5)
+    assert tiny_model.stop_ids == stops
+    assert r["decode_steps"] == 4  # 5 tokens: the prefill gives the first, 4 decoder forwards the rest
+    assert {"encoder_s", "projector_s", "prefill_s", "decode_s", "total_s"} <= set(r)
+    assert r["encoder_s"] + r["prefill_s"] + r["decode_s"] <= r["total_s"] + 1e-3
+    assert system.clock.take() == {}  # each run takes its own parts
+
+
+def test_cut_document_keeps_only_voiced_facts():
+    from speechsum.data.documents import make_document
+
+    doc = make_document("d", "voicemail", random.Random(0))
+    cut = summarize.cut_document(doc, 1)
+    text = cut.sentences[0].text.lower()
+    assert len(cut.sentences) == 1 and cut.facts
+    assert all(f.mention.lower() in text for f in cut.facts)
+    assert len(cut.facts) < len(doc.facts)
+
+
+def test_recording_joins_documents_and_cuts_at_a_sentence(monkeypatch, tmp_path):
+    from speechsum.data.documents import make_document
+
+    docs = [make_document(f"d{i}", "voicemail", random.Random(i)) for i in range(3)]
+
+    def fake_spoken(index, root):  # 2 s per sentence, no TTS
+        doc = docs[index]
+        spans = [(2.0 * k + 0.2, 2.0 * k + 1.8) for k in range(len(doc.sentences))]
+        return doc, spans, np.zeros(int(2.0 * len(spans) * 16000), dtype=np.float32)
+
+    monkeypatch.setattr(summarize, "spoken_document", fake_spoken)
+    first = 2.0 * len(docs[0].sentences)
+    item = summarize.recording(first + 5.0, tmp_path)
+    assert item["documents"] == ["d0", "d1"] and item["cut_last"]
+    assert first + 3.0 < item["duration"] <= first + 5.0  # two 2 s sentences of d1 and the tail
+    assert item["transcript"].startswith(docs[0].transcript)
+    ids = [f["id"] for f in json.loads(item["facts"])]
+    assert len(ids) == len(set(ids)) and ids[0].startswith("d0/")
