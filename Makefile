@@ -40,7 +40,7 @@ test: install test-models
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install models
-	$(VENV)/bin/speechsum summarize examples/voicemail.flac --style bullets --max-new-tokens 60
+	$(VENV)/bin/speechsum summarize examples/voicemail.flac --model checkpoints/tiny-align --style bullets --max-new-tokens 80
 
 bench: install models
 	$(PY) bench/generate.py

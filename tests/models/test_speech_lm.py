@@ -169,3 +169,36 @@ def test_system_prompt_replaces_template_default(tiny_model):
     pre, post = tiny_model.prompt_ids("summarize")
     rendered = tiny_model.tokenizer.decode(pre + post)
     assert rendered.count("system") == 1 and "helpful" in rendered
+
+
+# ------------------------------------------------------------------------------------ vocab readout
+def test_vocab_readout_drops_blanks_collapses_runs_and_reads_as_embeddings():
+    from speechsum.models.projector import vocab_readout
+
+    emb = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])  # row 0 = blank
+    # audio tokens pointing at: tok1, tok1, blank, tok2, tok1 -> runs [tok1] [tok2] [tok1]
+    audio = torch.tensor([[0.0, 1.0, 0.0], [0.0, 5.0, 0.1], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]],
+                         requires_grad=True)
+    out = vocab_readout(audio, emb, blank_id=0, temperature=0.01)
+    assert out.shape == (3, 3)
+    # sharp temperature: each output is (almost exactly) the LLM's own embedding of its token
+    assert torch.allclose(out.detach(), torch.stack([emb[1], emb[2], emb[1]]), atol=1e-3)
+    out.sum().backward()
+    assert audio.grad is not None and torch.isfinite(audio.grad).all()
+    assert vocab_readout(torch.tensor([[1.0, 0.0, 0.0]]), emb, 0, 0.01).shape == (0, 3)  # all blank
+
+
+def test_speechlm_vocab_readout_config(tiny_model):
+    import dataclasses
+
+    frames = [torch.randn(40, tiny_model.encoder.dim)]
+    raw = tiny_model.project(frames, readout=False)[0]
+    tiny_model.config = dataclasses.replace(tiny_model.config, readout="vocab", readout_blank="<pad>")
+    try:
+        read = tiny_model.project(frames)[0]
+        assert read.shape[1] == raw.shape[1] and len(read) <= len(raw)
+        tiny_model.config = dataclasses.replace(tiny_model.config, readout_blank="two words")
+        with pytest.raises(ValueError, match="readout_blank"):
+            tiny_model.project(frames)
+    finally:
+        tiny_model.config = dataclasses.replace(tiny_model.config, readout="embedding", readout_blank=" ")

@@ -35,3 +35,34 @@ class Projector(nn.Module):
         x = torch.cat(stacked).to(self.fc1.weight.dtype)
         x = self.norm_out(self.fc2(nn.functional.gelu(self.fc1(self.norm_in(x)))))
         return list(x.split([len(s) for s in stacked]))
+
+
+def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, temperature: float) -> torch.Tensor:
+    """Projected audio tokens [A, D] -> soft LLM token embeddings [A', D] (A' <= A).
+
+    Each audio token gets a distribution over the LLM vocabulary, softmax(cos(a, E_v) / T) (the
+    same scores the embedding-space CTC term trains, with the `blank_id` row as the CTC blank),
+    and is replaced by the probability-weighted mean of the LLM's own input embeddings, so the
+    frozen LLM reads embeddings it was trained on (as in CTC-posterior connectors such as
+    LegoSLM). Tokens whose most likely class is the blank are dropped and consecutive tokens with
+    the same most likely token are averaged into one (the CTC collapse), so the LLM sees about
+    one embedding per spoken token. Differentiable in the kept tokens.
+    """
+    e = embedding.to(audio.dtype)
+    logits = nn.functional.normalize(audio, dim=-1) @ nn.functional.normalize(e, dim=-1).T / temperature  # A, V
+    best = logits.argmax(-1)  # A
+    keep = best != blank_id
+    if not bool(keep.any()):
+        return audio[:0]
+    probs = logits.masked_fill(torch.arange(len(e)) == blank_id, float("-inf")).softmax(-1)  # A, V
+    soft = probs @ e  # A, D
+    # runs of equal best tokens among the kept ones -> one embedding each (mean)
+    idx = keep.nonzero().squeeze(1)
+    b = best[idx]
+    new_run = torch.ones_like(b, dtype=torch.bool)
+    new_run[1:] = (b[1:] != b[:-1]) | (idx[1:] != idx[:-1] + 1)
+    run_id = new_run.cumsum(0) - 1
+    n = int(run_id[-1]) + 1
+    sums = torch.zeros(n, soft.shape[1], dtype=soft.dtype).index_add(0, run_id, soft[idx])
+    counts = torch.zeros(n, dtype=soft.dtype).index_add(0, run_id, torch.ones_like(run_id, dtype=soft.dtype))
+    return sums / counts[:, None]

@@ -62,6 +62,14 @@ class SpeechLMConfig:
     """Train the Whisper encoder too (off: it is frozen and its outputs can be cached)."""
     max_audio_tokens: int = 12_000
     """Cap on audio tokens per item (12,000 at stack 8 = 32 min); exceeding it is an error, not a cut."""
+    readout: Literal["embedding", "vocab"] = "embedding"
+    """How projected audio reaches the LLM: 'embedding' as it is, or 'vocab' as soft LLM token
+    embeddings with CTC blanks dropped (`projector.vocab_readout`; for connectors aligned with the
+    embedding-space CTC term)."""
+    readout_temperature: float = 0.1
+    """Temperature of the vocab readout (use the CTC term's temperature)."""
+    readout_blank: str = " "
+    """Text of the single LLM token that is the CTC blank of the vocab readout."""
     system_prompt: str = "You are a helpful assistant. Answer from the audio faithfully; never invent names, numbers or dates."
     """System message of every prompt (also replaces chat templates' silent default system prompts)."""
 
@@ -276,8 +284,9 @@ class SpeechLM(nn.Module):
             return self.encoder_cache.encode(self.encoder, clips)
         return self.encoder.encode(clips)
 
-    def project(self, frames: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Encoder frames -> audio embeddings [A_i, D]; an item over the cap is an error."""
+    def project(self, frames: list[torch.Tensor], readout: bool = True) -> list[torch.Tensor]:
+        """Encoder frames -> audio embeddings [A_i, D] (after the readout unless `readout=False`);
+        an item over the cap is an error."""
         for f in frames:
             n = self.projector.num_tokens(len(f))
             if n > self.config.max_audio_tokens:
@@ -286,7 +295,20 @@ class SpeechLM(nn.Module):
                     f"audio of {seconds:.0f} s is {n} audio tokens, over max_audio_tokens={self.config.max_audio_tokens}; "
                     f"raise the cap (model config max_audio_tokens) or split the recording"
                 )
-        return self.projector(frames)
+        embeds = self.projector(frames)
+        return [self.readout(e) for e in embeds] if readout else embeds
+
+    def readout(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Projected audio [A, D] -> what the LLM reads (see `SpeechLMConfig.readout`)."""
+        if self.config.readout == "embedding":
+            return embeds
+        from speechsum.models.projector import vocab_readout
+
+        ids = self.tokenizer(self.config.readout_blank, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"readout_blank: {self.config.readout_blank!r} is {len(ids)} tokens, not 1")
+        emb = self.base_llm.get_input_embeddings().weight.detach()
+        return vocab_readout(embeds, emb, ids[0], self.config.readout_temperature)
 
     def audio_items(self, frames: list[torch.Tensor], instructions: list[str],
                     targets: list[str | list[int]] | None = None) -> list[list[Segment]]:
