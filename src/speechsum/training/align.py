@@ -182,12 +182,12 @@ def align_segments(model, examples: list[Example], frames_by_doc: dict[str, torc
         pre, post = model.prompt_ids(TASKS[ex.task][0])
         segs = [Text(pre)]
         audio_spans = [torch.cat([span_frames(frames, s) for s in group]) for is_a, group in spans if is_a]
-        embeds = iter(model.project(audio_spans))
+        embeds = iter(model.project(audio_spans, readout=False))  # CTC/feature terms score the raw projection
         for is_audio, group in spans:
             text = " ".join(s["text"] for s in group)
             if is_audio:
                 emb = next(embeds)
-                segs.append(Audio(emb))
+                segs.append(Audio(model.readout(emb)))
                 pairs.append((emb, model.tokenizer(" " + text, add_special_tokens=False)["input_ids"]))
             else:
                 segs.append(Text(model.tokenizer(" " + text, add_special_tokens=False)["input_ids"]))
