@@ -61,3 +61,25 @@ def test_summarize_and_reload(real_model, tmp_path):
     second = again.generate([samples], ["Summarize."], max_new_tokens=8, do_sample=True,
                             generator=torch.Generator().manual_seed(0))[0]
     assert second.ids == first.ids
+
+
+def test_shipped_connector_reads_the_bundled_clip():
+    """The committed CTC-aligned connector (checkpoints/tiny-align) turns the voicemail into
+    LLM token embeddings that spell its content words: the soft readout's nearest tokens must
+    recover most of the transcript's words (the random assembly recovers almost none)."""
+    real_model_dir("whisper-base")
+    real_model_dir("smollm2-135m-instruct")
+    import torch.nn.functional as F
+
+    from speechsum.models.speech_lm import SpeechLM
+
+    model = SpeechLM.from_pretrained(Path(__file__).parents[1] / "checkpoints" / "tiny-align")
+    assert model.config.readout == "vocab"
+    with torch.no_grad():
+        soft = model.project(model.encode_audio([load_audio(CLIP)]))[0]
+        emb = model.base_llm.get_input_embeddings().weight
+        ids = (F.normalize(soft, dim=-1) @ F.normalize(emb, dim=-1).T).argmax(-1).tolist()
+    heard = set(model.tokenizer.decode(ids).lower().replace(",", " ").replace(".", " ").split())
+    words = set(CLIP.with_suffix(".txt").read_text().lower().replace(",", " ").replace(".", " ").replace("?", " ").split())
+    print(f"word recall {len(words & heard) / len(words):.2f}")
+    assert len(words & heard) / len(words) > 0.5, sorted(words - heard)
