@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
-DEMO_MODELS := whisper-base smollm2-135m-instruct
-TEST_MODELS := $(DEMO_MODELS) whisper-tiny.en minilm-l6
+DEMO_MODELS := whisper-base smollm2-135m-instruct minilm-l6
+TEST_MODELS := $(DEMO_MODELS) whisper-tiny.en
 PYTEST_ARGS ?=
 
 .PHONY: install system models test-models test demo bench clean-venv
@@ -39,8 +39,10 @@ test-models: install
 test: install test-models
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# the whole recipe on the tiny preset into runs/tiny (resumes), then the final model on the bundled clip
 demo: install models
-	$(VENV)/bin/speechsum summarize examples/voicemail.flac --model checkpoints/tiny-align --style bullets --max-new-tokens 80
+	$(VENV)/bin/speechsum pipeline --config configs/pipeline/tiny.yaml
+	$(VENV)/bin/speechsum summarize examples/voicemail.flac --model runs/tiny/dpo --style bullets --max-new-tokens 80
 
 bench: install models
 	$(PY) bench/generate.py

@@ -3,7 +3,7 @@
 import yaml
 from tiny import save_tiny_models
 
-from speechsum.pipeline import PipelineConfig, run
+from speechsum.pipeline import EvalStage, PipelineConfig, run
 
 
 def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypatch):
@@ -14,6 +14,7 @@ def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypa
     stages = {
         "align": {"model": {**model, "llm_training": "frozen"}, "examples_per_doc": 1, "loop": loop},
         "sft": {"model": {"llm_training": "lora"}, "loop": loop},
+        "teacher": {"model": {**model, "llm_training": "lora"}, "loop": loop},
         "kd": {"teacher": str(llm), "max_new_tokens": 4, "loop": loop},
         "dpo": {"num_samples": 2, "max_new_tokens": 4, "sample_temperature": 2.0, "judge": "facts", "loop": loop},
     }
@@ -23,17 +24,36 @@ def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypa
         p.write_text(yaml.safe_dump(cfg))
         paths[name] = str(p)
     logs = []
-    cfg = PipelineConfig(out_dir=str(tmp_path / "run"), synth="", data=str(tiny_data), **paths)
+    cfg = PipelineConfig(out_dir=str(tmp_path / "run"), synth="", data=str(tiny_data), **paths,
+                         eval=EvalStage(systems=["sft", "dpo", "teacher"], max_new_tokens=3, embeddings=False))
     # the tiny data has no facts, so every DPO candidate ties under the fact judge: pairs may be empty;
     # judge those by length instead to exercise the whole chain
     import speechsum.training.dpo as dpo
 
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, pen: ([len(t) for t in texts], ["len"] * len(texts)))
-    run(cfg, log=logs.append)
-    for stage in ("align", "sft", "kd", "dpo"):
+    # the tiny data has no test split: score its dev split as the test split
+    import shutil
+
+    data = tmp_path / "data-with-test"
+    shutil.copytree(tiny_data, data)
+    shutil.copytree(data / "dev", data / "test")
+    cfg.data = str(data)
+    times = run(cfg, log=logs.append)
+    assert set(times) >= {"sft", "teacher", "kd", "dpo", "eval", "report"}
+    for stage in ("align", "sft", "teacher", "kd", "dpo"):
         assert (tmp_path / "run" / stage / "final" / "speechlm_config.json").is_file(), stage
-    sft_cfg = yaml.safe_load((tmp_path / "run" / "sft" / "config.yaml").read_text())
-    assert sft_cfg["init"] == str(tmp_path / "run" / "align") and sft_cfg["model"]["llm_training"] == "lora"
+    run_dir = tmp_path / "run"
+    sft_cfg = yaml.safe_load((run_dir / "sft" / "config.yaml").read_text())
+    assert sft_cfg["init"] == str(run_dir / "align") and sft_cfg["model"]["llm_training"] == "lora"
+    teacher_cfg = yaml.safe_load((run_dir / "teacher" / "config.yaml").read_text())
+    assert teacher_cfg["init"] == "" and teacher_cfg["data"]["input"] == "transcript"
+    kd_cfg = yaml.safe_load((run_dir / "kd" / "config.yaml").read_text())
+    assert kd_cfg["init"] == str(run_dir / "sft") and kd_cfg["teacher"] == str(run_dir / "teacher")
+    import json
+
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert list(metrics["systems"]) == ["sft", "dpo", "text:teacher"]
+    assert (run_dir / "report" / "index.html").is_file()
     logs.clear()
     run(cfg, log=logs.append)
-    assert sum("done earlier" in line for line in logs) == 4
+    assert sum("done earlier" in line for line in logs) == 6  # 5 training stages + eval

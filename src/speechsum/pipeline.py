@@ -1,4 +1,4 @@
-"""The whole recipe in one run folder: synth -> align -> sft -> kd -> dpo.
+"""The whole recipe in one run folder: synth -> align -> sft -> teacher -> kd -> dpo -> eval -> report.
 
     speechsum pipeline --config configs/pipeline/tiny.yaml [key=value ...]
 
@@ -8,6 +8,11 @@ chain inside `out_dir`: the data goes to `<out_dir>/data`, each training stage w
 `final/` exists is skipped; a stage with checkpoints is resumed; so re-running the command
 continues where it stopped. `align: shipped` starts SFT from the connector committed in the
 repository instead of running the alignment.
+
+`teacher` (optional) is a text-mode SFT run (`data.input: transcript`) of the student's own LLM on
+the same training data, started from the plain LLM; when set, KD's teacher is that run. Then
+`eval` scores the stages and the baselines on `<data>/test` into `<out_dir>/eval` (skipped when
+its metrics.json already has every system) and `report` writes `<out_dir>/report/index.html`.
 """
 
 from __future__ import annotations
@@ -19,13 +24,28 @@ from pathlib import Path
 
 from speechsum.config import load_config
 
-TRAIN_STAGES = ("align", "sft", "kd", "dpo")
+TRAIN_STAGES = ("align", "sft", "teacher", "kd", "dpo")
 STAGE_CLASSES = {
     "align": ("speechsum.training.align", "AlignConfig"),
     "sft": ("speechsum.training.sft", "SFTConfig"),
+    "teacher": ("speechsum.training.sft", "SFTConfig"),
     "kd": ("speechsum.training.kd", "KDConfig"),
     "dpo": ("speechsum.training.dpo", "DPOConfig"),
 }
+
+
+@dataclass
+class EvalStage:
+    systems: list[str] = field(default_factory=list)
+    """Systems scored on <data>/test: stage names (align, sft, kd, dpo: their run folders; teacher:
+    the text-mode teacher reading the gold transcript), `untrained`, `cascade`, `text-teacher`, or
+    anything `speechsum eval --model` takes. Empty: no eval stage."""
+    limit: int = 0
+    """Score only the first N test items (0: all)."""
+    batch_size: int = 8
+    max_new_tokens: int = 128
+    embeddings: bool = True
+    """Score MiniLM similarity (needs the minilm-l6 weights)."""
 
 
 @dataclass
@@ -41,8 +61,13 @@ class PipelineConfig:
     shipped_align: str = "checkpoints/tiny-align"
     """The committed aligned connector used when align: shipped."""
     sft: str = "configs/sft/tiny.yaml"
+    teacher: str = ""
+    """Text-mode SFT config of the KD teacher (configs/teacher/tiny.yaml), or '' to use kd's `teacher`."""
     kd: str = "configs/kd/tiny.yaml"
     dpo: str = "configs/dpo/tiny.yaml"
+    eval: EvalStage = field(default_factory=lambda: EvalStage())
+    report: bool = True
+    """Write <out_dir>/report/index.html from the eval and the training logs."""
     overrides: dict[str, list[str]] = field(default_factory=dict)
     """Extra dotted overrides per stage, e.g. {sft: [loop.max_steps=50]}."""
 
@@ -61,10 +86,11 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
             synthesize(load_config(SynthConfig, cfg.synth, cfg.overrides.get("synth", [])), data)
     times["synth"] = time.time() - t
     prev = ""
+    folders: dict[str, str] = {}
     for stage in TRAIN_STAGES:
         path = getattr(cfg, stage)
         if stage == "align" and path == "shipped":
-            prev = cfg.shipped_align
+            prev = folders[stage] = cfg.shipped_align
             log(f"pipeline: align: using the shipped connector {prev}")
             times[stage] = 0.0
             continue
@@ -73,7 +99,13 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
         module_name, cls_name = STAGE_CLASSES[stage]
         module = importlib.import_module(module_name)
         stage_dir = out / stage
-        wired = [f"loop.out_dir={stage_dir}", f"data.path={data}"] + ([f"init={prev}"] if prev else [])
+        wired = [f"loop.out_dir={stage_dir}", f"data.path={data}"]
+        if stage == "teacher":  # the student's LLM in text mode, from the plain LLM (not the chain)
+            wired.append("data.input=transcript")
+        elif prev:
+            wired.append(f"init={prev}")
+        if stage == "kd" and "teacher" in folders:
+            wired.append(f"teacher={folders['teacher']}")
         stage_cfg = load_config(getattr(module, cls_name), path, wired + cfg.overrides.get(stage, []))
         t = time.time()
         if (stage_dir / "final" / "speechlm_config.json").is_file():
@@ -82,6 +114,55 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
             log(f"pipeline: {stage}: running ({path})")
             module.train(stage_cfg, resume=(stage_dir / "checkpoints" / "latest").is_file(), log=log)
         times[stage] = time.time() - t
-        prev = str(stage_dir)
+        folders[stage] = str(stage_dir)
+        if stage != "teacher":
+            prev = str(stage_dir)
+    if cfg.eval.systems:
+        t = time.time()
+        run_eval_stage(cfg, data, out, folders, log)
+        times["eval"] = time.time() - t
+    if cfg.report and (out / "eval" / "metrics.json").is_file():
+        from speechsum.evaluation.report import build_report
+
+        t = time.time()
+        page = build_report(out)
+        times["report"] = time.time() - t
+        log(f"pipeline: report: {page}")
     log("pipeline: seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     return times
+
+
+def eval_system_specs(systems: list[str], folders: dict[str, str]) -> list[str]:
+    """Pipeline system names -> `speechsum eval` specs (stage names become their run folders)."""
+    specs = []
+    for name in systems:
+        if name == "teacher":
+            if "teacher" not in folders:
+                raise ValueError("eval.systems names 'teacher' but the pipeline has no teacher stage")
+            specs.append(f"text:{folders['teacher']}")
+        elif name in folders:
+            specs.append(folders[name])
+        elif name in TRAIN_STAGES:
+            raise ValueError(f"eval.systems names {name!r} but the pipeline did not run that stage")
+        else:
+            specs.append(name)
+    return specs
+
+
+def run_eval_stage(cfg: PipelineConfig, data: Path, out: Path, folders: dict[str, str], log) -> None:
+    import json
+
+    from speechsum.evaluation.run_eval import evaluate, system_name
+
+    specs = eval_system_specs(cfg.eval.systems, folders)
+    metrics_file = out / "eval" / "metrics.json"
+    if metrics_file.is_file():
+        done = json.loads(metrics_file.read_text())
+        if {system_name(s) for s in specs} <= set(done.get("systems", {})) and done.get("table"):
+            log(f"pipeline: eval: done earlier ({metrics_file})")
+            log(done["table"])
+            return
+    log(f"pipeline: eval: {len(specs)} systems on {data / 'test'}")
+    evaluate(specs, str(data / "test"), out=str(out / "eval"), limit=cfg.eval.limit,
+             batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+             embeddings=cfg.eval.embeddings, log=log)

@@ -104,3 +104,43 @@ def test_init_inherits_config_and_refuses_shape_changes(tmp_path, tiny_data):
     assert eff.stack == 4 and eff.max_audio_tokens == 500 and model.config.max_audio_tokens == 500
     with pytest.raises(ValueError, match="model.stack=2 differs"):
         common.build_model(SpeechLMConfig(stack=2), str(first))
+
+
+def test_text_mode_trains_a_teacher_that_loads_as_a_plain_causal_lm(tmp_path, tiny_data):
+    """data.input=transcript: LoRA learns from the gold transcript, the encoder never runs, the
+    projector is untouched; the run loads as an HF causal LM with the adapter merged, giving the
+    same logits on the text-mode prompt as the SpeechLM itself (what KD's teacher and eval use)."""
+    from speechsum.data.dataset import read_manifest
+    from speechsum.models.text_lm import load_causal_lm
+    from speechsum.training.teachers import LocalTeacher
+
+    cfg = tiny_cfg(tmp_path, tiny_data, eval_every=0)
+    cfg.data.input = "transcript"
+    calls = []
+    start_encode = SpeechLM.encode_audio
+    SpeechLM.encode_audio = lambda self, clips: calls.append(len(clips)) or start_encode(self, clips)
+    try:
+        final = sft.train(cfg, log=lambda *a: None)
+    finally:
+        SpeechLM.encode_audio = start_encode
+    assert calls == [] and all(torch.isfinite(torch.tensor(v)) for v in losses(tmp_path / "run"))
+    trained = SpeechLM.from_pretrained(final)
+    # between the step-2 checkpoint and the final step-3 model: LoRA moved, the projector did not
+    mid = SpeechLM.from_pretrained(tmp_path / "run" / "checkpoints" / "step-0000002" / "model")
+    before, after = dict(mid.named_parameters()), dict(trained.named_parameters())
+    changed = {n for n in after if n in before and not torch.equal(before[n], after[n])}
+    assert any("lora_B" in n for n in changed) and not any(n.startswith("projector.") for n in changed)
+
+    item = [r for r in read_manifest(tiny_data / "train") if r["target"]][0]
+    batch = trained.build_batch(trained.text_items([item["transcript"]], [item["instruction"]], [item["target"]]))
+    expected = torch.log_softmax(trained.target_logits(batch).logits, -1)
+    llm, tok = load_causal_lm(str(tmp_path / "run"), dtype=torch.float32)  # the run folder resolves to final/
+    assert not any("lora" in n for n, _ in llm.named_parameters())
+    teacher = LocalTeacher(llm, tok, cfg.model.system_prompt)
+    got = teacher.score([item["transcript"]], [item["instruction"]], [trained.target_ids(item["target"])]).logp
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_input_kind_is_an_error():
+    with pytest.raises(ValueError, match="data.input='video'"):
+        sft.DataConfig(input="video")

@@ -5,7 +5,9 @@
 Systems: a SpeechLM folder (or a run folder: its final/), `untrained` (the default assembly),
 `cascade` (whisper-base greedy ASR through faster-whisper -> the LLM reading the ASR transcript)
 and `text-teacher` (the LLM reading the gold transcript: the upper bound). The LLM of the two
-baselines is the first SpeechLM's LLM unless `--llm` names one.
+baselines is the first SpeechLM's LLM unless `--llm` names one. `text:MODEL` is any text model
+(registry name, HF folder, or a speechsum text-mode run such as the KD teacher) reading the gold
+transcript: how a KD teacher is measured on the test set.
 
 Scores per item: ROUGE-1/2/Lsum, MiniLM embedding similarity, fact recall/precision/F1 and
 invented facts (documents with known facts), style compliance; the headline scores get bootstrap
@@ -37,6 +39,8 @@ def load_test_items(data: str | Path, limit: int = 0) -> list[dict]:
 
 
 def system_name(spec: str) -> str:
+    if spec.startswith("text:"):
+        return "text:" + system_name(spec.removeprefix("text:"))
     p = Path(spec)
     return f"{p.parent.name}/{p.name}" if p.name == "final" else (p.name or spec)
 
@@ -228,9 +232,10 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
             asr = asr if asr is not None else asr_transcripts(items)
             preds = generate_text(llm or first_llm or SpeechLMConfig().llm, asr, items, batch_size, max_new_tokens,
                                   SpeechLMConfig().system_prompt)
-        elif spec == "text-teacher":
-            preds = generate_text(llm or first_llm or SpeechLMConfig().llm, [r["transcript"] for r in items], items,
-                                  batch_size, max_new_tokens, SpeechLMConfig().system_prompt)
+        elif spec == "text-teacher" or spec.startswith("text:"):
+            text_llm = spec.removeprefix("text:") if spec.startswith("text:") else llm or first_llm or SpeechLMConfig().llm
+            preds = generate_text(text_llm, [r["transcript"] for r in items], items, batch_size, max_new_tokens,
+                                  SpeechLMConfig().system_prompt)
         else:
             preds, used_llm = generate_speechlm(spec, items, batch_size, max_new_tokens, log)
             first_llm = first_llm or used_llm

@@ -22,6 +22,31 @@ from speechsum.models.generation import decode, left_pad, stop_token_ids
 Conversation = list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": ...}]
 
 
+def load_causal_lm(model: str, dtype: torch.dtype = torch.float32):
+    """(causal LM, tokenizer) of a registry name, hub id or HF folder, or of a SpeechLM folder /
+    run folder (e.g. an SFT run with `data.input: transcript`): its LLM with the LoRA adapter
+    merged, so a text model fine-tuned by speechsum serves as a teacher, judge or baseline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from speechsum.models.registry import resolve_model
+
+    if Path(model).is_dir():
+        from speechsum.training.common import resolve_init
+
+        try:
+            speechlm_dir = resolve_init(model)
+        except FileNotFoundError:
+            speechlm_dir = None
+        if speechlm_dir is not None:
+            from speechsum.models.speech_lm import SpeechLM
+
+            slm = SpeechLM.from_pretrained(speechlm_dir, dtype=dtype)
+            llm = slm.llm.merge_and_unload() if hasattr(slm.llm, "merge_and_unload") else slm.llm
+            return llm, slm.tokenizer
+    path = resolve_model(model)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
+
+
 class TextLM:
     """A local HF causal LM with its chat template; batched greedy or sampled decoding."""
 
@@ -33,13 +58,8 @@ class TextLM:
 
     @classmethod
     def from_pretrained(cls, model: str, dtype: torch.dtype = torch.float32) -> "TextLM":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from speechsum.models.registry import resolve_model
-
-        path = resolve_model(model)
-        return cls(AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path),
-                   identity=f"local:{model}:{str(dtype).removeprefix('torch.')}")
+        llm, tok = load_causal_lm(model, dtype)
+        return cls(llm, tok, identity=f"local:{model}:{str(dtype).removeprefix('torch.')}")
 
     def prompt_ids(self, conversation: Conversation) -> list[int]:
         text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)

@@ -39,8 +39,9 @@ class KDConfig:
     """Local teacher (registry name or folder, same vocabulary as the student) or openai:URL#MODEL (vLLM)."""
     teacher_top_k: int = 20
     """Remote teacher only: top-k log-probs per position (the rest is one tail bucket)."""
-    teacher_system_prompt: str = "You are a helpful assistant. Answer from the transcript faithfully."
-    """System message of the teacher's prompt."""
+    teacher_system_prompt: str = ""
+    """System message of the teacher's prompt ('' = the student's own system prompt, which is also
+    what a text-mode SFT teacher was trained with and what `speechsum eval text:MODEL` uses)."""
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "jsd"
     """Token-level divergence between student and teacher."""
     beta: float = 0.5
@@ -66,12 +67,13 @@ class KDConfig:
 def build_teacher(cfg: KDConfig, model, log=None):
     from speechsum.training.teachers import LocalTeacher, RemoteTeacher, check_same_vocabulary
 
+    system_prompt = cfg.teacher_system_prompt or model.config.system_prompt
     if cfg.teacher.startswith("openai:"):
         url, _, name = cfg.teacher.removeprefix("openai:").partition("#")
         if not url or not name:
             raise ValueError(f"teacher={cfg.teacher}: expected openai:BASE_URL#MODEL")
-        return RemoteTeacher(url, name, model.tokenizer, cfg.teacher_system_prompt, cfg.teacher_top_k)
-    teacher = LocalTeacher.from_pretrained(cfg.teacher, cfg.teacher_system_prompt)
+        return RemoteTeacher(url, name, model.tokenizer, system_prompt, cfg.teacher_top_k)
+    teacher = LocalTeacher.from_pretrained(cfg.teacher, system_prompt)
     check_same_vocabulary(model.tokenizer, teacher.tokenizer, model.config.llm, cfg.teacher)
     if log:
         log(f"kd: teacher {cfg.teacher} (local, {sum(p.numel() for p in teacher.llm.parameters()) / 1e6:.0f}M)")

@@ -43,6 +43,13 @@ class DataConfig:
     """Folder of cached encoder outputs (default: <path>/encoder_cache)."""
     max_items: int = 0
     """Use only the first N training items (0: all); for smoke tests."""
+    input: str = "audio"
+    """What the model reads: `audio` (the SpeechLM task) or `transcript` (text mode: the gold
+    transcript where the audio would be; trains a text teacher for KD from the same data)."""
+
+    def __post_init__(self):
+        if self.input not in ("audio", "transcript"):
+            raise ValueError(f"data.input={self.input!r}: expected 'audio' or 'transcript'")
 
 
 @dataclass
@@ -87,10 +94,14 @@ def item_frames(model, items: list[dict]) -> list[torch.Tensor]:
     return model.encode_audio([load_audio(r["audio_path"]) for r in items])
 
 
-def sft_segments(model, items: list[dict]):
+def sft_segments(model, items: list[dict], text_mode: bool = False):
+    """Training sequences of items: audio (the default) or, in text mode, the gold transcript."""
+    instructions, targets = [r["instruction"] for r in items], [r["target"] for r in items]
+    if text_mode:
+        return model.text_items([r["transcript"] for r in items], instructions, targets)
     with torch.no_grad():
         frames = item_frames(model, items)
-    return model.audio_items(frames, [r["instruction"] for r in items], [r["target"] for r in items])
+    return model.audio_items(frames, instructions, targets)
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -101,7 +112,8 @@ def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
     from speechsum.training.losses import token_cross_entropy
 
     # --- model, optimizer
-    run = common.start_run(cfg, log)
+    text_mode = cfg.data.input == "transcript"
+    run = common.start_run(cfg, log, freeze_projector=text_mode)
     model, acc, opt = run.model, run.acc, run.opt
 
     # --- data
@@ -110,6 +122,7 @@ def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
         train_items = train_items[: cfg.data.max_items]
     order = common.DataOrder(len(train_items), cfg.loop.seed, weights=item_weights(train_items, cfg.data))
     common.resume_or_begin(run, order, resume)
+    segments = lambda m, items: sft_segments(m, items, text_mode)  # noqa: E731
 
     # --- train
     while run.step < cfg.loop.max_steps:
@@ -122,7 +135,7 @@ def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
         for micro in range(cfg.optim.grad_accum):
             mb = common.rank_slice(step_items, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
             with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
-                out = run.ddp_model(model.build_batch(sft_segments(model, mb)))
+                out = run.ddp_model(model.build_batch(segments(model, mb)))
                 # sum over this rank's tokens / global tokens, x ranks because DDP averages gradients
                 loss = token_cross_entropy(out.logits, out.targets, reduction="sum") / n_tokens * acc.num_processes
                 common.check_finite(loss, run.step, [r["id"] for r in mb])
@@ -142,8 +155,8 @@ def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
         if run.main and ((cfg.loop.eval_every and run.step % cfg.loop.eval_every == 0)
                          or run.step == cfg.loop.max_steps):
             common.evaluate_dev(model, cfg.data, run.run_dir, run.step, cfg.loop.eval_items, load_items,
-                                sft_segments, run.metrics)
-    return common.finish_run(run, "sft")
+                                segments, run.metrics)
+    return common.finish_run(run, "sft (text mode)" if text_mode else "sft")
 
 
 __all__ = ["SFTConfig", "DataConfig", "train"]

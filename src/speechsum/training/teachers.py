@@ -59,13 +59,10 @@ class LocalTeacher:
 
     @classmethod
     def from_pretrained(cls, model: str, system_prompt: str, dtype=torch.float32) -> "LocalTeacher":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from speechsum.models.text_lm import load_causal_lm
 
-        from speechsum.models.registry import resolve_model
-
-        path = resolve_model(model)
-        return cls(AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path),
-                   system_prompt, name=model)
+        llm, tok = load_causal_lm(model, dtype)
+        return cls(llm, tok, system_prompt, name=model)
 
     @torch.no_grad()
     def score(self, transcripts: list[str], instructions: list[str], completions: list[list[int]]) -> TeacherScores:
