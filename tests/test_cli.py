@@ -38,6 +38,15 @@ def test_good_files_still_processed_when_one_is_bad(tmp_path, tiny_dir, capsys):
     assert out.err.strip().splitlines() == [f"speechsum: error: {tmp_path / 'nope.wav'}: no such file"]
 
 
+def test_summarize_takes_a_run_folder(tmp_path, tiny_dir, capsys):
+    """--model runs/x/dpo (a stage's run folder) means its final/ model, as every stage's init does."""
+    tiny_speechlm(tiny_dir).save_pretrained(tmp_path / "run" / "final")
+    sf.write(tmp_path / "a.wav", tone(1.5), 16000)
+    code = main(["summarize", str(tmp_path / "a.wav"), "--model", str(tmp_path / "run"), "--json",
+                 "--max-new-tokens", "3"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["file"] == str(tmp_path / "a.wav")
+
+
 def test_unknown_style_and_bad_model_are_one_line(tmp_path, capsys):
     sf.write(tmp_path / "a.wav", tone(1.0), 16000)
     assert main(["summarize", str(tmp_path / "a.wav"), "--style", "sonnet"]) == 2

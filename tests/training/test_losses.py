@@ -151,3 +151,4 @@ def test_embedding_ctc_gathered_classes_equal_full_vocabulary_ctc():
     full = F.ctc_loss(torch.nn.utils.rnn.pad_sequence(lp), torch.tensor([4, 4, 6, 8, 9, 3]), torch.tensor([7, 5]),
                       torch.tensor([4, 2]), blank=0, reduction="mean")
     assert used == 2 and math.isclose(got.item(), full.item(), rel_tol=1e-5)
+
