@@ -48,8 +48,11 @@ def _one_and_two_ranks(tmp_path, data, stage: str, **stage_cfg) -> tuple[list[di
           "--config", str(two)], env)
     a = SpeechLM.from_pretrained(tmp_path / "one" / "final")
     b = SpeechLM.from_pretrained(tmp_path / "two" / "final")
+    # Adam divides each gradient by its own running RMS, so an element whose gradient is ~1e-9
+    # (float noise of the all-reduce order) can move by a visible fraction of lr: weights are
+    # compared to 1 % of one step (lr 0.01); the losses below are compared to 1e-5
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
-        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=n)
+        torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4, msg=n)
     metrics = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()  # noqa: E731
                          if "loss" in json.loads(x)]
     return metrics(tmp_path / "one"), metrics(tmp_path / "two")
