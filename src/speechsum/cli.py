@@ -84,10 +84,12 @@ def load_speechlm(model: str | None):
               "smollm2-135m-instruct with a random projector); its summaries are not meaningful. "
               "Train one with `make demo`.", file=sys.stderr)
         return SpeechLM.from_config(SpeechLMConfig())
-    if os.path.isdir(model):
-        for folder in (model, os.path.join(model, "final")):  # a checkpoint folder or a run folder
-            if os.path.isfile(os.path.join(folder, CONFIG_NAME)):
-                return SpeechLM.from_pretrained(folder)
+    from speechsum.training.common import resolve_init
+
+    try:  # a checkpoint folder or a run folder, resolved as every stage's `init` is
+        return SpeechLM.from_pretrained(resolve_init(model))
+    except FileNotFoundError:
+        pass
     raise FileNotFoundError(f"{model}: not a SpeechLM checkpoint folder (no {CONFIG_NAME}) nor a run folder "
                             f"with final/{CONFIG_NAME}")
 

@@ -62,10 +62,10 @@ class PipelineConfig:
     """The committed aligned connector used when align: shipped."""
     sft: str = "configs/sft/tiny.yaml"
     teacher: str = ""
-    """Text-mode SFT config of the KD teacher (configs/teacher/tiny.yaml), or '' to use kd's `teacher`."""
+    """Text-mode SFT config of the KD teacher (configs/sft/tiny-teacher.yaml), or '' to use kd's `teacher`."""
     kd: str = "configs/kd/tiny.yaml"
     dpo: str = "configs/dpo/tiny.yaml"
-    eval: EvalStage = field(default_factory=lambda: EvalStage())
+    eval: EvalStage = field(default_factory=EvalStage)
     report: bool = True
     """Write <out_dir>/report/index.html from the eval and the training logs."""
     overrides: dict[str, list[str]] = field(default_factory=dict)

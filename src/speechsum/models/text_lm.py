@@ -30,19 +30,17 @@ def load_causal_lm(model: str, dtype: torch.dtype = torch.float32):
 
     from speechsum.models.registry import resolve_model
 
-    if Path(model).is_dir():
-        from speechsum.training.common import resolve_init
+    from speechsum.models.speech_lm import SpeechLM
+    from speechsum.training.common import resolve_init
 
-        try:
-            speechlm_dir = resolve_init(model)
-        except FileNotFoundError:
-            speechlm_dir = None
-        if speechlm_dir is not None:
-            from speechsum.models.speech_lm import SpeechLM
-
-            slm = SpeechLM.from_pretrained(speechlm_dir, dtype=dtype)
-            llm = slm.llm.merge_and_unload() if hasattr(slm.llm, "merge_and_unload") else slm.llm
-            return llm, slm.tokenizer
+    try:
+        speechlm_dir = resolve_init(model)
+    except FileNotFoundError:  # not a speechsum folder: a plain causal LM
+        speechlm_dir = None
+    if speechlm_dir is not None:
+        slm = SpeechLM.from_pretrained(speechlm_dir, dtype=dtype)
+        llm = slm.llm.merge_and_unload() if hasattr(slm.llm, "merge_and_unload") else slm.llm
+        return llm, slm.tokenizer
     path = resolve_model(model)
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
 
