@@ -57,3 +57,15 @@ def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypa
     logs.clear()
     run(cfg, log=logs.append)
     assert sum("done earlier" in line for line in logs) == 6  # 5 training stages + eval
+
+
+def test_eval_of_a_stage_not_run_is_a_one_line_error_before_any_work(tmp_path, capsys):
+    from speechsum.cli import main
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"out_dir: {tmp_path / 'run'}\nsynth: ''\ndata: {tmp_path}\nteacher: ''\n"
+                   "eval:\n  systems: [sft, teacher]\n")
+    assert main(["pipeline", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["speechsum: error: eval.systems: teacher: the pipeline runs no such stage"]
+    assert not (tmp_path / "run").exists()

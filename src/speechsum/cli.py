@@ -206,7 +206,7 @@ def cmd_pipeline(args) -> int:
 
     try:
         run(load_config(PipelineConfig, args.config, args.overrides))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         error(str(e))
         return EXIT_USAGE
     return 0

@@ -74,6 +74,10 @@ class PipelineConfig:
 
 def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
     """Run or resume every stage; returns wall seconds per stage run now (0 for skipped)."""
+    configured = {st for st in TRAIN_STAGES if getattr(cfg, st)}
+    missing = [n for n in cfg.eval.systems if n in TRAIN_STAGES and n not in configured]
+    if missing:  # found before hours of training, not after
+        raise ValueError(f"eval.systems: {', '.join(missing)}: the pipeline runs no such stage")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
