@@ -84,3 +84,10 @@ def test_overrides_after_options_reach_the_stage(monkeypatch):
     assert main(["train", "sft", "--config", "configs/sft/tiny.yaml", "loop.max_steps=3", "--resume",
                  "optim.lr=0.01"]) == 0
     assert seen["cfg"].loop.max_steps == 3 and seen["cfg"].optim.lr == 0.01 and seen["resume"]
+
+
+def test_eval_compare_must_name_two_models(tmp_path, capsys):
+    code = main(["eval", "--model", "runs/x/sft", "text:runs/x/teacher", "--data", str(tmp_path),
+                 "--compare", "runs/x/sft:runs/x/kd"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--compare runs/x/sft:runs/x/kd" in err[0]

@@ -173,9 +173,18 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from speechsum.evaluation.run_eval import evaluate
 
+    pairs = []
+    for spec in args.compare:  # A:B where A and B are --model entries (which may hold colons: text:DIR)
+        cuts = [(spec[:i], spec[i + 1:]) for i, ch in enumerate(spec) if ch == ":"]
+        pair = next(((a, b) for a, b in cuts if a in args.model and b in args.model), None)
+        if pair is None:
+            error(f"--compare {spec}: expected A:B with A and B among the --model entries "
+                  f"(e.g. runs/tiny/sft:runs/tiny/kd)")
+            return EXIT_USAGE
+        pairs.append(pair)
     try:
         evaluate(args.model, args.data, args.out, llm=args.llm, limit=args.limit, batch_size=args.batch_size,
-                 max_new_tokens=args.max_new_tokens, task=args.task)
+                 max_new_tokens=args.max_new_tokens, task=args.task, compare=pairs)
     except (FileNotFoundError, ValueError) as e:
         error(str(e))
         return EXIT_USAGE
@@ -250,9 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=0, help="only the first N items")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-new-tokens", type=int, default=128)
-    ev.add_argument("--task", choices=["summarize", "transcribe"], default="summarize",
+    ev.add_argument("--task", choices=["summarize", "transcribe", "readout"], default="summarize",
                     help="transcribe: verbatim transcripts per document, scored with WER and fact recall "
-                         "(the alignment gate)")
+                         "(the alignment gate); readout: the connector's greedy CTC read-out per document, "
+                         "no LLM (cascade: the whisper transcript)")
+    ev.add_argument("--compare", nargs="*", default=[], metavar="A:B",
+                    help="paired differences B - A of the fact scores with bootstrap intervals (A, B: --model entries)")
     ev.set_defaults(func=cmd_eval)
 
     rp = sub.add_parser("report", help="one self-contained HTML page of a run: table, curves, examples")

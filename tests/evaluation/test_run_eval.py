@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tiny import make_dataset, tiny_speechlm
 
 from speechsum.evaluation.run_eval import evaluate, markdown_table
@@ -29,3 +31,33 @@ def test_transcription_gate_adds_wer(tmp_path, tiny_dir):
                  task="transcribe", log=lambda *a: None)
     assert m["systems"]["ckpt"]["overall"]["wer"] >= 0.5  # a random model cannot transcribe
     assert m["table"].splitlines()[0].startswith("| system | WER |")
+
+
+def test_readout_task_scores_the_connector_without_generation(tmp_path, tiny_dir):
+    data = make_dataset(tmp_path / "data", n_train=1, n_dev=2)
+    tiny_speechlm(tiny_dir, readout_blank="<pad>").save_pretrained(tmp_path / "ckpt")
+    m = evaluate([str(tmp_path / "ckpt")], str(data / "dev"), None, embeddings=False, task="readout",
+                 log=lambda *a: None)
+    assert m["systems"]["ckpt"]["overall"]["wer"] >= 0.5  # a random projector reads out nothing useful
+
+
+def test_paired_deltas_golden():
+    from speechsum.evaluation.run_eval import markdown_deltas, paired_deltas
+
+    def row(f1, inv):
+        return {"fact_f1": f1, "fact_recall": f1, "invented_per_summary": inv}
+
+    rows = {"a": [row(0.1, 2), row(0.5, 1), row(None, 0)], "b": [row(0.3, 1), row(0.7, 1), row(0.9, 0)]}
+    (d,) = paired_deltas(rows, [("a", "b")])
+    # item 3 has no fact score for a: left out of the fact deltas; both differences are +0.2
+    assert d["fact_f1"] == pytest.approx([0.2, 0.2, 0.2])
+    assert d["invented_per_summary"][0] == pytest.approx(-1 / 3)  # (-1 + 0 + 0) / 3
+    assert "| a -> b | +0.200 [+0.20, +0.20] |" in markdown_deltas([d])
+
+
+def test_compare_names_must_be_evaluated(tmp_path, tiny_dir):
+    data = make_dataset(tmp_path / "data", n_train=1, n_dev=1)
+    tiny_speechlm(tiny_dir).save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="compare: other"):
+        evaluate([str(tmp_path / "ckpt")], str(data / "dev"), compare=[(str(tmp_path / "ckpt"), "other")],
+                 embeddings=False, log=lambda *a: None)

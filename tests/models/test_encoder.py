@@ -42,3 +42,28 @@ def test_speechlm_uses_the_cache(tiny_model, tmp_path):
     tiny_model.encoder_cache = EncoderCache(tmp_path)
     tiny_model.encode_audio([tone(1.0)])
     assert len(list(tmp_path.rglob("*.safetensors"))) == 1
+
+
+def test_repeated_clip_in_one_call_is_encoded_once(tiny_model, tmp_path, monkeypatch):
+    cache = EncoderCache(tmp_path)
+    clip = tone(1.0)
+    calls = []
+    real = tiny_model.encoder.encode
+    monkeypatch.setattr(tiny_model.encoder, "encode", lambda cl: calls.append(len(cl)) or real(cl))
+    out = cache.encode(tiny_model.encoder, [clip, tone(2.0, 300), clip])  # two items of one document
+    assert calls == [2]
+    torch.testing.assert_close(out[0], out[2], atol=0, rtol=0)
+
+
+def test_encoder_precision_is_part_of_the_cache_identity(tiny_model):
+    enc = tiny_model.encoder
+    was = enc.bf16
+    try:
+        enc.bf16 = False
+        fp32 = enc.identity
+        enc.bf16 = True
+        assert enc.identity == fp32 + ":bf16"
+        out = enc.encode([tone(1.0)])[0]  # autocast on any CPU (slow where bf16 is not native, still right)
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    finally:
+        enc.bf16 = was

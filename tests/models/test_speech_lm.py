@@ -202,3 +202,20 @@ def test_speechlm_vocab_readout_config(tiny_model):
             tiny_model.project(frames)
     finally:
         tiny_model.config = dataclasses.replace(tiny_model.config, readout="embedding", readout_blank=" ")
+
+
+def test_greedy_readout_ids_collapse_runs_and_drop_blanks():
+    from speechsum.models.projector import greedy_readout_ids
+
+    emb = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])  # row 0 = blank
+    # tok1, tok1, blank, tok1, tok2, tok2 -> 1 1 2 (a blank separates a real repeat)
+    audio = torch.tensor([[0, 1, 0], [0, 3, 0.2], [2, 0, 0], [0, 1, 0], [0, 0, 1], [0.1, 0, 1]], dtype=torch.float)
+    assert greedy_readout_ids(audio, emb, blank_id=0) == [1, 1, 2]
+    assert greedy_readout_ids(audio[2:3], emb, blank_id=0) == []
+
+
+def test_readout_text_per_clip(tiny_dir):
+    model = tiny_speechlm(tiny_dir, readout_blank="<pad>")  # the tiny tokenizer splits a lone space
+    frames = [torch.randn(40, model.encoder.dim), torch.randn(9, model.encoder.dim)]
+    texts = model.readout_text(frames)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)

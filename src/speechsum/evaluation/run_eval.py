@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 HEADLINE = ("fact_recall", "fact_f1", "invented_per_summary", "rouge_l", "similarity", "compliance")
+PRIMARY = "fact_f1"  # the primary score: facts carried (recall) and not invented (claim precision)
+# paired differences between two systems on the same items (`compare`): the recipe's claims
+DELTA_KEYS = (("fact F1", "fact_f1"), ("fact recall", "fact_recall"), ("invented/summary", "invented_per_summary"))
 
 
 def load_test_items(data: str | Path, limit: int = 0) -> list[dict]:
@@ -48,8 +51,10 @@ def system_name(spec: str) -> str:
 # ------------------------------------------------------------------------------------ systems
 
 
-def generate_speechlm(spec: str, items: list[dict], batch_size: int, max_new_tokens: int, log) -> tuple[list[str], str]:
-    """Summaries from audio by a SpeechLM folder / run folder / 'untrained'; returns (texts, llm)."""
+def generate_speechlm(spec: str, items: list[dict], batch_size: int, max_new_tokens: int, log,
+                      readout: bool = False) -> tuple[list[str], str]:
+    """Summaries from audio by a SpeechLM folder / run folder / 'untrained'; returns (texts, llm).
+    `readout`: the connector's greedy CTC read-out of each clip instead (no LLM generation)."""
     from speechsum.audio import load_audio
     from speechsum.models.encoder import EncoderCache
     from speechsum.models.speech_lm import SpeechLM, SpeechLMConfig
@@ -65,10 +70,14 @@ def generate_speechlm(spec: str, items: list[dict], batch_size: int, max_new_tok
     texts = [""] * len(items)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        gens = model.generate([load_audio(items[i]["audio_path"]) for i in idx],
-                              [items[i]["instruction"] for i in idx], max_new_tokens=max_new_tokens)
-        for i, g in zip(idx, gens):
-            texts[i] = g.text
+        clips = [load_audio(items[i]["audio_path"]) for i in idx]
+        if readout:
+            outs = model.readout_text(model.encode_audio(clips))
+        else:
+            gens = model.generate(clips, [items[i]["instruction"] for i in idx], max_new_tokens=max_new_tokens)
+            outs = [g.text for g in gens]
+        for i, text in zip(idx, outs):
+            texts[i] = text
     out = texts
     return out, model.config.llm
 
@@ -195,6 +204,37 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def paired_deltas(rows: dict[str, list[dict]], pairs: list[tuple[str, str]]) -> list[dict]:
+    """For each (a, b): b - a per DELTA_KEYS score with a paired bootstrap 95 % interval over the
+    items both systems were scored on (item difficulty cancels; see metrics.paired_bootstrap_ci)."""
+    from speechsum.evaluation.metrics import paired_bootstrap_ci
+
+    out = []
+    for a, b in pairs:
+        rec: dict = {"from": a, "to": b}
+        for _, key in DELTA_KEYS:
+            both = [(ra[key], rb[key]) for ra, rb in zip(rows[a], rows[b]) if ra[key] is not None and rb[key] is not None]
+            if both:
+                rec[key] = list(paired_bootstrap_ci([y for _, y in both], [x for x, _ in both]))
+        out.append(rec)
+    return out
+
+
+def deltas_cells(deltas: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows of the paired-difference table (markdown here, HTML in report.py)."""
+    rows = []
+    for d in deltas:
+        cells = [f"{d[k][0]:+.3f} [{d[k][1]:+.2f}, {d[k][2]:+.2f}]" if k in d else "-" for _, k in DELTA_KEYS]
+        rows.append([f"{d['from']} -> {d['to']}"] + cells)
+    return ["change"] + [f"{label} (paired 95 % CI)" for label, _ in DELTA_KEYS], rows
+
+
+def markdown_deltas(deltas: list[dict]) -> str:
+    header, rows = deltas_cells(deltas)
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 # ------------------------------------------------------------------------------------ the command
 
 
@@ -209,47 +249,62 @@ def as_transcription(items: list[dict]) -> list[dict]:
 
 def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | None = None, limit: int = 0,
              batch_size: int = 8, max_new_tokens: int = 128, embeddings: bool = True, task: str = "summarize",
-             log=print) -> dict:
-    """Run and score every system; task 'transcribe' asks each document for a verbatim transcript
-    and adds WER (the alignment gate)."""
+             compare: list[tuple[str, str]] | None = None, log=print) -> dict:
+    """Run and score every system; `compare` pairs (a, b) of system specs get paired differences
+    b - a of the fact scores (`paired_deltas`: is b better than a on the same items?); task 'transcribe' asks each document for a verbatim transcript
+    and adds WER (the alignment gate); task 'readout' scores the connector's greedy CTC read-out
+    of each document (no LLM; `cascade` gives the whisper transcript) the same way."""
     from speechsum.evaluation.wer import wer
     from speechsum.models.speech_lm import SpeechLMConfig
 
+    if task not in ("summarize", "transcribe", "readout"):
+        raise ValueError(f"task={task!r}: expected summarize, transcribe or readout")
     items = load_test_items(data)
-    if task == "transcribe":
+    if task != "summarize":
         items = as_transcription(items)
     items = items[:limit] if limit else items
     if not items:
         raise ValueError(f"{data}: no items with targets")
+    compare = [(system_name(a), system_name(b)) for a, b in compare or []]
+    names = {system_name(sp) for sp in systems}
+    unknown = [n for pair in compare for n in pair if n not in names]
+    if unknown:
+        raise ValueError(f"compare: {unknown[0]} is not one of the evaluated systems ({', '.join(sorted(names))})")
     out_dir = Path(out) if out else None
     preds_all: dict[str, list[str]] = {}
+    rows_all: dict[str, list[dict]] = {}
     metrics: dict = {"data": str(data), "n_items": len(items), "systems": {}}
     first_llm = None
     asr: list[str] | None = None
     for spec in systems:
         t = time.time()
+        if task == "readout" and (spec == "text-teacher" or spec.startswith("text:")):
+            raise ValueError(f"{spec}: task readout scores a SpeechLM's connector or the cascade's ASR, not a text model")
         if spec == "cascade":
             asr = asr if asr is not None else asr_transcripts(items)
-            preds = generate_text(llm or first_llm or SpeechLMConfig().llm, asr, items, batch_size, max_new_tokens,
+            preds = asr if task == "readout" else generate_text(llm or first_llm or SpeechLMConfig().llm, asr, items, batch_size, max_new_tokens,
                                   SpeechLMConfig().system_prompt)
         elif spec == "text-teacher" or spec.startswith("text:"):
             text_llm = spec.removeprefix("text:") if spec.startswith("text:") else llm or first_llm or SpeechLMConfig().llm
             preds = generate_text(text_llm, [r["transcript"] for r in items], items, batch_size, max_new_tokens,
                                   SpeechLMConfig().system_prompt)
         else:
-            preds, used_llm = generate_speechlm(spec, items, batch_size, max_new_tokens, log)
+            preds, used_llm = generate_speechlm(spec, items, batch_size, max_new_tokens, log, readout=task == "readout")
             first_llm = first_llm or used_llm
         dt = time.time() - t
         name = system_name(spec)
-        rows = score_items(items, preds, embeddings)
+        rows = rows_all[name] = score_items(items, preds, embeddings)
         metrics["systems"][name] = {**summarize_scores(rows, items), "seconds_per_item": dt / len(items)}
-        if task == "transcribe":
+        if task != "summarize":
             metrics["systems"][name]["overall"]["wer"] = wer([r["transcript"] for r in items], preds)
         preds_all[name] = preds
         log(f"eval: {name}: {len(items)} items in {dt:.0f} s")
         if out_dir is not None:
             _write(out_dir, items, preds_all, metrics, asr)
     table = markdown_table(metrics)
+    if compare:
+        metrics["deltas"] = paired_deltas(rows_all, compare)
+        table += "\n\n" + markdown_deltas(metrics["deltas"])
     metrics["table"] = table
     if out_dir is not None:
         _write(out_dir, items, preds_all, metrics, asr)

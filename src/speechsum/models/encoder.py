@@ -10,6 +10,10 @@ nothing is truncated. Two modes:
   in a prototype: ~10x faster on 3.6 s clips, but the outputs differ a lot from the padded
   ones, so a model must be trained and used with the same mode.
 
+The frozen encoder runs under bf16 autocast where bf16 is native (`precision.bf16_native`:
+1.7x faster here, outputs within ~1.2 % mean relative difference of fp32) and in fp32 elsewhere;
+the precision is part of the encoder's identity, so cached outputs of the two never mix.
+
 `EncoderCache` stores outputs on disk per clip, keyed by the content hash of the samples and
 the encoder's identity, so later stages and epochs never run the encoder twice on one clip.
 """
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 
 from speechsum.audio import SAMPLE_RATE, WINDOW_SAMPLES, encoder_frames, split_windows
+from speechsum.precision import bf16_native
 
 EncoderMode = Literal["padded", "real-length"]
 
@@ -34,12 +39,19 @@ EncoderMode = Literal["padded", "real-length"]
 class WhisperEncoder(nn.Module):
     """The encoder half of an HF Whisper model plus its feature extractor."""
 
-    def __init__(self, encoder: nn.Module, feature_extractor, mode: EncoderMode = "padded", identity: str = ""):
+    def __init__(self, encoder: nn.Module, feature_extractor, mode: EncoderMode = "padded", name: str = "",
+                 bf16: bool | None = None):
         super().__init__()
         self.encoder = encoder
         self.feature_extractor = feature_extractor
         self.mode = mode
-        self.identity = identity  # what the cache key uses to tell encoders apart
+        self.name = name  # which weights (registry name, or a trained encoder's folder)
+        self.bf16 = bf16_native() if bf16 is None else bf16
+
+    @property
+    def identity(self) -> str:
+        """What the cache key uses to tell encoders apart: weights, mode and compute precision."""
+        return f"{self.name}:{self.mode}" + (":bf16" if self.bf16 else "")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, mode: EncoderMode = "padded", dtype=torch.float32) -> "WhisperEncoder":
@@ -47,7 +59,7 @@ class WhisperEncoder(nn.Module):
 
         whisper = WhisperModel.from_pretrained(path, dtype=dtype)
         fe = WhisperFeatureExtractor.from_pretrained(path)
-        return cls(whisper.get_encoder(), fe, mode, identity=f"{Path(path).name}:{mode}")
+        return cls(whisper.get_encoder(), fe, mode, name=Path(path).name)
 
     @property
     def dim(self) -> int:
@@ -62,7 +74,12 @@ class WhisperEncoder(nn.Module):
         return out.input_features[0]
 
     def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
-        """[B, n_mels, F] -> [B, F/2, C]; F may be shorter than 3000 (real-length mode)."""
+        """[B, n_mels, F] -> [B, F/2, C] float32; F may be shorter than 3000 (real-length mode)."""
+        device = "cuda" if feats.is_cuda else "cpu"
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16):
+            return self._forward_features(feats).float()
+
+    def _forward_features(self, feats: torch.Tensor) -> torch.Tensor:
         enc = self.encoder
         if feats.shape[-1] == enc.config.max_source_positions * 2:
             return enc(feats.to(enc.conv1.weight.dtype)).last_hidden_state
@@ -140,10 +157,12 @@ class EncoderCache:
         """Like `encoder.encode` but reads/writes the cache; only missing clips are encoded."""
         keys = [self.key(c, encoder.identity) for c in clips]
         out: list[torch.Tensor | None] = [self.get(k) for k in keys]
-        missing = [i for i, o in enumerate(out) if o is None]
+        # each distinct missing clip once (a document's items share one clip)
+        missing = list({k: i for i, (k, o) in reversed(list(enumerate(zip(keys, out)))) if o is None}.values())
         if missing:
-            fresh = encoder.encode([clips[i] for i in missing])
-            for i, f in zip(missing, fresh):
+            fresh = {}
+            for i, f in zip(missing, encoder.encode([clips[i] for i in missing])):
                 self.put(keys[i], f)
-                out[i] = f.to(self.dtype).float()  # same values as a later cache hit
+                fresh[keys[i]] = f.to(self.dtype).float()  # same values as a later cache hit
+            out = [fresh[k] if o is None else o for k, o in zip(keys, out)]
         return out  # type: ignore[return-value]

@@ -37,6 +37,20 @@ class Projector(nn.Module):
         return list(x.split([len(s) for s in stacked]))
 
 
+def readout_logits(audio: torch.Tensor, embedding: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Cosine of each audio token [A, D] to every LLM input embedding [V, D] / temperature -> [A, V]
+    (the scores the embedding-space CTC term trains)."""
+    return nn.functional.normalize(audio, dim=-1) @ nn.functional.normalize(embedding, dim=-1).T / temperature
+
+
+def greedy_readout_ids(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int) -> list[int]:
+    """CTC greedy decoding of projected audio [A, D]: the nearest LLM token per audio token, runs
+    collapsed, blanks dropped. What the connector "says" without the LLM: the alignment gate's
+    read-out transcript."""
+    best = readout_logits(audio.float(), embedding.float()).argmax(-1).tolist()
+    return [b for k, b in enumerate(best) if b != blank_id and (k == 0 or b != best[k - 1])]
+
+
 def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, temperature: float) -> torch.Tensor:
     """Projected audio tokens [A, D] -> soft LLM token embeddings [A', D] (A' <= A).
 
@@ -49,7 +63,7 @@ def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, t
     one embedding per spoken token. Differentiable in the kept tokens.
     """
     e = embedding.to(audio.dtype)
-    logits = nn.functional.normalize(audio, dim=-1) @ nn.functional.normalize(e, dim=-1).T / temperature  # A, V
+    logits = readout_logits(audio, e, temperature)  # A, V
     best = logits.argmax(-1)  # A
     keep = best != blank_id
     if not bool(keep.any()):

@@ -144,7 +144,7 @@ class SpeechLM(nn.Module):
 
         enc_dir, llm_dir = resolve_model(config.encoder), resolve_model(config.llm)
         encoder = WhisperEncoder.from_pretrained(enc_dir, config.encoder_mode, dtype=dtype)
-        encoder.identity = f"{config.encoder}:{config.encoder_mode}"
+        encoder.name = config.encoder
         tok = AutoTokenizer.from_pretrained(llm_dir)
         llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype)
         model = cls(config, encoder, llm, tok)
@@ -233,10 +233,10 @@ class SpeechLM(nn.Module):
             raise ValueError(f"{path}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
         config = from_dict(SpeechLMConfig, {**meta["config"], **overrides})
         encoder = WhisperEncoder.from_pretrained(resolve_model(config.encoder), config.encoder_mode, dtype=dtype)
-        encoder.identity = f"{config.encoder}:{config.encoder_mode}"
+        encoder.name = config.encoder
         if (path / "encoder.safetensors").is_file():
             encoder.encoder.load_state_dict(load_file(path / "encoder.safetensors"))
-            encoder.identity += f":{path.resolve()}"
+            encoder.name += f":{path.resolve()}"
         llm_dir = path / "llm" if (path / "llm").is_dir() else resolve_model(config.llm)
         tok = AutoTokenizer.from_pretrained(llm_dir)
         llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype)
@@ -298,17 +298,31 @@ class SpeechLM(nn.Module):
         embeds = self.projector(frames)
         return [self.readout(e) for e in embeds] if readout else embeds
 
+    @property
+    def readout_blank_id(self) -> int:
+        ids = self.tokenizer(self.config.readout_blank, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"readout_blank: {self.config.readout_blank!r} is {len(ids)} tokens, not 1")
+        return ids[0]
+
     def readout(self, embeds: torch.Tensor) -> torch.Tensor:
         """Projected audio [A, D] -> what the LLM reads (see `SpeechLMConfig.readout`)."""
         if self.config.readout == "embedding":
             return embeds
         from speechsum.models.projector import vocab_readout
 
-        ids = self.tokenizer(self.config.readout_blank, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ValueError(f"readout_blank: {self.config.readout_blank!r} is {len(ids)} tokens, not 1")
         emb = self.base_llm.get_input_embeddings().weight.detach()
-        return vocab_readout(embeds, emb, ids[0], self.config.readout_temperature)
+        return vocab_readout(embeds, emb, self.readout_blank_id, self.config.readout_temperature)
+
+    @torch.no_grad()
+    def readout_text(self, frames: list[torch.Tensor]) -> list[str]:
+        """The connector's greedy CTC read-out of each clip's frames (nearest LLM token per audio
+        token, runs collapsed, blanks dropped), decoded: how much of the speech reaches the LLM."""
+        from speechsum.models.projector import greedy_readout_ids
+
+        emb = self.base_llm.get_input_embeddings().weight.detach()
+        return [self.tokenizer.decode(greedy_readout_ids(e, emb, self.readout_blank_id)).strip()
+                for e in self.project(frames, readout=False)]
 
     def audio_items(self, frames: list[torch.Tensor], instructions: list[str],
                     targets: list[str | list[int]] | None = None) -> list[list[Segment]]:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from speechsum.config import save_config
+from speechsum.precision import bf16_native  # resolve_bf16 reads it here (tests patch common.bf16_native)
 
 
 @dataclass
@@ -502,15 +503,6 @@ class Run:
     def per_step(self) -> int:
         """Items per optimizer step over all ranks and micro-batches."""
         return self.cfg.loop.batch_size * self.cfg.optim.grad_accum * self.acc.num_processes
-
-
-def bf16_native() -> bool:
-    """Whether bf16 matmuls run natively here (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def resolve_bf16(loop: LoopConfig, log=None) -> bool:
