@@ -39,7 +39,9 @@ def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypa
     shutil.copytree(data / "dev", data / "test")
     cfg.data = str(data)
     times = run(cfg, log=logs.append)
-    assert set(times) >= {"sft", "teacher", "kd", "dpo", "eval", "report"}
+    assert set(times) >= {"encode", "sft", "teacher", "kd", "dpo", "eval", "report"}
+    assert any("pipeline: encode:" in line for line in logs)  # every clip encoded once, before training
+    assert len(list((data / "encoder_cache").rglob("*.safetensors"))) >= 1
     for stage in ("align", "sft", "teacher", "kd", "dpo"):
         assert (tmp_path / "run" / stage / "final" / "speechlm_config.json").is_file(), stage
     run_dir = tmp_path / "run"
@@ -53,10 +55,21 @@ def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypa
 
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert list(metrics["systems"]) == ["sft", "dpo", "text:teacher"]
+    assert [(d["from"], d["to"]) for d in metrics["deltas"]] == [("sft", "dpo")]
     assert (run_dir / "report" / "index.html").is_file()
     logs.clear()
     run(cfg, log=logs.append)
     assert sum("done earlier" in line for line in logs) == 6  # 5 training stages + eval
+    assert not any("pipeline: encode:" in line for line in logs)  # nothing left to encode
+
+
+def test_stage_comparisons_follow_the_recipe():
+    from speechsum.pipeline import stage_comparisons
+
+    assert stage_comparisons(["align", "sft", "kd", "dpo", "cascade", "text-teacher", "teacher"]) == [
+        ("align", "sft"), ("sft", "kd"), ("kd", "dpo"), ("dpo", "cascade"), ("dpo", "text-teacher")]
+    assert stage_comparisons(["dpo", "sft", "cascade"]) == [("sft", "dpo"), ("dpo", "cascade")]
+    assert stage_comparisons(["cascade", "text-teacher"]) == []
 
 
 def test_eval_of_a_stage_not_run_is_a_one_line_error_before_any_work(tmp_path, capsys):

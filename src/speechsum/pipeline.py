@@ -89,6 +89,11 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
         if not (data / "train" / "manifest.parquet").is_file() or not (data / "test" / "manifest.parquet").is_file():
             synthesize(load_config(SynthConfig, cfg.synth, cfg.overrides.get("synth", [])), data)
     times["synth"] = time.time() - t
+    t = time.time()
+    first_model = model_config_of(cfg)
+    if first_model is not None:  # every stage and the eval read these: encode each clip once, up front
+        encode_dataset(data, first_model, log)
+    times["encode"] = time.time() - t
     prev = ""
     folders: dict[str, str] = {}
     for stage in TRAIN_STAGES:
@@ -136,6 +141,48 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
     return times
 
 
+def model_config_of(cfg: PipelineConfig):
+    """The SpeechLM config the chain starts from (the shipped connector's, or the align/sft
+    preset's own `model`), or None when it cannot be known before training."""
+    import json
+
+    from speechsum.config import from_dict
+    from speechsum.models.speech_lm import CONFIG_NAME, SpeechLMConfig
+
+    if cfg.align == "shipped":
+        return from_dict(SpeechLMConfig, json.loads((Path(cfg.shipped_align) / CONFIG_NAME).read_text())["config"])
+    first = cfg.align or cfg.sft
+    if not first:
+        return None
+    module_name, cls_name = STAGE_CLASSES["align" if cfg.align else "sft"]
+    stage_cfg = load_config(getattr(importlib.import_module(module_name), cls_name), first)
+    return None if stage_cfg.init else stage_cfg.model
+
+
+def encode_dataset(data: Path, model_cfg, log, batch: int = 8) -> None:
+    """Run the frozen encoder once over every clip of the dataset into `<data>/encoder_cache` (the
+    cache all stages and the eval read), so no training step waits for it."""
+    from tqdm import tqdm
+
+    from speechsum.audio import load_audio
+    from speechsum.data.dataset import read_manifest
+    from speechsum.models.encoder import EncoderCache, WhisperEncoder
+    from speechsum.models.registry import resolve_model
+
+    paths = sorted({str(split / r["audio"]) for split in sorted(data.iterdir())
+                    if (split / "manifest.parquet").is_file() for r in read_manifest(split)})
+    cache = EncoderCache(data / "encoder_cache")
+    encoder = WhisperEncoder.from_pretrained(resolve_model(model_cfg.encoder), model_cfg.encoder_mode)
+    encoder.name = model_cfg.encoder  # the identity SpeechLM gives it, so the stages hit this cache
+    todo = [p for p in paths if not cache.has(cache.key(load_audio(p), encoder.identity))]
+    if not todo:
+        return
+    t = time.time()
+    for s in tqdm(range(0, len(todo), batch), desc="encode", unit="batch", dynamic_ncols=True):
+        cache.encode(encoder, [load_audio(p) for p in todo[s : s + batch]])
+    log(f"pipeline: encode: {len(todo)} clips through {encoder.identity} in {time.time() - t:.0f} s")
+
+
 def eval_system_specs(systems: list[str], folders: dict[str, str]) -> list[str]:
     """Pipeline system names -> `speechsum eval` specs (stage names become their run folders)."""
     specs = []
@@ -153,20 +200,34 @@ def eval_system_specs(systems: list[str], folders: dict[str, str]) -> list[str]:
     return specs
 
 
+def stage_comparisons(systems: list[str]) -> list[tuple[str, str]]:
+    """The recipe's claims as pairs to compare on the same items: each model stage against the one
+    before it (align -> sft -> kd -> dpo, those evaluated), then the last one against the cascade
+    and the text LLM reading the gold transcript."""
+    chain = [st for st in ("align", "sft", "kd", "dpo") if st in systems]
+    pairs = list(zip(chain, chain[1:]))
+    if chain:
+        pairs += [(chain[-1], base) for base in ("cascade", "text-teacher") if base in systems]
+    return pairs
+
+
 def run_eval_stage(cfg: PipelineConfig, data: Path, out: Path, folders: dict[str, str], log) -> None:
     import json
 
     from speechsum.evaluation.run_eval import evaluate, system_name
 
     specs = eval_system_specs(cfg.eval.systems, folders)
+    compare = [(specs[cfg.eval.systems.index(a)], specs[cfg.eval.systems.index(b)])
+               for a, b in stage_comparisons(cfg.eval.systems)]
     metrics_file = out / "eval" / "metrics.json"
     if metrics_file.is_file():
         done = json.loads(metrics_file.read_text())
-        if {system_name(s) for s in specs} <= set(done.get("systems", {})) and done.get("table"):
+        if ({system_name(s) for s in specs} <= set(done.get("systems", {})) and done.get("table")
+                and len(done.get("deltas", [])) == len(compare)):
             log(f"pipeline: eval: done earlier ({metrics_file})")
             log(done["table"])
             return
     log(f"pipeline: eval: {len(specs)} systems on {data / 'test'}")
     evaluate(specs, str(data / "test"), out=str(out / "eval"), limit=cfg.eval.limit,
              batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-             embeddings=cfg.eval.embeddings, log=log)
+             embeddings=cfg.eval.embeddings, compare=compare, log=log)

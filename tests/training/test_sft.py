@@ -30,6 +30,8 @@ def losses(run_dir):
 def test_sft_runs_changes_trainable_only_and_saves(tmp_path, tiny_data):
     cfg = tiny_cfg(tmp_path, tiny_data)
     start = SpeechLM.from_config(cfg.model)
+    start.save_pretrained(tmp_path / "start")  # train from exactly these weights (the projector is random)
+    cfg.init = str(tmp_path / "start")
     final = sft.train(cfg, log=lambda *a: None)
     run = tmp_path / "run"
     assert all(torch.isfinite(torch.tensor(v)) for v in losses(run)) and len(losses(run)) == 3
@@ -144,3 +146,21 @@ def test_text_mode_trains_a_teacher_that_loads_as_a_plain_causal_lm(tmp_path, ti
 def test_unknown_input_kind_is_an_error():
     with pytest.raises(ValueError, match="data.input='video'"):
         sft.DataConfig(input="video")
+
+
+def test_frozen_projector_stays_as_aligned(tmp_path, tiny_data):
+    cfg = tiny_cfg(tmp_path, tiny_data, max_steps=2)
+    start = SpeechLM.from_config(cfg.model)
+    start.save_pretrained(tmp_path / "start")
+    cfg.init, cfg.model = str(tmp_path / "start"), SpeechLMConfig(train_projector=False)
+    trained = SpeechLM.from_pretrained(sft.train(cfg, log=lambda *a: None))
+    before, after = dict(start.named_parameters()), dict(trained.named_parameters())
+    changed = {n for n in after if n in before and not torch.equal(before[n], after[n])}
+    assert changed and all("lora_" in n for n in changed), [n for n in changed if "lora_" not in n]
+
+
+def test_nothing_trainable_is_an_error(tmp_path, tiny_data):
+    cfg = tiny_cfg(tmp_path, tiny_data)
+    cfg.model.train_projector, cfg.model.llm_training = False, "frozen"
+    with pytest.raises(ValueError, match="nothing to train"):
+        sft.train(cfg, log=lambda *a: None)

@@ -34,6 +34,9 @@ from speechsum.audio import SAMPLE_RATE, WINDOW_SAMPLES, encoder_frames, split_w
 from speechsum.precision import bf16_native
 
 EncoderMode = Literal["padded", "real-length"]
+# 30 s windows per encoder forward: a whole training batch of long clips at once (64 windows)
+# holds ~5 GB of attention scores per layer and ran slower per window than batches of 8
+WINDOW_BATCH = 8
 
 
 class WhisperEncoder(nn.Module):
@@ -101,9 +104,10 @@ class WhisperEncoder(nn.Module):
                 owners.append(i)
         outs: list[torch.Tensor] = []
         if self.mode == "padded":
-            feats = torch.stack([self.features(w, pad=True) for w in windows])
-            hidden = self.forward_features(feats)
-            outs = [hidden[j, : encoder_frames(len(w))] for j, w in enumerate(windows)]
+            for s in range(0, len(windows), WINDOW_BATCH):
+                chunk = windows[s : s + WINDOW_BATCH]
+                hidden = self.forward_features(torch.stack([self.features(w, pad=True) for w in chunk]))
+                outs += [hidden[j, : encoder_frames(len(w))] for j, w in enumerate(chunk)]
         else:
             for w in windows:
                 n = encoder_frames(len(w))
@@ -131,6 +135,9 @@ class EncoderCache:
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
+
+    def has(self, key: str) -> bool:
+        return self._path(key).is_file()
 
     def get(self, key: str) -> torch.Tensor | None:
         from safetensors.torch import load_file

@@ -60,6 +60,9 @@ class SpeechLMConfig:
     """Linear layer names that get LoRA adapters."""
     train_encoder: bool = False
     """Train the Whisper encoder too (off: it is frozen and its outputs can be cached)."""
+    train_projector: bool = True
+    """Train the projector (off: a connector aligned on hours of speech stays as aligned while a
+    small task set trains LoRA, and no gradient flows back through the readout)."""
     max_audio_tokens: int = 12_000
     """Cap on audio tokens per item (12,000 at stack 8 = 32 min); exceeding it is an error, not a cut."""
     readout: Literal["embedding", "vocab"] = "embedding"
@@ -177,7 +180,7 @@ class SpeechLM(nn.Module):
             else:
                 p.requires_grad_(False)
         for p in self.projector.parameters():
-            p.requires_grad_(True)
+            p.requires_grad_(self.config.train_projector)
 
     @property
     def base_llm(self) -> nn.Module:
