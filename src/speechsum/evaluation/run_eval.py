@@ -100,7 +100,11 @@ def transcribe(asr, audio) -> str:
 def asr_transcripts(items: list[dict], model: str = "whisper-base") -> list[str]:
     """Greedy whisper transcripts through faster-whisper on the registry's CTranslate2 folder."""
     asr = load_asr(model)
-    return [transcribe(asr, r["audio_path"]) for r in items]
+    by_path: dict[str, str] = {}  # a document's items share one clip: transcribe it once
+    for r in items:
+        if r["audio_path"] not in by_path:
+            by_path[r["audio_path"]] = transcribe(asr, r["audio_path"])
+    return [by_path[r["audio_path"]] for r in items]
 
 
 def transcript_conversations(transcripts: list[str], instructions: list[str], system_prompt: str) -> list[list[dict]]:

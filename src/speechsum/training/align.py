@@ -165,9 +165,11 @@ def span_frames(frames: torch.Tensor, sentence: dict) -> torch.Tensor:
     return frames[a:b]
 
 
-def align_segments(model, examples: list[Example], frames_by_doc: dict[str, torch.Tensor]):
+def align_segments(model, examples: list[Example], frames_by_doc: dict[str, torch.Tensor], llm_inputs: bool = True):
     """Segments [prompt-before, (audio|text spans in order), prompt-after, target] per example,
-    and for the feature term the (audio embeds, text ids) pairs of the audio spans."""
+    and for the CTC/feature terms the (audio embeds, text ids) pairs of the audio spans.
+    `llm_inputs=False` (CTC/feature-only runs): only the pairs; the readout and the prompts, which
+    only the LLM pass reads, are skipped (the readout alone cost ~4x the CTC term)."""
     items, pairs = [], []
     for ex in examples:
         sents = ex.item["sentences"][ex.first : ex.last]
@@ -179,10 +181,16 @@ def align_segments(model, examples: list[Example], frames_by_doc: dict[str, torc
                 spans[-1][1].append(s)
             else:
                 spans.append((is_audio, [s]))
-        pre, post = model.prompt_ids(TASKS[ex.task][0])
-        segs = [Text(pre)]
         audio_spans = [torch.cat([span_frames(frames, s) for s in group]) for is_a, group in spans if is_a]
         embeds = iter(model.project(audio_spans, readout=False))  # CTC/feature terms score the raw projection
+        if not llm_inputs:
+            for is_audio, group in spans:
+                if is_audio:
+                    text = " ".join(s["text"] for s in group)
+                    pairs.append((next(embeds), model.tokenizer(" " + text, add_special_tokens=False)["input_ids"]))
+            continue
+        pre, post = model.prompt_ids(TASKS[ex.task][0])
+        segs = [Text(pre)]
         for is_audio, group in spans:
             text = " ".join(s["text"] for s in group)
             if is_audio:
@@ -215,8 +223,11 @@ def ctc_term(model, pairs, cfg: AlignConfig) -> tuple[torch.Tensor, int]:
     from speechsum.training.losses import embedding_ctc_loss
 
     emb = model.base_llm.get_input_embeddings().weight.detach()
-    return embedding_ctc_loss([a for a, _ in pairs], [ids for _, ids in pairs], emb,
-                              blank_id(model.tokenizer, cfg.ctc_blank), cfg.ctc_temperature)
+    # the [audio tokens x vocabulary] matmul is most of a CTC-only step: bf16 where the run is bf16
+    # (cosines of unit vectors: ~0.002 rounding, far below the 1/temperature scale)
+    with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=cfg.loop.bf16):
+        return embedding_ctc_loss([a for a, _ in pairs], [ids for _, ids in pairs], emb,
+                                  blank_id(model.tokenizer, cfg.ctc_blank), cfg.ctc_temperature)
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -253,7 +264,7 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
         docs = {ex.item["doc_id"]: ex.item for ex in exs}
         with torch.no_grad():
             frames = item_frames(model, list(docs.values()))
-        return align_segments(model, exs, dict(zip(docs, frames)))
+        return align_segments(model, exs, dict(zip(docs, frames)), llm_inputs=cfg.lm_weight > 0)
 
     # --- train
     while run.step < cfg.loop.max_steps:

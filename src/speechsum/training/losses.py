@@ -68,22 +68,21 @@ def embedding_ctc_loss(audio: list[torch.Tensor], targets: list[list[int]], embe
             keep.append((a, t))
     if not keep:
         return audio[0].sum() * 0.0 if audio else embedding.sum() * 0.0, 0
+    # classes = the vocabulary; the blank token's own column stands for the CTC blank (targets never
+    # hold it), so the normaliser counts it once
     e = F.normalize(embedding.float(), dim=-1)  # V, D
-    # classes: index 0 = blank, 1..V = vocabulary (CTC wants the blank at a fixed class index)
-    e = torch.cat([e[blank_id : blank_id + 1], e])
     lengths = torch.tensor([len(a) for a, _ in keep])
-    x = torch.cat([F.normalize(a.float(), dim=-1) for a, _ in keep])  # sum A_i, D
-    logits = x @ e.T / temperature  # sum A_i, V+1
-    # the blank's own vocabulary row: only class 0 stands for it. A finite mask: CTC's backward
-    # computes log-alpha-beta minus log-prob, which is nan at a log-prob of -inf.
-    logits[:, blank_id + 1] = -1e4
-    logp = F.log_softmax(logits, -1)
-    # CTC reads only the blank and each span's own target tokens: gather those columns, so the
-    # CTC tensor is [T, B, max U + 1] instead of [T, B, V + 1] (49k classes for SmolLM2)
+    # 1/temperature folded into the [sum A, D] side, not applied to the [sum A, V] product
+    x = torch.cat([F.normalize(a.float(), dim=-1) for a, _ in keep]) / temperature  # sum A_i, D
+    logits = (x @ e.T).float()  # sum A_i, V (the matmul may run under bf16 autocast)
+    # log-softmax only where CTC reads it: the normaliser over all classes, then just the blank and
+    # each span's own target tokens (a full [sum A, V] log-softmax tensor is ~0.4 GB per step at
+    # batch 32, stack 4), so the CTC tensor is [T, B, max U + 1] instead of [T, B, V]
+    lse = torch.logsumexp(logits, -1, keepdim=True)  # sum A, 1
     small, labels = [], []
-    for lp, (_, t) in zip(logp.split(lengths.tolist()), keep):
+    for lg, z, (_, t) in zip(logits.split(lengths.tolist()), lse.split(lengths.tolist()), keep):
         vocab = list(dict.fromkeys(t))  # the span's distinct tokens: a repeat keeps its label (CTC needs a blank between)
-        small.append(lp[:, [0] + [i + 1 for i in vocab]])  # A_i, U_i + 1
+        small.append(lg[:, [blank_id] + vocab] - z)  # A_i, U_i + 1 (column 0 = blank)
         labels.append(torch.tensor([vocab.index(i) + 1 for i in t]))
     width = max(x.shape[1] for x in small)
     small = [F.pad(x, (0, width - x.shape[1]), value=-1e4) for x in small]  # padding columns are never read
