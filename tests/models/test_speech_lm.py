@@ -219,3 +219,20 @@ def test_readout_text_per_clip(tiny_dir):
     frames = [torch.randn(40, model.encoder.dim), torch.randn(9, model.encoder.dim)]
     texts = model.readout_text(frames)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_bf16_decoding_copy_has_the_lora_deltas_and_the_models_logits(tiny_dir, clips):
+    m = tiny_speechlm(tiny_dir)
+    _perturb(m)  # LoRA B is zero at init: make the adapters matter
+    ids = torch.tensor([[5, 9, 13, 2, 7]])
+    with torch.no_grad():
+        want = m.base_llm(input_ids=ids).logits
+        m.decode_bf16 = True
+        copy = m.decoding_llm()
+        got = copy(input_ids=ids).logits.float()
+        with m.llm.disable_adapter():
+            no_lora = m.base_llm(input_ids=ids).logits
+    assert next(copy.parameters()).dtype == torch.bfloat16 and not any(p.requires_grad for p in copy.parameters())
+    assert not any(n.startswith("_decode") for n, _ in m.named_parameters())  # not a submodule
+    assert (got - want).abs().max() < 0.1 * (want - no_lora).abs().max()  # LoRA merged, bf16 rounding only
+    assert len(m.generate_items(m.audio_items(m.encode_audio(clips[:1]), INSTR[:1]), max_new_tokens=3)) == 1

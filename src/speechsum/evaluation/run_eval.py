@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 HEADLINE = ("fact_recall", "fact_f1", "invented_per_summary", "rouge_l", "similarity", "compliance")
 PRIMARY = "fact_f1"  # the primary score: facts carried (recall) and not invented (claim precision)
@@ -118,7 +119,10 @@ def generate_text(llm: str, transcripts: list[str], items: list[dict], batch_siz
     """The LLM reading a transcript with the same system prompt and instruction as the SpeechLM."""
     from speechsum.models.text_lm import TextLM
 
-    lm = TextLM.from_pretrained(llm)
+    from speechsum.precision import bf16_native
+
+    # bf16 weights where native: decoding is memory-bound (the SpeechLMs decode with a bf16 copy too)
+    lm = TextLM.from_pretrained(llm, dtype=torch.bfloat16 if bf16_native() else torch.float32)
     convs = transcript_conversations(transcripts, [r["instruction"] for r in items], system_prompt)
     return lm.chat(convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
 

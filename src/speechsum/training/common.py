@@ -529,6 +529,7 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
     model, model_cfg = build_model(cfg.model, cfg.init, log if acc.is_main_process else None)
     cfg.model = model_cfg
     model.encoder_cache = EncoderCache(cfg.data.encoder_cache or Path(cfg.data.path) / "encoder_cache")
+    model.decode_bf16 = bf16  # samples (KD, DPO, dev) from a bf16 copy only where the run is bf16
     if freeze_projector:
         model.projector.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -73,7 +73,7 @@ def build_teacher(cfg: KDConfig, model, log=None):
         if not url or not name:
             raise ValueError(f"teacher={cfg.teacher}: expected openai:BASE_URL#MODEL")
         return RemoteTeacher(url, name, model.tokenizer, system_prompt, cfg.teacher_top_k)
-    teacher = LocalTeacher.from_pretrained(cfg.teacher, system_prompt)
+    teacher = LocalTeacher.from_pretrained(cfg.teacher, system_prompt, bf16=cfg.loop.bf16)
     check_same_vocabulary(model.tokenizer, teacher.tokenizer, model.config.llm, cfg.teacher)
     if log:
         log(f"kd: teacher {cfg.teacher} (local, {sum(p.numel() for p in teacher.llm.parameters()) / 1e6:.0f}M)")

@@ -49,8 +49,11 @@ def teacher_prompt_ids(tokenizer, system_prompt: str, transcript: str, instructi
 
 
 class LocalTeacher:
-    def __init__(self, llm, tokenizer, system_prompt: str, name: str = "local"):
+    def __init__(self, llm, tokenizer, system_prompt: str, name: str = "local", bf16: bool = False):
         self.llm = llm.eval()
+        # the decoder under bf16 autocast (the prefill of transcript + completion is the cost);
+        # the LM head in fp32, so the KD targets keep fp32 logits (bf16 rounds a logit of 20 to 0.125)
+        self.bf16 = bf16
         for p in self.llm.parameters():
             p.requires_grad_(False)
         self.tokenizer = tokenizer
@@ -58,11 +61,11 @@ class LocalTeacher:
         self.name = name
 
     @classmethod
-    def from_pretrained(cls, model: str, system_prompt: str, dtype=torch.float32) -> "LocalTeacher":
+    def from_pretrained(cls, model: str, system_prompt: str, dtype=torch.float32, bf16: bool = False) -> "LocalTeacher":
         from speechsum.models.text_lm import load_causal_lm
 
         llm, tok = load_causal_lm(model, dtype)
-        return cls(llm, tok, system_prompt, name=model)
+        return cls(llm, tok, system_prompt, name=model, bf16=bf16)
 
     @torch.no_grad()
     def score(self, transcripts: list[str], instructions: list[str], completions: list[list[int]]) -> TeacherScores:
@@ -74,13 +77,15 @@ class LocalTeacher:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([s + [pad] * (tmax - len(s)) for s in seqs])
         mask = torch.tensor([[1] * len(s) + [0] * (tmax - len(s)) for s in seqs])
-        hidden = self.llm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        device = "cuda" if ids.is_cuda else "cpu"
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16):
+            hidden = self.llm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         # position t predicts token t+1: completion token j of row b sits at len(prompt_b) + j
         sel = torch.zeros_like(mask, dtype=torch.bool)
         for b, (p, c) in enumerate(zip(prompts, completions)):
             sel[b, len(p) - 1 : len(p) - 1 + len(c)] = True
         rows = torch.arange(len(seqs))[:, None].expand_as(sel)[sel]
-        logits = self.llm.get_output_embeddings()(hidden[sel]).float()
+        logits = self.llm.get_output_embeddings()(hidden[sel].float()).float()
         return TeacherScores(rows=rows, logp=torch.log_softmax(logits, -1))
 
 
