@@ -306,6 +306,7 @@ def speech_model(batch: int, audio_seconds: float, dtype: str, llm_training: str
     with tempfile.TemporaryDirectory() as tmp:
         encoder = build_encoder_dir(Path(tmp))
         model = SpeechLM.from_config(SpeechLMConfig(encoder=encoder, llm=LLM, llm_training=llm_training))
+    model.decode_bf16 = dtype == "bf16"  # as start_run: bf16 runs sample from a bf16 copy of the LLM
     frames = model.encode_audio(synthetic_clips(batch, audio_seconds))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = common.build_optimizer(params, OptimConfig(lr=1e-4, warmup_steps=0, schedule="constant"))

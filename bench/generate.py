@@ -59,6 +59,7 @@ def main(argv=None) -> int:
         model = SpeechLM.from_config(SpeechLMConfig(encoder=args.encoder, llm=args.llm, llm_training="frozen"),
                                      dtype=dtype)
         model.eval()
+        model.decode_bf16 = False  # the loop at the weights' own dtype (bf16 rows load bf16 weights)
         rows += measure(model, args, dtype_name)
     report(rows, args)
     return 0

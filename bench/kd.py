@@ -29,9 +29,12 @@ within a few tokens of the student's); TRL's reads the student's own sequence.
 
 Both sides sample exactly `--new-tokens` tokens per item (ours with an empty stop list, TRL's
 with `min_new_tokens`), so completion lengths match; in real training finished rows leave our
-decoding batch early, which this fixed-length workload does not show. Every row samples in
-fp32 weights; bf16 rows autocast the student's training forward (and, in TRL, whatever runs
-inside its autocast-wrapped forward).
+decoding batch early, which this fixed-length workload does not show. bf16 rows run as
+`loop.bf16: true` runs: ours samples from a bf16 copy of the LLM with the LoRA deltas merged
+(`SpeechLM.decoding_llm`, refreshed every step, its cost inside "sampling"), its teacher's
+decoder runs under bf16 autocast (LM head fp32) and the student's training forward autocasts;
+TRL's bf16 rows autocast whatever runs inside its autocast-wrapped forward (its sampling uses
+the fp32 weights). fp32 rows are fp32 on both sides.
 
 samples/s = completions trained per second = batch / step time (median of the timed steps;
 see bench/common.py for the shared-machine rules). Prints a table, writes JSON to
@@ -71,7 +74,7 @@ def run_speechsum(lam: float, dtype: str, args) -> dict:
     model.stop_ids = []  # every sample is exactly --new-tokens long (the TRL row: min_new_tokens)
     cfg = kd.KDConfig(lam=lam, max_new_tokens=args.new_tokens, sample_temperature=1.0, divergence="jsd",
                       beta=BETA, temperature=1.0, teacher=LLM, teacher_system_prompt=model.config.system_prompt)
-    teacher = LocalTeacher.from_pretrained(LLM, cfg.teacher_system_prompt)
+    teacher = LocalTeacher.from_pretrained(LLM, cfg.teacher_system_prompt, bf16=dtype == "bf16")
     audio_tokens = model.projector.num_tokens(len(frames[0]))
     transcript = tok.decode(standin_ids(tok, audio_tokens))  # what the teacher reads where the student hears
     gold = tok.decode(summary_ids(tok, model.end_of_turn_id, args.new_tokens)[:-1])

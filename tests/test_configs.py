@@ -42,3 +42,7 @@ def test_unknown_key_is_an_error(tmp_path):
         load_config(SFTConfig, None, ["optim.lr=-1"])
     cfg = load_config(SFTConfig, None, ["loop.max_steps=7", "model.stack=4"])
     assert cfg.loop.max_steps == 7 and cfg.model.stack == 4
+    # YAML 1.1 reads 1e-4 (no dot) as a string; a float field takes it as the number users mean
+    assert load_config(SFTConfig, None, ["optim.lr=1e-4"]).optim.lr == 1e-4
+    p.write_text("optim:\n  lr: 2e-5\n")
+    assert load_config(SFTConfig, p).optim.lr == 2e-5
