@@ -437,7 +437,7 @@ class SpeechLM(nn.Module):
         deltas merged, refreshed from the current weights on every call (~0.2 s for 135M
         parameters, against seconds of decoding), so a training loop always samples its policy."""
         base = self.base_llm
-        if not self.decode_bf16:
+        if not self.decode_bf16 or next(base.parameters()).dtype == torch.bfloat16:
             return base
         if "llm" not in self._decode_copy:
             from transformers import AutoModelForCausalLM
