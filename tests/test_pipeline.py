@@ -30,7 +30,7 @@ def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypa
     # judge those by length instead to exercise the whole chain
     import speechsum.training.dpo as dpo
 
-    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, pen: ([len(t) for t in texts], ["len"] * len(texts)))
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], ["len"] * len(texts)))
     # the tiny data has no test split: score its dev split as the test split
     import shutil
 

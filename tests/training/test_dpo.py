@@ -24,6 +24,16 @@ def test_fact_judge_prefers_faithful_and_penalises_inventions():
     assert dpo.pick_pair(ITEM, ["same", "same"], dpo.DPOConfig()) is None  # ties dropped
 
 
+def test_fact_judge_f1_score_does_not_reward_saying_nothing():
+    # one true fact and one invented name vs a summary that states nothing checkable
+    texts = ["Priya Patel spoke, and so did John Smith.", "A budget was discussed."]
+    # recall - 0.5 x invented: 1/3 - 0.5 < 0, so the empty summary wins
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig())[:2] == (1, 0)
+    # fact F1 (recall 1/3, claim precision 1/2 -> 0.4 against 0): the summary with the fact wins
+    c, r, reason = dpo.pick_pair(ITEM, texts, dpo.DPOConfig(fact_score="f1"))
+    assert (c, r) == (0, 1) and reason.startswith("facts: chosen F1 0.40")
+
+
 def test_llm_judge_drops_inconsistent_verdicts():
     cfg = dpo.DPOConfig(judge="llm")
     always_first = lambda instr, tr, a, b: 1  # noqa: E731  position bias: inconsistent across the swap
@@ -46,7 +56,7 @@ def _cfg(tmp_path, data, **kw):
 
 def test_dpo_run_writes_pairs_and_trains(tmp_path, tiny_data, monkeypatch):
     # the tiny data has no facts; judge by length so pairs exist, and check the record round-trips
-    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, pen: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
     cfg = _cfg(tmp_path, tiny_data)
     dpo.train(cfg, log=lambda *a: None)
     recs = [json.loads(x) for x in (tmp_path / "run" / "preferences.jsonl").read_text().splitlines()]

@@ -45,7 +45,10 @@ class DPOConfig:
     judge_model: str = "qwen2.5-0.5b-instruct"
     """Local LLM judge (judge: llm)."""
     hallucination_penalty: float = 0.5
-    """Fact judge: score = recall - penalty x number of invented claims."""
+    """Fact judge, fact_score recall_penalty: score = recall - penalty x number of invented claims."""
+    fact_score: Literal["recall_penalty", "f1"] = "recall_penalty"
+    """Fact judge's score: recall minus the penalty, or fact F1 (recall and claim precision, eval's
+    primary score; an invented claim costs in proportion to how much else the summary states)."""
     num_samples: int = 4
     """Summaries sampled per item (N >= 2)."""
     sample_temperature: float = 1.0
@@ -71,8 +74,9 @@ class DPOConfig:
 # ------------------------------------------------------------------------------------ judges
 
 
-def fact_judge(item: dict, texts: list[str], penalty: float) -> tuple[list[float], list[str]]:
-    """Score each candidate by fact recall minus a penalty per invented claim; reasons for the record."""
+def fact_judge(item: dict, texts: list[str], penalty: float, score: str = "recall_penalty") -> tuple[list[float], list[str]]:
+    """Score each candidate by fact recall minus a penalty per invented claim (or by fact F1);
+    reasons for the record."""
     from speechsum.evaluation.facts import score_summary
 
     facts = json.loads(item["facts"]) if item.get("facts") else []
@@ -80,8 +84,12 @@ def fact_judge(item: dict, texts: list[str], penalty: float) -> tuple[list[float
     for t in texts:
         r = score_summary(t, facts, item["transcript"], context=item["instruction"])
         recall = r["recall"] if r["recall"] is not None else 0.0
-        scores.append(recall - penalty * r["n_hallucinated"])
-        reasons.append(f"recall {recall:.2f}, invented {r['hallucinated'][:4]}")
+        if score == "f1":
+            scores.append(r["f1"] if r["f1"] is not None else 0.0)
+            reasons.append(f"F1 {scores[-1]:.2f}, recall {recall:.2f}, invented {r['hallucinated'][:4]}")
+        else:
+            scores.append(recall - penalty * r["n_hallucinated"])
+            reasons.append(f"recall {recall:.2f}, invented {r['hallucinated'][:4]}")
     return scores, reasons
 
 
@@ -105,7 +113,7 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None) -> tuple[i
     from speechsum.evaluation.judge import pairwise_verdict
 
     if cfg.judge == "facts":
-        scores, reasons = fact_judge(item, texts, cfg.hallucination_penalty)
+        scores, reasons = fact_judge(item, texts, cfg.hallucination_penalty, cfg.fact_score)
         best = max(range(len(texts)), key=lambda i: scores[i])
         worst = min(range(len(texts)), key=lambda i: scores[i])
         if scores[best] == scores[worst] or texts[best] == texts[worst]:
