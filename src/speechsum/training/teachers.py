@@ -77,7 +77,7 @@ class LocalTeacher:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([s + [pad] * (tmax - len(s)) for s in seqs])
         mask = torch.tensor([[1] * len(s) + [0] * (tmax - len(s)) for s in seqs])
-        device = "cuda" if ids.is_cuda else "cpu"
+        device = next(self.llm.parameters()).device.type  # the model's, not the CPU-built ids'
         with torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16):
             hidden = self.llm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         # position t predicts token t+1: completion token j of row b sits at len(prompt_b) + j
