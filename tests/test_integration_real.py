@@ -83,3 +83,27 @@ def test_shipped_connector_reads_the_bundled_clip():
     words = set(CLIP.with_suffix(".txt").read_text().lower().replace(",", " ").replace(".", " ").replace("?", " ").split())
     print(f"word recall {len(words & heard) / len(words):.2f}")
     assert len(words & heard) / len(words) > 0.5, sorted(words - heard)
+
+
+def test_shipped_teacher_loads_as_a_text_model_and_summarizes_the_transcript():
+    """checkpoints/tiny-teacher (KD's teacher in the demo) is SmolLM2 + a bf16 LoRA adapter and no
+    projector: it loads as a plain causal LM with the adapter merged (its weights differ from plain
+    SmolLM2's) and, reading the bundled voicemail's transcript, names the caller and the new day
+    (plain SmolLM2 answers this prompt with a bare "Dana,")."""
+    real_model_dir("smollm2-135m-instruct")
+    from speechsum.evaluation.run_eval import transcript_conversations
+    from speechsum.models.speech_lm import SpeechLMConfig
+    from speechsum.models.text_lm import TextLM, load_causal_lm
+
+    shipped = Path(__file__).parents[1] / "checkpoints" / "tiny-teacher"
+    assert not (shipped / "projector.safetensors").exists()
+    llm, tok = load_causal_lm(str(shipped))
+    plain, _ = load_causal_lm("smollm2-135m-instruct")
+    assert not any("lora" in n for n, _ in llm.named_parameters())
+    w, w0 = llm.model.layers[0].self_attn.q_proj.weight, plain.model.layers[0].self_attn.q_proj.weight
+    assert w.dtype == torch.float32 and not torch.allclose(w, w0)
+    conv = transcript_conversations([CLIP.with_suffix(".txt").read_text()], ["Summarize this voicemail in one sentence."],
+                                    SpeechLMConfig().system_prompt)
+    text = TextLM(llm, tok).chat(conv, max_new_tokens=40)[0]
+    print(text)
+    assert "Marcus" in text and "Thursday" in text, text

@@ -82,3 +82,28 @@ def test_eval_of_a_stage_not_run_is_a_one_line_error_before_any_work(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["speechsum: error: eval.systems: teacher: the pipeline runs no such stage"]
     assert not (tmp_path / "run").exists()
+
+
+def test_shipped_teacher_is_kds_teacher_and_is_not_trained(tmp_path, tiny_data, tiny_dir):
+    """teacher: shipped wires the committed text-mode teacher into KD (no teacher stage runs);
+    'shipped' for a stage that has no committed folder is an error before any work."""
+    import pytest
+    from tiny import tiny_speechlm
+
+    student = tmp_path / "student"
+    tiny_speechlm(tiny_dir).save_pretrained(student)
+    kd = tmp_path / "kd.yaml"
+    kd.write_text(yaml.safe_dump({"init": str(student), "teacher": "unused", "max_new_tokens": 4,
+                                  "loop": {"max_steps": 1, "batch_size": 2, "save_every": 1, "bf16": False}}))
+    cfg = PipelineConfig(out_dir=str(tmp_path / "run"), synth="", data=str(tiny_data), align="", sft="",
+                         teacher="shipped", shipped_teacher=str(student), kd=str(kd), dpo="",
+                         eval=EvalStage(systems=[]), report=False)
+    logs = []
+    run(cfg, log=logs.append)
+    kd_cfg = yaml.safe_load((tmp_path / "run" / "kd" / "config.yaml").read_text())
+    assert kd_cfg["teacher"] == str(student) and kd_cfg["init"] == str(student)
+    assert not (tmp_path / "run" / "teacher").exists()
+    assert f"pipeline: teacher: using the shipped {student}" in logs
+    cfg.sft, cfg.out_dir = "shipped", str(tmp_path / "run2")
+    with pytest.raises(ValueError, match="sft: 'shipped' is only for align and teacher"):
+        run(cfg, log=logs.append)

@@ -10,7 +10,9 @@ continues where it stopped. `align: shipped` starts SFT from the connector commi
 repository instead of running the alignment.
 
 `teacher` (optional) is a text-mode SFT run (`data.input: transcript`) of the student's own LLM on
-the same training data, started from the plain LLM; when set, KD's teacher is that run. Then
+the same training data, started from the plain LLM; when set, KD's teacher is that run.
+`teacher: shipped` uses the teacher committed in the repository (made by that same run) instead
+of training it. Then
 `eval` scores the stages and the baselines on `<data>/test` into `<out_dir>/eval` (skipped when
 its metrics.json already has every system) and `report` writes `<out_dir>/report/index.html`.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 from speechsum.config import load_config
 
 TRAIN_STAGES = ("align", "sft", "teacher", "kd", "dpo")
+SHIPPED = {"align": "shipped_align", "teacher": "shipped_teacher"}  # stage -> config field of its committed folder
 STAGE_CLASSES = {
     "align": ("speechsum.training.align", "AlignConfig"),
     "sft": ("speechsum.training.sft", "SFTConfig"),
@@ -62,7 +65,10 @@ class PipelineConfig:
     """The committed aligned connector used when align: shipped."""
     sft: str = "configs/sft/tiny.yaml"
     teacher: str = ""
-    """Text-mode SFT config of the KD teacher (configs/sft/tiny-teacher.yaml), or '' to use kd's `teacher`."""
+    """Text-mode SFT config of the KD teacher (configs/sft/tiny-teacher.yaml), 'shipped' for the
+    committed one, or '' to use kd's `teacher`."""
+    shipped_teacher: str = "checkpoints/tiny-teacher"
+    """The committed text-mode teacher used when teacher: shipped."""
     kd: str = "configs/kd/tiny.yaml"
     dpo: str = "configs/dpo/tiny.yaml"
     eval: EvalStage = field(default_factory=EvalStage)
@@ -78,6 +84,9 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
     missing = [n for n in cfg.eval.systems if n in TRAIN_STAGES and n not in configured]
     if missing:  # found before hours of training, not after
         raise ValueError(f"eval.systems: {', '.join(missing)}: the pipeline runs no such stage")
+    for stage in TRAIN_STAGES:
+        if getattr(cfg, stage) == "shipped" and stage not in SHIPPED:
+            raise ValueError(f"{stage}: 'shipped' is only for {' and '.join(SHIPPED)}")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
@@ -98,9 +107,11 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
     folders: dict[str, str] = {}
     for stage in TRAIN_STAGES:
         path = getattr(cfg, stage)
-        if stage == "align" and path == "shipped":
-            prev = folders[stage] = cfg.shipped_align
-            log(f"pipeline: align: using the shipped connector {prev}")
+        if path == "shipped":
+            folders[stage] = getattr(cfg, SHIPPED[stage])
+            if stage != "teacher":
+                prev = folders[stage]
+            log(f"pipeline: {stage}: using the shipped {folders[stage]}")
             times[stage] = 0.0
             continue
         if not path:

@@ -141,6 +141,19 @@ def test_text_mode_trains_a_teacher_that_loads_as_a_plain_causal_lm(tmp_path, ti
     teacher = LocalTeacher(llm, tok, cfg.model.system_prompt)
     got = teacher.score([item["transcript"]], [item["instruction"]], [trained.target_ids(item["target"])]).logp
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # a shipped text model keeps only the config and the adapter (no projector): still loads as text,
+    # and refuses to load as a SpeechLM with an error that says how to use it
+    import shutil
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(final, shipped)
+    (shipped / "projector.safetensors").unlink()
+    llm2, _ = load_causal_lm(str(shipped), dtype=torch.float32)
+    got2 = LocalTeacher(llm2, tok, cfg.model.system_prompt).score(
+        [item["transcript"]], [item["instruction"]], [trained.target_ids(item["target"])]).logp
+    torch.testing.assert_close(got2, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(FileNotFoundError, match="no projector.safetensors .* text:"):
+        SpeechLM.from_pretrained(shipped)
 
 
 def test_unknown_input_kind_is_an_error():

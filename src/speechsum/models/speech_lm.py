@@ -224,6 +224,37 @@ class SpeechLM(nn.Module):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    @staticmethod
+    def read_config(path: str | Path, **overrides) -> SpeechLMConfig:
+        """The SpeechLMConfig saved in a SpeechLM folder (format checked)."""
+        path = Path(path)
+        cfg_file = path / CONFIG_NAME
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{path}: not a SpeechLM checkpoint (no {CONFIG_NAME})")
+        meta = json.loads(cfg_file.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
+        return from_dict(SpeechLMConfig, {**meta["config"], **overrides})
+
+    @staticmethod
+    def text_llm_from_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
+        """(causal LM, tokenizer) of a SpeechLM folder's LLM alone, LoRA deltas merged: no encoder,
+        no projector. What a text-mode run (the KD teacher, a judge, a baseline) needs; a shipped
+        text model may omit projector.safetensors."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from speechsum.models.registry import resolve_model
+
+        path = Path(path)
+        config = SpeechLM.read_config(path)
+        llm_dir = path / "llm" if (path / "llm").is_dir() else resolve_model(config.llm)
+        llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype)
+        if config.llm_training == "lora" and (path / "adapter").is_dir():
+            from peft import PeftModel
+
+            llm = PeftModel.from_pretrained(llm, str(path / "adapter")).merge_and_unload()
+        return llm.to(dtype), AutoTokenizer.from_pretrained(llm_dir)
+
     @classmethod
     def from_pretrained(cls, path: str | Path, *, trainable: bool = False, dtype: torch.dtype = torch.float32,
                         **overrides) -> "SpeechLM":
@@ -234,13 +265,9 @@ class SpeechLM(nn.Module):
         from speechsum.models.registry import resolve_model
 
         path = Path(path)
-        cfg_file = path / CONFIG_NAME
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{path}: not a SpeechLM checkpoint (no {CONFIG_NAME})")
-        meta = json.loads(cfg_file.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
-        config = from_dict(SpeechLMConfig, {**meta["config"], **overrides})
+        config = SpeechLM.read_config(path, **overrides)
+        if not (path / "projector.safetensors").is_file():
+            raise FileNotFoundError(f"{path}: no projector.safetensors (a text-only model: use it as text:{path})")
         encoder = WhisperEncoder.from_pretrained(resolve_model(config.encoder), config.encoder_mode, dtype=dtype)
         encoder.name = config.encoder
         if (path / "encoder.safetensors").is_file():

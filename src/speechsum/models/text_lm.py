@@ -38,9 +38,7 @@ def load_causal_lm(model: str, dtype: torch.dtype = torch.float32):
     except FileNotFoundError:  # not a speechsum folder: a plain causal LM
         speechlm_dir = None
     if speechlm_dir is not None:
-        slm = SpeechLM.from_pretrained(speechlm_dir, dtype=dtype)
-        llm = slm.llm.merge_and_unload() if hasattr(slm.llm, "merge_and_unload") else slm.llm
-        return llm, slm.tokenizer
+        return SpeechLM.text_llm_from_pretrained(speechlm_dir, dtype=dtype)
     path = resolve_model(model)
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
 
