@@ -34,6 +34,25 @@ def test_fact_judge_f1_score_does_not_reward_saying_nothing():
     assert (c, r) == (0, 1) and reason.startswith("facts: chosen F1 0.40")
 
 
+def test_dominance_pairs_never_prefer_saying_less():
+    texts = ["Priya Patel got $2,500 on Friday.",          # 2 facts, 1 invented: 2/3 - 0.5
+             "A budget was approved.",                      # nothing checkable: 0
+             "John Smith got $9,000 on Friday.",            # 0 facts, 3 invented: -1.5
+             "Priya Patel spoke."]                          # 1 fact, nothing invented: 1/3
+    # best vs worst: the fact-free summary and the 3-invention one are in the pairs' extremes
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig())[:2] == (3, 2)
+    # dominance: the same pair qualifies (more recall, fewer inventions) and has the largest gap
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(pair_rule="dominance"))[:2] == (3, 2)
+    # without the 3-invention summary, best vs worst prefers saying nothing over two facts and one
+    # invention; dominance refuses that trade and pairs the summaries that differ only in
+    # inventions or only in facts
+    two = [texts[0], texts[1]]
+    assert dpo.pick_pair(ITEM, two, dpo.DPOConfig(hallucination_penalty=1.0))[:2] == (1, 0)
+    assert dpo.pick_pair(ITEM, two, dpo.DPOConfig(hallucination_penalty=1.0, pair_rule="dominance")) is None
+    c, r, _ = dpo.pick_pair(ITEM, [texts[1], texts[3]], dpo.DPOConfig(pair_rule="dominance"))
+    assert (c, r) == (1, 0)  # a true fact and nothing invented beats saying nothing
+
+
 def test_llm_judge_drops_inconsistent_verdicts():
     cfg = dpo.DPOConfig(judge="llm")
     always_first = lambda instr, tr, a, b: 1  # noqa: E731  position bias: inconsistent across the swap

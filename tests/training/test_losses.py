@@ -91,6 +91,16 @@ def test_dpo_zero_margin_is_log2_and_sign():
     assert math.isclose(same.item(), math.log(2), rel_tol=1e-6)
 
 
+def test_length_normalized_dpo_divides_each_log_ratio_by_its_length():
+    # chosen: log-ratio -2 over 4 tokens (-0.5/token); rejected: -6 over 12 tokens (-0.5/token)
+    pc, pr, z = torch.tensor([-2.0]), torch.tensor([-6.0]), torch.zeros(1)
+    summed, _, _ = dpo_loss(pc, pr, z, z, beta=1.0)  # margin +4: the longer rejected lost more in total
+    assert math.isclose(summed.item(), -math.log(1 / (1 + math.exp(-4.0))), rel_tol=1e-6)
+    per_token, rc, rr = dpo_loss(pc, pr, z, z, beta=1.0, chosen_len=torch.tensor([4.0]), rejected_len=torch.tensor([12.0]))
+    assert math.isclose(per_token.item(), math.log(2), rel_tol=1e-6)  # the same per token: no preference
+    assert rc.item() == rr.item() == -0.5
+
+
 def test_sequence_logps_sum_by_row_and_masked_positions_contribute_nothing():
     tok = torch.tensor([-1.0, -2.0, -0.5])
     assert sequence_logps(tok, torch.tensor([0, 0, 1]), 3).tolist() == [-3.0, -0.5, 0.0]

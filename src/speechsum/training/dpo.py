@@ -64,6 +64,14 @@ class DPOConfig:
     """DPO temperature on the log-ratio margin."""
     sft_weight: float = 0.0
     """Weight of a cross-entropy term on the chosen summary."""
+    length_normalize: bool = False
+    """Divide each sequence log-ratio by its token count (length-normalized DPO; `beta` then acts
+    per token, so it wants to be ~30x larger than for summed log-ratios)."""
+    pair_rule: Literal["best_worst", "dominance"] = "best_worst"
+    """Fact judge: which two candidates form the pair. best_worst: the highest and lowest score.
+    dominance: the largest score gap among pairs whose chosen states at least the rejected's
+    recall with no more invented claims, so no pair prefers a summary for saying less (with
+    recall - penalty, the shorter sample wins most pairs and DPO learns to drop facts)."""
 
     def __post_init__(self):
         if self.num_samples < 2:
@@ -75,15 +83,20 @@ class DPOConfig:
 # ------------------------------------------------------------------------------------ judges
 
 
-def fact_judge(item: dict, texts: list[str], penalty: float, score: str = "recall_penalty") -> tuple[list[float], list[str]]:
-    """Score each candidate by fact recall minus a penalty per invented claim (or by fact F1);
-    reasons for the record."""
+def fact_rows(item: dict, texts: list[str]) -> list[dict]:
+    """The fact scorer's record of each candidate (recall, invented claims, F1)."""
     from speechsum.evaluation.facts import score_summary
 
     facts = json.loads(item["facts"]) if item.get("facts") else []
+    return [score_summary(t, facts, item["transcript"], context=item["instruction"]) for t in texts]
+
+
+def fact_judge(item: dict, texts: list[str], penalty: float, score: str = "recall_penalty",
+               rows: list[dict] | None = None) -> tuple[list[float], list[str]]:
+    """Score each candidate by fact recall minus a penalty per invented claim (or by fact F1);
+    reasons for the record."""
     scores, reasons = [], []
-    for t in texts:
-        r = score_summary(t, facts, item["transcript"], context=item["instruction"])
+    for r in rows if rows is not None else fact_rows(item, texts):
         recall = r["recall"] if r["recall"] is not None else 0.0
         if score == "f1":
             scores.append(r["f1"] if r["f1"] is not None else 0.0)
@@ -114,11 +127,16 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None) -> tuple[i
     from speechsum.evaluation.judge import pairwise_verdict
 
     if cfg.judge == "facts":
-        scores, reasons = fact_judge(item, texts, cfg.hallucination_penalty, cfg.fact_score)
-        best = max(range(len(texts)), key=lambda i: scores[i])
-        worst = min(range(len(texts)), key=lambda i: scores[i])
-        if scores[best] == scores[worst] or texts[best] == texts[worst]:
+        rows = fact_rows(item, texts) if cfg.pair_rule == "dominance" else None
+        scores, reasons = fact_judge(item, texts, cfg.hallucination_penalty, cfg.fact_score, rows)
+        n = len(texts)
+        cands = [(i, j) for i in range(n) for j in range(n) if scores[i] > scores[j] and texts[i] != texts[j]]
+        if rows is not None:
+            rec = [r["recall"] or 0.0 for r in rows]
+            cands = [(i, j) for i, j in cands if rec[i] >= rec[j] and rows[i]["n_hallucinated"] <= rows[j]["n_hallucinated"]]
+        if not cands:
             return None
+        best, worst = max(cands, key=lambda p: scores[p[0]] - scores[p[1]])
         return best, worst, f"facts: chosen {reasons[best]} vs rejected {reasons[worst]}"
     # pairwise LLM judge on the two most different candidates by length (cheap proxy for diversity)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -252,7 +270,10 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
                 ref_r = torch.tensor([r["pair"]["ref_rejected"] for r in mb])
                 # a mean over this rank's pairs; every rank has batch_size of them, so DDP's gradient
                 # average is the mean over all ranks' pairs
-                loss, rc, rr = dpo_loss(seq[:p], seq[p:], ref_c, ref_r, cfg.beta)
+                lens = (torch.tensor([len(r["pair"]["chosen_ids"]) for r in mb], dtype=torch.float32),
+                        torch.tensor([len(r["pair"]["rejected_ids"]) for r in mb], dtype=torch.float32)
+                        ) if cfg.length_normalize else (None, None)
+                loss, rc, rr = dpo_loss(seq[:p], seq[p:], ref_c, ref_r, cfg.beta, *lens)
                 if cfg.sft_weight > 0:
                     # chosen tokens differ per rank: sum here / all ranks' chosen tokens, x ranks (DDP averages)
                     chosen_rows = out.rows < p
