@@ -155,13 +155,10 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
 def model_config_of(cfg: PipelineConfig):
     """The SpeechLM config the chain starts from (the shipped connector's, or the align/sft
     preset's own `model`), or None when it cannot be known before training."""
-    import json
-
-    from speechsum.config import from_dict
-    from speechsum.models.speech_lm import CONFIG_NAME, SpeechLMConfig
+    from speechsum.models.speech_lm import SpeechLM
 
     if cfg.align == "shipped":
-        return from_dict(SpeechLMConfig, json.loads((Path(cfg.shipped_align) / CONFIG_NAME).read_text())["config"])
+        return SpeechLM.read_config(cfg.shipped_align)
     first = cfg.align or cfg.sft
     if not first:
         return None
