@@ -127,11 +127,11 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None) -> tuple[i
     from speechsum.evaluation.judge import pairwise_verdict
 
     if cfg.judge == "facts":
-        rows = fact_rows(item, texts) if cfg.pair_rule == "dominance" else None
+        rows = fact_rows(item, texts)  # scored once, for the judge and for the dominance rule
         scores, reasons = fact_judge(item, texts, cfg.hallucination_penalty, cfg.fact_score, rows)
         n = len(texts)
         cands = [(i, j) for i in range(n) for j in range(n) if scores[i] > scores[j] and texts[i] != texts[j]]
-        if rows is not None:
+        if cfg.pair_rule == "dominance":
             rec = [r["recall"] or 0.0 for r in rows]
             cands = [(i, j) for i, j in cands if rec[i] >= rec[j] and rows[i]["n_hallucinated"] <= rows[j]["n_hallucinated"]]
         if not cands:

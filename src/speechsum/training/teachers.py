@@ -75,17 +75,17 @@ class LocalTeacher:
         seqs = [p + c for p, c in zip(prompts, completions)]
         tmax = max(map(len, seqs))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([s + [pad] * (tmax - len(s)) for s in seqs])
-        mask = torch.tensor([[1] * len(s) + [0] * (tmax - len(s)) for s in seqs])
-        device = next(self.llm.parameters()).device.type  # the model's, not the CPU-built ids'
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16):
+        device = next(self.llm.parameters()).device  # inputs go where the teacher is (GPU or CPU)
+        ids = torch.tensor([s + [pad] * (tmax - len(s)) for s in seqs], device=device)
+        mask = torch.tensor([[1] * len(s) + [0] * (tmax - len(s)) for s in seqs], device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
             hidden = self.llm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         # position t predicts token t+1: completion token j of row b sits at len(prompt_b) + j
-        sel = torch.zeros_like(mask, dtype=torch.bool)
+        sel = torch.zeros(mask.shape, dtype=torch.bool)
         for b, (p, c) in enumerate(zip(prompts, completions)):
             sel[b, len(p) - 1 : len(p) - 1 + len(c)] = True
         rows = torch.arange(len(seqs))[:, None].expand_as(sel)[sel]
-        logits = self.llm.get_output_embeddings()(hidden[sel].float()).float()
+        logits = self.llm.get_output_embeddings()(hidden[sel.to(device)].float()).float()
         return TeacherScores(rows=rows, logp=torch.log_softmax(logits, -1))
 
 
