@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tiny import save_tiny_models
 
 from speechsum.models.speech_lm import SpeechLMConfig
@@ -51,6 +53,21 @@ def test_dominance_pairs_never_prefer_saying_less():
     assert dpo.pick_pair(ITEM, two, dpo.DPOConfig(hallucination_penalty=1.0, pair_rule="dominance")) is None
     c, r, _ = dpo.pick_pair(ITEM, [texts[1], texts[3]], dpo.DPOConfig(pair_rule="dominance"))
     assert (c, r) == (1, 0)  # a true fact and nothing invented beats saying nothing
+
+
+def test_length_gap_pairs_only_similar_lengths():
+    texts = ["Priya Patel got $2,500 approved on Tuesday.",   # best
+             "John Smith got $9,000 on Friday.",             # worst
+             "A budget was approved."]                       # in between
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(), lengths=[10, 30, 11])[:2] == (0, 1)
+    # the worst is 3x longer than the others: within a 25 % gap only the first and the third pair up
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(max_length_gap=0.25), lengths=[10, 30, 11])[:2] == (0, 2)
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(max_length_gap=0.25), lengths=[10, 30, 20]) is None
+    # default lengths are word counts: 7, 6 and 4 words
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(max_length_gap=0.2))[:2] == (0, 1)
+    assert dpo.length_matched([10, 30], 0, 1, 0.0) and not dpo.length_matched([10, 30], 0, 1, 0.5)
+    with pytest.raises(ValueError, match="max_length_gap"):
+        dpo.DPOConfig(max_length_gap=1.0)
 
 
 def test_llm_judge_drops_inconsistent_verdicts():

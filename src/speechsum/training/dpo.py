@@ -72,12 +72,19 @@ class DPOConfig:
     dominance: the largest score gap among pairs whose chosen states at least the rejected's
     recall with no more invented claims, so no pair prefers a summary for saying less. (Measured
     on the demo's KD model: it did not stop DPO from writing shorter summaries; README.)"""
+    max_length_gap: float = 0.0
+    """Pair only candidates whose token counts differ by at most this fraction of the longer one
+    (0: no limit), so that length is not what separates chosen from rejected: without it the
+    chosen sample was the shorter one in 2 of 3 pairs, rejected ones hit the length cap 3x as
+    often, and DPO learned to stop early (README: DPO variants)."""
 
     def __post_init__(self):
         if self.num_samples < 2:
             raise ValueError(f"num_samples must be >= 2, got {self.num_samples}")
         if self.judge not in ("facts", "llm") and not self.judge.startswith("openai:"):
             raise ValueError(f"judge={self.judge!r}: use facts, llm or openai:URL#MODEL")
+        if not 0.0 <= self.max_length_gap < 1.0:
+            raise ValueError(f"max_length_gap must be in [0, 1), got {self.max_length_gap}")
 
 
 # ------------------------------------------------------------------------------------ judges
@@ -122,8 +129,15 @@ def make_llm_ask(spec: str, judge_model: str):
     return ask
 
 
-def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None) -> tuple[int, int, str] | None:
-    """(chosen index, rejected index, reason) or None for a tie / inconsistent judge."""
+def length_matched(lengths: list[int], i: int, j: int, gap: float) -> bool:
+    """Whether candidates i and j differ in length by at most `gap` of the longer (0: always)."""
+    return gap <= 0 or abs(lengths[i] - lengths[j]) <= gap * max(lengths[i], lengths[j])
+
+
+def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None,
+              lengths: list[int] | None = None) -> tuple[int, int, str] | None:
+    """(chosen index, rejected index, reason) or None for a tie / inconsistent judge.
+    `lengths`: token counts of the candidates (default: word counts), for `max_length_gap`."""
     from speechsum.evaluation.judge import pairwise_verdict
 
     if cfg.judge == "facts":
@@ -134,13 +148,20 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None) -> tuple[i
         if cfg.pair_rule == "dominance":
             rec = [r["recall"] or 0.0 for r in rows]
             cands = [(i, j) for i, j in cands if rec[i] >= rec[j] and rows[i]["n_hallucinated"] <= rows[j]["n_hallucinated"]]
+        lengths = lengths or [len(t.split()) for t in texts]
+        cands = [(i, j) for i, j in cands if length_matched(lengths, i, j, cfg.max_length_gap)]
         if not cands:
             return None
         best, worst = max(cands, key=lambda p: scores[p[0]] - scores[p[1]])
         return best, worst, f"facts: chosen {reasons[best]} vs rejected {reasons[worst]}"
-    # pairwise LLM judge on the two most different candidates by length (cheap proxy for diversity)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    a, b = order[0], order[-1]
+    # pairwise LLM judge on the two most different candidates by length (cheap proxy for diversity),
+    # or, with max_length_gap, the most different pair within the gap
+    lengths = lengths or [len(t.split()) for t in texts]
+    pairs = [(a, b) for a in range(len(texts)) for b in range(len(texts))
+             if lengths[a] <= lengths[b] and a != b and length_matched(lengths, a, b, cfg.max_length_gap)]
+    if not pairs:
+        return None
+    a, b = max(pairs, key=lambda p: (lengths[p[1]] - lengths[p[0]], -p[0], p[1]))
     if texts[a] == texts[b]:
         return None
     verdict = pairwise_verdict(lambda x, y: ask(item["instruction"], item["transcript"], x, y), texts[a], texts[b])
@@ -198,7 +219,7 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
                                         temperature=cfg.sample_temperature, generator=gen)
             for k, item in enumerate(chunk):
                 cands = gens[k * cfg.num_samples : (k + 1) * cfg.num_samples]
-                pick = pick_pair(item, [g.text for g in cands], cfg, ask)
+                pick = pick_pair(item, [g.text for g in cands], cfg, ask, [len(g.ids) for g in cands])
                 rec = {"id": item["id"], "pair": None}
                 if pick is None:
                     dropped += 1
@@ -217,9 +238,14 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
                 done[item["id"]] = rec
                 f.write(json.dumps(rec) + "\n")
             f.flush()
+    pairs = [r for r in done.values() if r["pair"] is not None]
     if log:
-        log(f"dpo: {kept} pairs, {dropped} ties/inconsistent dropped, {time.time() - t0:.0f} s")
-    return [r for r in done.values() if r["pair"] is not None]
+        lc = [len(r["pair"]["chosen_ids"]) for r in pairs]
+        lr = [len(r["pair"]["rejected_ids"]) for r in pairs]
+        log(f"dpo: {kept} pairs, {dropped} ties/inconsistent dropped, {time.time() - t0:.0f} s; "
+            f"chosen shorter in {sum(c < r for c, r in zip(lc, lr))} of {len(pairs)} pairs, mean tokens "
+            f"chosen {sum(lc) / max(len(lc), 1):.1f} / rejected {sum(lr) / max(len(lr), 1):.1f}")
+    return pairs
 
 
 # ------------------------------------------------------------------------------------ the loop
