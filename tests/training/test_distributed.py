@@ -107,4 +107,4 @@ def test_dpo_two_ranks_equal_one_rank(tmp_path, tiny_data):
         "rejected_ids": list(range(40, 41 + i)) + [eot], "ref_chosen": -10.0 - i, "ref_rejected": -8.0 - i,
     }}) + "\n" for i in range(6)))
     one, two = _one_and_two_ranks(tmp_path, tiny_data, "dpo", pairs=str(pairs), sft_weight=0.5, beta=0.1)
-    _assert_same(one, two, "loss", "reward_margin", "reward_accuracy")
+    _assert_same(one, two, "loss", "reward_margin", "reward_accuracy", "reward_chosen", "reward_rejected")

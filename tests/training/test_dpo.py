@@ -102,6 +102,7 @@ def test_dpo_run_writes_pairs_and_trains(tmp_path, tiny_data, monkeypatch):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # step 1 starts at the reference: zero margin, loss log 2
     assert abs(rows[0]["loss"] - 0.6931) < 1e-3 and abs(rows[0]["reward_margin"]) < 1e-4
+    assert abs(rows[0]["reward_chosen"]) < 1e-4 and abs(rows[0]["reward_rejected"]) < 1e-4  # policy == reference
     # the same preference file can be passed in directly
     cfg2 = _cfg(tmp_path / "again", tiny_data, pairs=str(tmp_path / "run" / "preferences.jsonl"))
     cfg2.loop.max_steps = 1

@@ -284,7 +284,7 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
         lr = cfg.optim.lr * common.lr_at(run.step, cfg.optim, cfg.loop.max_steps)
         common.set_lr(opt, lr)
         step_pairs = [pairs[i] for i in order.take(run.per_step)]
-        loss_sum, acc_sum, margin_sum = 0.0, 0.0, 0.0
+        loss_sum, acc_sum, margin_sum, chosen_sum, rejected_sum = 0.0, 0.0, 0.0, 0.0, 0.0
         for micro in range(cfg.optim.grad_accum):
             mb = common.rank_slice(step_pairs, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
             with torch.no_grad():
@@ -312,14 +312,21 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
             loss_sum += loss.item()
             acc_sum += (rc > rr).float().mean().item() / cfg.optim.grad_accum
             margin_sum += (rc - rr).mean().item() / cfg.optim.grad_accum
+            chosen_sum += rc.mean().item() / cfg.optim.grad_accum
+            rejected_sum += rr.mean().item() / cfg.optim.grad_accum
         grad_norm = common.clip_and_step(acc, run.params, opt, cfg.optim.grad_clip)
         run.step += 1
         loss_sum = common.all_reduce_sum(acc, loss_sum) / acc.num_processes
         acc_sum = common.all_reduce_sum(acc, acc_sum) / acc.num_processes
         margin_sum = common.all_reduce_sum(acc, margin_sum) / acc.num_processes
+        # the rewards apart (beta x policy-reference log-ratio): both falling while the margin grows
+        # is DPO pushing probability off both summaries onto text neither contains
+        chosen_sum = common.all_reduce_sum(acc, chosen_sum) / acc.num_processes
+        rejected_sum = common.all_reduce_sum(acc, rejected_sum) / acc.num_processes
         dt = time.time() - t0
         if common.should_log(run):
-            run.metrics.log(run.step, loss=loss_sum, reward_accuracy=acc_sum, reward_margin=margin_sum, lr=lr,
+            run.metrics.log(run.step, loss=loss_sum, reward_accuracy=acc_sum, reward_margin=margin_sum,
+                            reward_chosen=chosen_sum, reward_rejected=rejected_sum, lr=lr,
                             grad_norm=grad_norm, seconds=dt, epoch=order.epoch)
         run.bar.update(loss=loss_sum, acc=acc_sum)
         common.end_step(run, order)
