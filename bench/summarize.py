@@ -204,7 +204,9 @@ class SpeechSystem:
         self.clock.wrap(model, "encode_audio", "encoder_s")
         self.clock.wrap(model, "audio_items", "projector_s")
         self.clock.wrap(model, "generate_items", "llm_s")
-        self.clock.time_decoder(model.base_llm.get_decoder())
+        # decoding runs on `decoding_llm()`: the model itself, or where bf16 is native a persistent bf16
+        # copy with the LoRA merged (refreshed in place each call, so hooks on it stay)
+        self.clock.time_decoder(model.decoding_llm().get_decoder())
 
     def run(self, path: str, instruction: str, max_new_tokens: int) -> dict:
         t = now()
@@ -273,6 +275,7 @@ def main(argv=None) -> int:
     from speechsum.evaluation.run_eval import load_asr, score_items
     from speechsum.evaluation.wer import wer
     from speechsum.models.text_lm import TextLM
+    from speechsum.precision import bf16_native
 
     t_start = time.perf_counter()
     root = data_dir()
@@ -285,7 +288,9 @@ def main(argv=None) -> int:
     model, label = load_speech_model(args.model)
     speech_load = time.perf_counter() - t
     t = time.perf_counter()
-    cascade = CascadeSystem(load_asr(cpu_threads=torch.get_num_threads()), TextLM.from_pretrained(model.config.llm),
+    # the cascade's LLM in bf16 where native, as `speechsum eval` runs it (and as speechsum decodes)
+    cascade = CascadeSystem(load_asr(cpu_threads=torch.get_num_threads()),
+                            TextLM.from_pretrained(model.config.llm, dtype=torch.bfloat16 if bf16_native() else torch.float32),
                             model.config.system_prompt)
     cascade_load = time.perf_counter() - t
     speech = SpeechSystem(model)
@@ -329,7 +334,7 @@ def main(argv=None) -> int:
         "style": STYLE, "instruction": items[0]["instruction"], "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats, "clock": "process CPU time (1 thread)" if args.clock == "cpu" else "wall time",
         "load_seconds": {"speechsum": round(speech_load, 2), "cascade": round(cascade_load, 2)},
-        "cascade": "faster-whisper whisper-base int8, beam 1, language detected -> " + model.config.llm + " (no LoRA)",
+        "cascade": "faster-whisper whisper-base int8, beam 1, language detected -> " + model.config.llm + " (no LoRA, " + ("bf16" if bf16_native() else "fp32") + ")",
         "recordings": {it["id"]: {"seconds": round(it["duration"], 2), "documents": it["documents"],
                                   "last_document_cut": it["cut_last"], "path": p} for it, p in zip(items, paths)},
         "cpu_shared": max(meter.samples, default=0) > 0.3, "other_load_cores": meter.samples, "note": args.note,

@@ -15,7 +15,11 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 summarize = pytest.importorskip("summarize")
 
 
-def test_speech_system_times_parts_and_exact_length(tiny_model, tmp_path):
+@pytest.mark.parametrize("decode_bf16", [False, True])
+def test_speech_system_times_parts_and_exact_length(tiny_model, tmp_path, decode_bf16):
+    # decode_bf16: decoding runs on a bf16 copy of the LLM (the default where bf16 is native); the
+    # decoder hook must sit on that copy (on the base LLM it never fired: KeyError decode_s)
+    tiny_model.decode_bf16 = decode_bf16
     path = tmp_path / "a.flac"
     sf.write(path, tone(3.0), 16000)
     system = summarize.SpeechSystem(tiny_model.eval())
