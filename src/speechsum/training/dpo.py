@@ -75,8 +75,9 @@ class DPOConfig:
     max_length_gap: float = 0.0
     """Pair only candidates whose token counts differ by at most this fraction of the longer one
     (0: no limit), so that length is not what separates chosen from rejected: without it the
-    chosen sample was the shorter one in 2 of 3 pairs, rejected ones hit the length cap 3x as
-    often, and DPO learned to stop early (README: DPO variants)."""
+    chosen sample was the shorter one in 2 of 3 pairs and rejected ones hit the length cap 3x as
+    often. Measured: at 0.25 the DPO model kept KD's answer length but F1 still fell (it dropped
+    names instead); README: DPO variants."""
 
     def __post_init__(self):
         if self.num_samples < 2:
