@@ -186,6 +186,11 @@ def test_vocab_readout_drops_blanks_collapses_runs_and_reads_as_embeddings():
     out.sum().backward()
     assert audio.grad is not None and torch.isfinite(audio.grad).all()
     assert vocab_readout(torch.tensor([[1.0, 0.0, 0.0]]), emb, 0, 0.01).shape == (0, 3)  # all blank
+    # scored in blocks of audio tokens (memory: 30 min of audio is 11k tokens x the vocabulary):
+    # the same result whatever the block size, runs across block edges included
+    soft = vocab_readout(audio.detach(), emb, 0, 0.5)
+    for chunk in (1, 2, 3):
+        assert torch.allclose(vocab_readout(audio.detach(), emb, 0, 0.5, chunk=chunk), soft)
 
 
 def test_speechlm_vocab_readout_config(tiny_model):

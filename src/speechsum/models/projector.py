@@ -37,6 +37,9 @@ class Projector(nn.Module):
         return list(x.split([len(s) for s in stacked]))
 
 
+READOUT_CHUNK = 512  # audio tokens per [chunk, vocab] score block of the read-outs (~100 MB fp32 for 49k tokens)
+
+
 def readout_logits(audio: torch.Tensor, embedding: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Cosine of each audio token [A, D] to every LLM input embedding [V, D] / temperature -> [A, V]
     (the scores the embedding-space CTC term trains)."""
@@ -47,11 +50,13 @@ def greedy_readout_ids(audio: torch.Tensor, embedding: torch.Tensor, blank_id: i
     """CTC greedy decoding of projected audio [A, D]: the nearest LLM token per audio token, runs
     collapsed, blanks dropped. What the connector "says" without the LLM: the alignment gate's
     read-out transcript."""
-    best = readout_logits(audio.float(), embedding.float()).argmax(-1).tolist()
+    best = torch.cat([readout_logits(a, embedding.float()).argmax(-1)
+                      for a in audio.float().split(READOUT_CHUNK)]).tolist()
     return [b for k, b in enumerate(best) if b != blank_id and (k == 0 or b != best[k - 1])]
 
 
-def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, temperature: float) -> torch.Tensor:
+def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, temperature: float,
+                  chunk: int = 0) -> torch.Tensor:
     """Projected audio tokens [A, D] -> soft LLM token embeddings [A', D] (A' <= A).
 
     Each audio token gets a distribution over the LLM vocabulary, softmax(cos(a, E_v) / T) (the
@@ -60,16 +65,21 @@ def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, t
     frozen LLM reads embeddings it was trained on (as in CTC-posterior connectors such as
     LegoSLM). Tokens whose most likely class is the blank are dropped and consecutive tokens with
     the same most likely token are averaged into one (the CTC collapse), so the LLM sees about
-    one embedding per spoken token. Differentiable in the kept tokens.
+    one embedding per spoken token. Differentiable in the kept tokens. The [A, V] scores are made
+    `chunk` audio tokens at a time (0: READOUT_CHUNK): whole, 30 min of audio (11k tokens x 49k
+    vocabulary, three fp32 copies) took ~6.6 GB.
     """
     e = embedding.to(audio.dtype)
-    logits = readout_logits(audio, e, temperature)  # A, V
-    best = logits.argmax(-1)  # A
+    is_blank = torch.arange(len(e)) == blank_id
+    best_parts, soft_parts = [], []
+    for a in audio.split(chunk or READOUT_CHUNK):
+        logits = readout_logits(a, e, temperature)  # chunk, V
+        best_parts.append(logits.argmax(-1))
+        soft_parts.append(logits.masked_fill(is_blank, float("-inf")).softmax(-1) @ e)  # chunk, D
+    best, soft = torch.cat(best_parts), torch.cat(soft_parts)  # A; A, D
     keep = best != blank_id
     if not bool(keep.any()):
         return audio[:0]
-    probs = logits.masked_fill(torch.arange(len(e)) == blank_id, float("-inf")).softmax(-1)  # A, V
-    soft = probs @ e  # A, D
     # runs of equal best tokens among the kept ones -> one embedding each (mean)
     idx = keep.nonzero().squeeze(1)
     b = best[idx]
