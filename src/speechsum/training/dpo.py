@@ -141,6 +141,7 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None,
     `lengths`: token counts of the candidates (default: word counts), for `max_length_gap`."""
     from speechsum.evaluation.judge import pairwise_verdict
 
+    lengths = lengths or [len(t.split()) for t in texts]
     if cfg.judge == "facts":
         rows = fact_rows(item, texts)  # scored once, for the judge and for the dominance rule
         scores, reasons = fact_judge(item, texts, cfg.hallucination_penalty, cfg.fact_score, rows)
@@ -149,7 +150,6 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None,
         if cfg.pair_rule == "dominance":
             rec = [r["recall"] or 0.0 for r in rows]
             cands = [(i, j) for i, j in cands if rec[i] >= rec[j] and rows[i]["n_hallucinated"] <= rows[j]["n_hallucinated"]]
-        lengths = lengths or [len(t.split()) for t in texts]
         cands = [(i, j) for i, j in cands if length_matched(lengths, i, j, cfg.max_length_gap)]
         if not cands:
             return None
@@ -157,7 +157,6 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None,
         return best, worst, f"facts: chosen {reasons[best]} vs rejected {reasons[worst]}"
     # pairwise LLM judge on the two most different candidates by length (cheap proxy for diversity),
     # or, with max_length_gap, the most different pair within the gap
-    lengths = lengths or [len(t.split()) for t in texts]
     pairs = [(a, b) for a in range(len(texts)) for b in range(len(texts))
              if lengths[a] <= lengths[b] and a != b and length_matched(lengths, a, b, cfg.max_length_gap)]
     if not pairs:
@@ -285,7 +284,10 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
         lr = cfg.optim.lr * common.lr_at(run.step, cfg.optim, cfg.loop.max_steps)
         common.set_lr(opt, lr)
         step_pairs = [pairs[i] for i in order.take(run.per_step)]
-        loss_sum, acc_sum, margin_sum, chosen_sum, rejected_sum = 0.0, 0.0, 0.0, 0.0, 0.0
+        # per-step means over micro-batches, then over ranks; the rewards (beta x policy-reference
+        # log-ratio) apart as well as their margin: DPO can widen the margin while pushing
+        # probability off both summaries onto text neither contains
+        sums = dict.fromkeys(("loss", "reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected"), 0.0)
         for micro in range(cfg.optim.grad_accum):
             mb = common.rank_slice(step_pairs, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
             with torch.no_grad():
@@ -310,25 +312,16 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
                 loss = loss / cfg.optim.grad_accum
                 common.check_finite(loss, run.step, [r["id"] for r in mb])
                 acc.backward(loss)
-            loss_sum += loss.item()
-            acc_sum += (rc > rr).float().mean().item() / cfg.optim.grad_accum
-            margin_sum += (rc - rr).mean().item() / cfg.optim.grad_accum
-            chosen_sum += rc.mean().item() / cfg.optim.grad_accum
-            rejected_sum += rr.mean().item() / cfg.optim.grad_accum
+            sums["loss"] += loss.item()
+            for key, v in (("reward_accuracy", (rc > rr).float()), ("reward_margin", rc - rr),
+                           ("reward_chosen", rc), ("reward_rejected", rr)):
+                sums[key] += v.mean().item() / cfg.optim.grad_accum
         grad_norm = common.clip_and_step(acc, run.params, opt, cfg.optim.grad_clip)
         run.step += 1
-        loss_sum = common.all_reduce_sum(acc, loss_sum) / acc.num_processes
-        acc_sum = common.all_reduce_sum(acc, acc_sum) / acc.num_processes
-        margin_sum = common.all_reduce_sum(acc, margin_sum) / acc.num_processes
-        # the rewards apart (beta x policy-reference log-ratio): both falling while the margin grows
-        # is DPO pushing probability off both summaries onto text neither contains
-        chosen_sum = common.all_reduce_sum(acc, chosen_sum) / acc.num_processes
-        rejected_sum = common.all_reduce_sum(acc, rejected_sum) / acc.num_processes
+        means = {k: common.all_reduce_sum(acc, v) / acc.num_processes for k, v in sums.items()}
         dt = time.time() - t0
         if common.should_log(run):
-            run.metrics.log(run.step, loss=loss_sum, reward_accuracy=acc_sum, reward_margin=margin_sum,
-                            reward_chosen=chosen_sum, reward_rejected=rejected_sum, lr=lr,
-                            grad_norm=grad_norm, seconds=dt, epoch=order.epoch)
-        run.bar.update(loss=loss_sum, acc=acc_sum)
+            run.metrics.log(run.step, **means, lr=lr, grad_norm=grad_norm, seconds=dt, epoch=order.epoch)
+        run.bar.update(loss=means["loss"], acc=means["reward_accuracy"])
         common.end_step(run, order)
     return common.finish_run(run, "dpo")
