@@ -70,6 +70,24 @@ def test_length_gap_pairs_only_similar_lengths():
         dpo.DPOConfig(max_length_gap=1.0)
 
 
+def test_anchor_pairs_always_contain_the_anchor():
+    texts = ["Priya Patel got $2,500 approved on Tuesday.",   # best
+             "John Smith got $9,000 on Friday.",             # worst
+             "A budget was approved."]                       # in between: the anchor (greedy) below
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig())[:2] == (0, 1)
+    # the anchor pairs with whichever sample it differs from most: it beats the worst by 1.5 and
+    # loses to the best by 1.0 (recall - 0.5 x invented: 1, -1.5, 0)
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(), anchor=2)[:2] == (2, 1)
+    assert dpo.pick_pair(ITEM, texts[:1] + texts[2:], dpo.DPOConfig(), anchor=1)[:2] == (0, 1)  # a sample beats it
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(), anchor=0)[:2] == (0, 1)
+    assert dpo.pick_pair(ITEM, texts[:2] + [texts[1]], dpo.DPOConfig(), anchor=2)[:2] == (0, 2)
+    assert dpo.pick_pair(ITEM, [texts[1], texts[1]], dpo.DPOConfig(), anchor=1) is None
+    llm = dpo.DPOConfig(judge="llm")
+    prefers_long = lambda instr, tr, a, b: 1 if len(a) > len(b) else 2  # noqa: E731
+    assert dpo.pick_pair(ITEM, texts, llm, prefers_long)[:2] == (0, 2)  # the most different lengths
+    assert dpo.pick_pair(ITEM, texts, llm, prefers_long, anchor=1)[:2] == (1, 2)  # 6 vs 4 words, not 6 vs 7
+
+
 def test_llm_judge_drops_inconsistent_verdicts():
     cfg = dpo.DPOConfig(judge="llm")
     always_first = lambda instr, tr, a, b: 1  # noqa: E731  position bias: inconsistent across the swap
@@ -104,7 +122,18 @@ def test_dpo_run_writes_pairs_and_trains(tmp_path, tiny_data, monkeypatch):
     assert abs(rows[0]["loss"] - 0.6931) < 1e-3 and abs(rows[0]["reward_margin"]) < 1e-4
     assert abs(rows[0]["reward_chosen"]) < 1e-4 and abs(rows[0]["reward_rejected"]) < 1e-4  # policy == reference
     # the same preference file can be passed in directly
+    assert all(r["pair"]["greedy"] is None for r in pairs)
     cfg2 = _cfg(tmp_path / "again", tiny_data, pairs=str(tmp_path / "run" / "preferences.jsonl"))
     cfg2.loop.max_steps = 1
     dpo.train(cfg2, log=lambda *a: None)
     assert not (tmp_path / "again" / "run" / "preferences.jsonl").exists()
+
+
+def test_dpo_greedy_anchor_puts_the_greedy_summary_in_every_pair(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    cfg = _cfg(tmp_path, tiny_data, greedy="anchor")
+    cfg.loop.max_steps = 1
+    dpo.train(cfg, log=lambda *a: None)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "preferences.jsonl").read_text().splitlines()]
+    pairs = [r for r in recs if r["pair"]]
+    assert pairs and all(r["pair"]["greedy"] in ("chosen", "rejected") for r in pairs)

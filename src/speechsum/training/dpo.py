@@ -72,6 +72,11 @@ class DPOConfig:
     dominance: the largest score gap among pairs whose chosen states at least the rejected's
     recall with no more invented claims, so no pair prefers a summary for saying less. (Measured
     on the demo's KD model: it did not stop DPO from writing shorter summaries; README.)"""
+    greedy: Literal["off", "candidate", "anchor"] = "off"
+    """The policy's greedy summary (what eval and `summarize` decode) in the pairs. candidate: it
+    joins the `num_samples` samples as one more candidate; anchor: also, every pair contains it
+    (chosen when a judge prefers it to a sample, rejected when a sample beats it), so each pair
+    says how to move the greedy answer itself rather than which of two samples is better."""
     max_length_gap: float = 0.0
     """Pair only candidates whose token counts differ by at most this fraction of the longer one
     (0: no limit), so that length is not what separates chosen from rejected: without it the
@@ -136,9 +141,10 @@ def length_matched(lengths: list[int], i: int, j: int, gap: float) -> bool:
 
 
 def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None,
-              lengths: list[int] | None = None) -> tuple[int, int, str] | None:
+              lengths: list[int] | None = None, anchor: int | None = None) -> tuple[int, int, str] | None:
     """(chosen index, rejected index, reason) or None for a tie / inconsistent judge.
-    `lengths`: token counts of the candidates (default: word counts), for `max_length_gap`."""
+    `lengths`: token counts of the candidates (default: word counts), for `max_length_gap`;
+    `anchor`: a candidate index every pair must contain (the greedy summary, `greedy: anchor`)."""
     from speechsum.evaluation.judge import pairwise_verdict
 
     lengths = lengths or [len(t.split()) for t in texts]
@@ -150,7 +156,8 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None,
         if cfg.pair_rule == "dominance":
             rec = [r["recall"] or 0.0 for r in rows]
             cands = [(i, j) for i, j in cands if rec[i] >= rec[j] and rows[i]["n_hallucinated"] <= rows[j]["n_hallucinated"]]
-        cands = [(i, j) for i, j in cands if length_matched(lengths, i, j, cfg.max_length_gap)]
+        cands = [(i, j) for i, j in cands if length_matched(lengths, i, j, cfg.max_length_gap)
+                 and (anchor is None or anchor in (i, j))]
         if not cands:
             return None
         best, worst = max(cands, key=lambda p: scores[p[0]] - scores[p[1]])
@@ -158,7 +165,8 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None,
     # pairwise LLM judge on the two most different candidates by length (cheap proxy for diversity),
     # or, with max_length_gap, the most different pair within the gap
     pairs = [(a, b) for a in range(len(texts)) for b in range(len(texts))
-             if lengths[a] <= lengths[b] and a != b and length_matched(lengths, a, b, cfg.max_length_gap)]
+             if lengths[a] <= lengths[b] and a != b and length_matched(lengths, a, b, cfg.max_length_gap)
+             and (anchor is None or anchor in (a, b))]
     if not pairs:
         return None
     a, b = max(pairs, key=lambda p: (lengths[p[1]] - lengths[p[0]], -p[0], p[1]))
@@ -217,9 +225,12 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
             reps = [p for p in prompts for _ in range(cfg.num_samples)]  # N samples per item, one batch
             gens = model.generate_items(reps, max_new_tokens=cfg.max_new_tokens, do_sample=True,
                                         temperature=cfg.sample_temperature, generator=gen)
+            greedy = (model.generate_items(prompts, max_new_tokens=cfg.max_new_tokens, do_sample=False)
+                      if cfg.greedy != "off" else [])
             for k, item in enumerate(chunk):
-                cands = gens[k * cfg.num_samples : (k + 1) * cfg.num_samples]
-                pick = pick_pair(item, [g.text for g in cands], cfg, ask, [len(g.ids) for g in cands])
+                cands = gens[k * cfg.num_samples : (k + 1) * cfg.num_samples] + greedy[k : k + 1]
+                pick = pick_pair(item, [g.text for g in cands], cfg, ask, [len(g.ids) for g in cands],
+                                 anchor=cfg.num_samples if cfg.greedy == "anchor" else None)
                 rec = {"id": item["id"], "pair": None}
                 if pick is None:
                     dropped += 1
@@ -233,7 +244,8 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
                     rec["pair"] = {"instruction": item["instruction"], "chosen": cands[c].text,
                                    "rejected": cands[r].text, "chosen_ids": ids[0], "rejected_ids": ids[1],
                                    "ref_chosen": float(ref[0]), "ref_rejected": float(ref[1]), "reason": reason,
-                                   "judge": cfg.judge}
+                                   "judge": cfg.judge,
+                                   "greedy": {c: "chosen", r: "rejected"}.get(cfg.num_samples) if greedy else None}
                     kept += 1
                 done[item["id"]] = rec
                 f.write(json.dumps(rec) + "\n")
@@ -244,7 +256,9 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
         lr = [len(r["pair"]["rejected_ids"]) for r in pairs]
         log(f"dpo: {kept} pairs, {dropped} ties/inconsistent dropped, {time.time() - t0:.0f} s; "
             f"chosen shorter in {sum(c < r for c, r in zip(lc, lr))} of {len(pairs)} pairs, mean tokens "
-            f"chosen {sum(lc) / max(len(lc), 1):.1f} / rejected {sum(lr) / max(len(lr), 1):.1f}")
+            f"chosen {sum(lc) / max(len(lc), 1):.1f} / rejected {sum(lr) / max(len(lr), 1):.1f}"
+            + (f"; the greedy summary chosen in {sum(r['pair'].get('greedy') == 'chosen' for r in pairs)}, "
+               f"rejected in {sum(r['pair'].get('greedy') == 'rejected' for r in pairs)}" if cfg.greedy != "off" else ""))
     return pairs
 
 
