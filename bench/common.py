@@ -315,6 +315,32 @@ def speech_model(batch: int, audio_seconds: float, dtype: str, llm_training: str
     return acc, model, ddp_model, opt, params, frames, encoder
 
 
+def proc_status_mb(field: str) -> float:
+    """A memory line of /proc/self/status (VmRSS: resident now, VmHWM: peak resident) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current resident set (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+@contextmanager
+def peak_rss_increase(row: dict):
+    """Record in `row` the resident set before the block and its peak during it (MB)."""
+    import gc
+
+    gc.collect()
+    rss = proc_status_mb("VmRSS")
+    reset_peak_rss()
+    yield
+    peak = proc_status_mb("VmHWM")
+    row.update(rss_before_mb=round(rss, 1), peak_rss_mb=round(peak, 1), peak_increase_mb=round(peak - rss, 1))
+
+
 def time_steps(step, warmup: int, steps: int, phases: Phases | None = None) -> dict:
     """Run `step()` warmup + steps times; per timed step: seconds, neighbour load, phase split."""
     out = {"seconds": [], "losses": [], "phase_seconds": []}

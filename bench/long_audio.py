@@ -25,31 +25,17 @@ bench/results/long_audio.json.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import time
 from pathlib import Path
 
-from common import (SAMPLE_RATE, add_machine_args, apply_machine_args, machine_argv, machine_info, run_worker,
-                    write_result)
+from common import (SAMPLE_RATE, add_machine_args, apply_machine_args, machine_argv, machine_info, peak_rss_increase,
+                    run_worker, write_result)
 from summarize import SpeechSystem, data_dir, exact_length, load_speech_model, recording, write_flac
 
 FLAT_TOLERANCE = 1.25
 WARMUP_SECONDS = 10
-
-
-def proc_status_mb(field: str) -> float:
-    """A memory line of /proc/self/status (VmRSS: resident now, VmHWM: peak resident) in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
-def reset_peak_rss() -> None:
-    """Reset VmHWM to the current resident set (Linux >= 4.0)."""
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def worker(path: str, args) -> dict:
@@ -64,14 +50,10 @@ def worker(path: str, args) -> dict:
     samples, _ = sf.read(path, dtype="float32")
     model.summarize(samples[: WARMUP_SECONDS * SAMPLE_RATE], sample_rate=SAMPLE_RATE, max_new_tokens=2)
     system.clock.take()
-    gc.collect()
-    rss = proc_status_mb("VmRSS")
-    reset_peak_rss()
-    with exact_length(model):
+    memory = {}
+    with exact_length(model), peak_rss_increase(memory):
         row = system.run(path, instruction_for(STYLE), args.new_tokens)
-    peak = proc_status_mb("VmHWM")
-    return {**row, "audio_tokens": model.projector.num_tokens(encoder_frames(len(samples))), "model": label,
-            "rss_before_mb": round(rss, 1), "peak_rss_mb": round(peak, 1), "peak_increase_mb": round(peak - rss, 1)}
+    return {**row, "audio_tokens": model.projector.num_tokens(encoder_frames(len(samples))), "model": label, **memory}
 
 
 def flat(values: list[float]) -> dict:

@@ -18,7 +18,11 @@ One run (~6-10 min on 2 cores) measures, with torch's default threads unless --t
    same batch and the same per-item sequence lengths (transcript tokens stand in for the audio
    tokens), completion-only loss, `use_cpu=True`, gradient checkpointing off like ours (TRL's
    default, on, is a separate row); step time from a TrainerCallback (on_step_begin ->
-   on_step_end), so TRL's collation is *not* in its time while our segment building is in ours.
+   on_step_end), so TRL's collation is *not* in its time while our segment building is in ours;
+5. speechsum's SFT step with `loop.activation_checkpointing` (bf16), beside TRL's default row.
+
+Memory ("+MB"): the peak resident set during the warm-up and timed steps minus the resident set
+before them (activations, gradients, optimizer state), one process per row.
 
 Every configuration runs in its own subprocess (accelerate's state is per process). Encoder
 frames come from whisper-base on synthetic 15 s clips, encoded once before timing: the encoder
@@ -63,7 +67,7 @@ import time
 
 import torch
 from common import (ENCODER, INSTRUCTIONS, LLM, CpuMeter, best_peak, clean_load, lora_config, machine_argv,
-                    parse_args, peak_sample, per_step, result_header, run_configs, speech_model, speedups,
+                    parse_args, peak_rss_increase, peak_sample, per_step, result_header, run_configs, speech_model, speedups,
                     summary_ids, time_steps, trl_baseline, trl_step_timer, trl_train, trl_training_args,
                     write_result)
 
@@ -74,6 +78,7 @@ CONFIGS = [  # (impl, stage, dtype, gradient checkpointing); compared rows run b
     ("speechsum", "sft", "fp32", False),
     ("trl", "sft", "fp32", False),
     ("trl", "sft", "bf16", True),  # TRL's SFTConfig default: gradient_checkpointing=True
+    ("speechsum", "sft", "bf16", True),  # loop.activation_checkpointing
     ("speechsum", "align", "bf16", False),
     ("speechsum", "align", "fp32", False),
 ]
@@ -134,13 +139,15 @@ def step_flops(dims: dict, lengths: list[int], targets: list[int], audio: list[i
 # ------------------------------------------------------------------------------------ speechsum
 
 
-def run_speechsum(stage: str, dtype: str, args) -> dict:
+def run_speechsum(stage: str, dtype: str, grad_ckpt: bool, args) -> dict:
     """Time the real loop's optimizer step (sft.py / align.py) on a fixed batch."""
     from speechsum.training import common
     from speechsum.training.losses import token_cross_entropy
 
     acc, model, ddp_model, opt, params, frames, encoder = speech_model(
         args.batch, args.audio_seconds, dtype, llm_training="lora" if stage == "sft" else "frozen")
+    if grad_ckpt:
+        common.enable_activation_checkpointing(model)
     audio_tokens = model.projector.num_tokens(len(frames[0]))
     spec = item_specs(model.prompt_ids, model.tokenizer, model.end_of_turn_id, stage, args.batch, audio_tokens,
                       args.target_tokens)
@@ -154,8 +161,10 @@ def run_speechsum(stage: str, dtype: str, args) -> dict:
         common.clip_and_step(acc, params, opt, 1.0)
         return loss.item()
 
-    timed = time_steps(step, args.warmup, args.steps)
-    profile = profile_step(step) if args.profile and stage == "sft" and dtype == "bf16" else None
+    memory = {}
+    with peak_rss_increase(memory):
+        timed = time_steps(step, args.warmup, args.steps)
+    profile = profile_step(step) if args.profile and stage == "sft" and dtype == "bf16" and not grad_ckpt else None
     lengths = [len(s["pre"]) + s["audio"] + len(s["post"]) + len(s["target"]) for s in spec]
     targets = [len(s["target"]) for s in spec]
     dims = llm_dims(model.llm)
@@ -164,7 +173,7 @@ def run_speechsum(stage: str, dtype: str, args) -> dict:
     return {"lengths": lengths, "targets": targets, "audio_tokens": audio_tokens, "seconds": timed["seconds"],
             "losses": timed["losses"], "other_load": timed["other_load"],
             "waited_for_quiet_s": timed["waited_for_quiet_s"], "flops": flops, "dims": dims, "projector_params": proj,
-            "encoder": encoder, "trainable_params": sum(p.numel() for p in params), "profile": profile}
+            "encoder": encoder, "trainable_params": sum(p.numel() for p in params), "profile": profile, **memory}
 
 
 class StepProfiler:
@@ -231,7 +240,9 @@ def run_trl(dtype: str, grad_ckpt: bool, args) -> dict:
                             completion_only_loss=True, max_length=None)
         trainer = trl.SFTTrainer(model=side.model, args=cfg, train_dataset=data, processing_class=side.tok,
                                  peft_config=lora_config(), callbacks=[timer])
-        row = trl_train(trainer, timer)
+        memory = {}
+        with peak_rss_increase(memory):
+            row = trl_train(trainer, timer)
     lengths = [len(r["input_ids"]) for r in rows]
     targets = [len(target)] * len(rows)
     dims = llm_dims(trainer.model)
@@ -239,7 +250,7 @@ def run_trl(dtype: str, grad_ckpt: bool, args) -> dict:
     flops = step_flops(dims, lengths, targets, [0] * len(lengths), 0,
                        head_positions_raw=len(lengths) * (max(lengths) - 1))
     return {**row, "lengths": lengths, "targets": targets, "audio_tokens": side.audio_tokens, "flops": flops,
-            "dims": dims, "profile": timer.profile}
+            "dims": dims, "profile": timer.profile, **memory}
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -248,7 +259,10 @@ def run_trl(dtype: str, grad_ckpt: bool, args) -> dict:
 def worker(name: str, args) -> dict:
     impl, stage, dtype, gc = name.split(":")
     peak = peak_sample()  # every process samples the peak: the best sample is the run's peak
-    row = run_speechsum(stage, dtype, args) if impl == "speechsum" else run_trl(dtype, gc == "gc", args)
+    if impl == "speechsum":
+        row = run_speechsum(stage, dtype, gc == "gc", args)
+    else:
+        row = run_trl(dtype, gc == "gc", args)
     return {**row, "peak_samples": peak}
 
 
@@ -292,7 +306,7 @@ def main(argv=None) -> int:
              and not x["gradient_checkpointing"], key="tokens_per_s")
 
     print(f"\n{'impl':10} {'stage':6} {'dtype':5} {'batch':>5} {'tokens':>6} {'s/step':>7} {'tok/s':>7} "
-          f"{'MFU use':>7} {'MFU raw':>7} {'MFU 6N':>7} {'vs TRL':>7} {'clean':>5}")
+          f"{'MFU use':>7} {'MFU raw':>7} {'MFU 6N':>7} {'vs TRL':>7} {'clean':>5} {'+MB':>6}")
     for r in rows:
         label = r["impl"] + ("+gc" if r["gradient_checkpointing"] else "")
         if "error" in r:
@@ -302,7 +316,8 @@ def main(argv=None) -> int:
         m = r["mfu"]
         print(f"{label:10} {r['stage']:6} {r['dtype']:5} {r['batch']:>5} {r['seq_tokens']:>6} "
               f"{r['seconds_per_step']:>7.3f} {r['tokens_per_s']:>7.0f} {m['useful']:>7.1%} {m['raw']:>7.1%} "
-              f"{m['classic_6n']:>7.1%} {sp:>7} {r['clean_steps']:>2}/{len(r['seconds'])}")
+              f"{m['classic_6n']:>7.1%} {sp:>7} {r['clean_steps']:>2}/{len(r['seconds'])} "
+              f"{r.get('peak_increase_mb', float('nan')):>6.0f}")
     if any(r.get("clean_steps", 1) == 0 for r in rows):
         print(f"warning: in some rows no timed step ran on a quiet machine (other processes used > {limit} "
               "cores): their times are inflated; re-run when the machine is idle (or with --threads 1)")

@@ -1,4 +1,4 @@
-"""Helpers of bench/summarize.py and bench/long_audio.py on tiny in-code models (no timing asserts)."""
+"""Helpers of bench/summarize.py, bench/long_audio.py and bench/common.py on tiny in-code models (no timing asserts)."""
 
 import json
 import random
@@ -62,3 +62,18 @@ def test_recording_joins_documents_and_cuts_at_a_sentence(monkeypatch, tmp_path)
     assert item["transcript"].startswith(docs[0].transcript)
     ids = [f["id"] for f in json.loads(item["facts"])]
     assert len(ids) == len(set(ids)) and ids[0].startswith("d0/")
+
+
+def test_peak_rss_increase_sees_a_freed_allocation():
+    import torch
+    from common import peak_rss_increase
+
+    row = {}
+    with peak_rss_increase(row):
+        x = torch.ones(64 * 2**20 // 4)  # 64 MB, touched, then freed before the block ends
+        del x
+    assert row["peak_increase_mb"] >= 48 and row["peak_rss_mb"] >= row["rss_before_mb"] + 48
+    quiet = {}
+    with peak_rss_increase(quiet):  # the peak was reset: the earlier allocation does not count
+        pass
+    assert quiet["peak_increase_mb"] < 16

@@ -47,6 +47,35 @@ def test_sft_runs_changes_trainable_only_and_saves(tmp_path, tiny_data):
     assert not any("base_layer" in n or ("lora_" not in n and n.startswith("llm.")) for n in changed), changed
 
 
+def test_activation_checkpointing_recomputes_the_same_losses_and_weights(tmp_path, tiny_data):
+    runs = {}
+    for ckpt in (False, True):
+        cfg = tiny_cfg(tmp_path / str(ckpt), tiny_data, max_steps=3, activation_checkpointing=ckpt)
+        runs[ckpt] = (sft.train(cfg, log=lambda *a: None), losses(tmp_path / str(ckpt) / "run"))
+    torch.testing.assert_close(torch.tensor(runs[True][1]), torch.tensor(runs[False][1]), atol=1e-5, rtol=1e-5)
+    plain, recomputed = (dict(SpeechLM.from_pretrained(runs[c][0]).named_parameters()) for c in (False, True))
+    for name, w in plain.items():
+        torch.testing.assert_close(recomputed[name], w, atol=1e-5, rtol=1e-5)
+
+
+def test_activation_checkpointing_is_on_in_training_only(tmp_path):
+    cfg = tiny_cfg(tmp_path, tmp_path)
+    model = SpeechLM.from_config(cfg.model)
+    common.enable_activation_checkpointing(model)
+    assert model.base_llm.is_activation_checkpointing
+    calls = []  # the layer's forward is checkpointed; its MLP starts again in each recompute
+    model.base_llm.model.layers[0].mlp.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[1]))
+    batch = model.build_batch(model.audio_items([torch.randn(8, 16)], ["summarize"], [[5, 6, 7]]))
+    model.train()
+    model.target_logits(batch).logits.sum().backward()
+    assert len(calls) == 2  # the forward and its recomputation in the backward
+    calls.clear()
+    model.eval()
+    model.decode_bf16 = False  # decode on the checkpointed model itself, not a bf16 copy
+    model.generate_items(model.audio_items([torch.randn(8, 16)], ["summarize"]), max_new_tokens=3)
+    assert len(calls) == 3 and calls[0] > 1 and calls[1:] == [1, 1]  # the KV cache is kept in eval mode
+
+
 def test_resume_continues_the_same_loss_curve(tmp_path, tiny_data):
     full = tiny_cfg(tmp_path / "a", tiny_data, max_steps=4, save_every=2)
     sft.train(full, log=lambda *a: None)

@@ -80,6 +80,11 @@ class LoopConfig:
     natively: a GPU, or a CPU with AVX512-BF16 or AMX (1.4-1.9x faster than fp32 on such a CPU).
     Elsewhere (an AVX2-only CPU, where a bf16 matmul measured 0.3 GFLOP/s against 83 in fp32) the
     run says so and computes in fp32 (`bf16_native()`)."""
+    activation_checkpointing: bool = False
+    """Keep only each LLM layer's input in the forward and recompute the layer in the backward
+    (HF gradient checkpointing, non-reentrant): training memory falls with the number of layers,
+    each step costs about one more forward. For long audio, bigger batches and the reference LLM;
+    `bench/train.py` measures both."""
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "save_every", "keep_last", "log_every"):
@@ -515,6 +520,12 @@ def resolve_bf16(loop: LoopConfig, log=None) -> bool:
     return loop.bf16
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute the LLM's decoder layers in the backward (in training mode only: sampling runs in
+    eval mode and keeps its KV cache)."""
+    model.base_llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
 def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
     """Accelerator, seeds, the model (from `init` or assembled), encoder cache, optimizer.
     `freeze_projector`: a stage that never reads audio (text-mode SFT) leaves the projector out of
@@ -530,6 +541,8 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
     cfg.model = model_cfg
     model.encoder_cache = EncoderCache(cfg.data.encoder_cache or Path(cfg.data.path) / "encoder_cache")
     model.decode_bf16 = bf16  # samples (KD, DPO, dev) from a bf16 copy only where the run is bf16
+    if cfg.loop.activation_checkpointing:
+        enable_activation_checkpointing(model)
     if freeze_projector:
         model.projector.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
