@@ -2,8 +2,9 @@
 
     speechsum train dpo --config configs/dpo/tiny.yaml [key=value ...] [--resume]
 
-Pairs: for each item the starting policy samples `num_samples` summaries from the audio; a
-judge ranks them and the best and worst form a (chosen, rejected) pair (ties dropped). Judges:
+Pairs: for each item the starting policy samples `num_samples` summaries from the audio (with
+`greedy`, its greedy summary joins them); a judge ranks them and the best and worst form a
+(chosen, rejected) pair (ties dropped). Judges:
 - `facts`: items with known facts; score = fact recall - `hallucination_penalty` x invented
   claims (names, numbers, dates the document does not contain); offline and exact;
 - `llm`: a local LLM with a faithfulness-first rubric, asked twice with the order swapped;
