@@ -62,7 +62,7 @@ def test_activation_checkpointing_is_on_in_training_only(tmp_path):
     cfg = tiny_cfg(tmp_path, tmp_path)
     model = SpeechLM.from_config(cfg.model)
     common.enable_activation_checkpointing(model)
-    assert model.base_llm.is_activation_checkpointing
+    assert getattr(model.base_llm, "is_activation_checkpointing", None) or model.base_llm.is_gradient_checkpointing
     calls = []  # the layer's forward is checkpointed; its MLP starts again in each recompute
     model.base_llm.model.layers[0].mlp.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[1]))
     batch = model.build_batch(model.audio_items([torch.randn(8, 16)], ["summarize"], [[5, 6, 7]]))

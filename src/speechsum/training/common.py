@@ -523,7 +523,11 @@ def resolve_bf16(loop: LoopConfig, log=None) -> bool:
 def enable_activation_checkpointing(model) -> None:
     """Recompute the LLM's decoder layers in the backward (in training mode only: sampling runs in
     eval mode and keeps its KV cache)."""
-    model.base_llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    llm, kwargs = model.base_llm, {"use_reentrant": False}
+    if hasattr(llm, "activation_checkpointing_enable"):
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # the name before transformers 5.x renamed it
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
