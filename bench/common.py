@@ -9,6 +9,7 @@ Imported as a plain module (`bench/` is on sys.path when a script there runs), n
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -331,8 +332,6 @@ def reset_peak_rss() -> None:
 @contextmanager
 def peak_rss_increase(row: dict):
     """Record in `row` the resident set before the block and its peak during it (MB)."""
-    import gc
-
     gc.collect()
     rss = proc_status_mb("VmRSS")
     reset_peak_rss()

@@ -67,8 +67,8 @@ import time
 
 import torch
 from common import (ENCODER, INSTRUCTIONS, LLM, CpuMeter, best_peak, clean_load, lora_config, machine_argv,
-                    parse_args, peak_rss_increase, peak_sample, per_step, result_header, run_configs, speech_model, speedups,
-                    summary_ids, time_steps, trl_baseline, trl_step_timer, trl_train, trl_training_args,
+                    parse_args, peak_rss_increase, peak_sample, per_step, result_header, run_configs, speech_model,
+                    speedups, summary_ids, time_steps, trl_baseline, trl_step_timer, trl_train, trl_training_args,
                     write_result)
 
 ALIGN_INSTRUCTION = "Summarize what was said in one sentence."  # one of align.TASKS

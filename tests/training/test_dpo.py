@@ -121,8 +121,8 @@ def test_dpo_run_writes_pairs_and_trains(tmp_path, tiny_data, monkeypatch):
     # step 1 starts at the reference: zero margin, loss log 2
     assert abs(rows[0]["loss"] - 0.6931) < 1e-3 and abs(rows[0]["reward_margin"]) < 1e-4
     assert abs(rows[0]["reward_chosen"]) < 1e-4 and abs(rows[0]["reward_rejected"]) < 1e-4  # policy == reference
+    assert all(r["pair"]["greedy"] is None for r in pairs)  # greedy: off
     # the same preference file can be passed in directly
-    assert all(r["pair"]["greedy"] is None for r in pairs)
     cfg2 = _cfg(tmp_path / "again", tiny_data, pairs=str(tmp_path / "run" / "preferences.jsonl"))
     cfg2.loop.max_steps = 1
     dpo.train(cfg2, log=lambda *a: None)
