@@ -65,13 +65,18 @@ def test_recording_joins_documents_and_cuts_at_a_sentence(monkeypatch, tmp_path)
 
 
 def test_peak_rss_increase_sees_a_freed_allocation():
-    import torch
+    import mmap
+
     from common import peak_rss_increase
 
     row = {}
     with peak_rss_increase(row):
-        x = torch.ones(64 * 2**20 // 4)  # 64 MB, touched, then freed before the block ends
-        del x
+        # 64 MB of fresh pages, touched, then unmapped before the block ends (a fresh mapping: an
+        # allocator could serve a malloc from memory that earlier tests left resident)
+        size = 64 * 2**20
+        with mmap.mmap(-1, size) as m:
+            for i in range(0, size, mmap.PAGESIZE):
+                m[i] = 1
     assert row["peak_increase_mb"] >= 48 and row["peak_rss_mb"] >= row["rss_before_mb"] + 48
     quiet = {}
     with peak_rss_increase(quiet):  # the peak was reset: the earlier allocation does not count
