@@ -40,6 +40,13 @@ def test_unknown_key_is_an_error(tmp_path):
         load_config(SFTConfig, None, ["optim.lr=fast"])
     with pytest.raises(ConfigError, match="optim.lr must be > 0"):
         load_config(SFTConfig, None, ["optim.lr=-1"])
+    with pytest.raises(ConfigError, match="loop.activation_checkpointing: expected true/false, got 'maybe'"):
+        load_config(SFTConfig, None, ["loop.activation_checkpointing=maybe"])
+    from speechsum.training.dpo import DPOConfig
+
+    with pytest.raises(ConfigError, match="greedy: 'bogus' is not one of 'off', 'candidate', 'anchor'"):
+        load_config(DPOConfig, None, ["greedy=bogus"])
+    assert load_config(DPOConfig, None, ["greedy=anchor"]).greedy == "anchor"
     cfg = load_config(SFTConfig, None, ["loop.max_steps=7", "model.stack=4"])
     assert cfg.loop.max_steps == 7 and cfg.model.stack == 4
     # YAML 1.1 reads 1e-4 (no dot) as a string; a float field takes it as the number users mean

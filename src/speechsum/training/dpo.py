@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -228,10 +229,11 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
                                         temperature=cfg.sample_temperature, generator=gen)
             greedy = (model.generate_items(prompts, max_new_tokens=cfg.max_new_tokens, do_sample=False)
                       if cfg.greedy != "off" else [])
+            g_idx = cfg.num_samples if greedy else None  # the greedy summary's index among the candidates
             for k, item in enumerate(chunk):
                 cands = gens[k * cfg.num_samples : (k + 1) * cfg.num_samples] + greedy[k : k + 1]
                 pick = pick_pair(item, [g.text for g in cands], cfg, ask, [len(g.ids) for g in cands],
-                                 anchor=cfg.num_samples if cfg.greedy == "anchor" else None)
+                                 anchor=g_idx if cfg.greedy == "anchor" else None)
                 rec = {"id": item["id"], "pair": None}
                 if pick is None:
                     dropped += 1
@@ -246,7 +248,7 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
                                    "rejected": cands[r].text, "chosen_ids": ids[0], "rejected_ids": ids[1],
                                    "ref_chosen": float(ref[0]), "ref_rejected": float(ref[1]), "reason": reason,
                                    "judge": cfg.judge,
-                                   "greedy": {c: "chosen", r: "rejected"}.get(cfg.num_samples) if greedy else None}
+                                   "greedy": {c: "chosen", r: "rejected"}.get(g_idx)}
                     kept += 1
                 done[item["id"]] = rec
                 f.write(json.dumps(rec) + "\n")
@@ -255,11 +257,12 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
     if log:
         lc = [len(r["pair"]["chosen_ids"]) for r in pairs]
         lr = [len(r["pair"]["rejected_ids"]) for r in pairs]
+        sides = Counter(r["pair"].get("greedy") for r in pairs)
         log(f"dpo: {kept} pairs, {dropped} ties/inconsistent dropped, {time.time() - t0:.0f} s; "
             f"chosen shorter in {sum(c < r for c, r in zip(lc, lr))} of {len(pairs)} pairs, mean tokens "
             f"chosen {sum(lc) / max(len(lc), 1):.1f} / rejected {sum(lr) / max(len(lr), 1):.1f}"
-            + (f"; the greedy summary chosen in {sum(r['pair'].get('greedy') == 'chosen' for r in pairs)}, "
-               f"rejected in {sum(r['pair'].get('greedy') == 'rejected' for r in pairs)}" if cfg.greedy != "off" else ""))
+            + (f"; the greedy summary chosen in {sides['chosen']}, rejected in {sides['rejected']}"
+               if cfg.greedy != "off" else ""))
     return pairs
 
 
