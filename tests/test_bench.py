@@ -82,3 +82,26 @@ def test_peak_rss_increase_sees_a_freed_allocation():
     with peak_rss_increase(quiet):  # the peak was reset: the earlier allocation does not count
         pass
     assert quiet["peak_increase_mb"] < 16
+
+
+def test_judge_bench_counts_agreement_disagreement_and_position_votes():
+    judge = pytest.importorskip("judge")
+    item = {"instruction": "Summarize.", "transcript": "Ann pays $5."}
+    pairs = [{"item": item, "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(4)]
+
+    def prefers_good(instruction, transcript, first, second):  # content: agrees in both orders
+        return 1 if first.startswith("good") else 2
+
+    def always_first(instruction, transcript, first, second):  # position only: every verdict dropped
+        return 1
+
+    def contrary(instruction, transcript, first, second):  # prefers the rejected; no answer on pair 3 (both asks)
+        return None if "3" in first else (1 if first.startswith("bad") else 2)
+
+    r = judge.run_judge("content", pairs, ask=prefers_good)
+    assert (r["agree"], r["disagree"], r["inconsistent"], r["answers_1"]) == (1.0, 0.0, 0.0, 0.5)
+    r = judge.run_judge("position", pairs, ask=always_first)
+    assert (r["agree"], r["inconsistent"], r["answers_1"]) == (0.0, 1.0, 1.0)
+    r = judge.run_judge("contrary", pairs, ask=contrary)
+    assert (r["disagree"], r["inconsistent"], r["unparsed"]) == (0.75, 0.25, 2 / 8)
+    assert r["verdicts"] == ["disagree"] * 3 + ["inconsistent"]

@@ -94,6 +94,24 @@ def test_bootstrap_matches_normal_approximation():
     assert bootstrap_ci(list(range(10)), seed=1) != bootstrap_ci(list(range(10)), seed=2)
 
 
+def test_cluster_bootstrap_resamples_documents():
+    # two documents, two items each, the items of a document alike: resampling documents is the
+    # two-point bootstrap above (same draws)
+    assert bootstrap_ci([0.0, 0.0, 1.0, 1.0], groups=["a", "a", "b", "b"]) == (0.5, 0.0, 1.0)
+    # four such documents: narrower when the 8 items are wrongly taken as independent
+    x, docs = [0.0, 0.0, 1.0, 1.0] * 2, ["a", "a", "b", "b", "c", "c", "d", "d"]
+    (_, lo_c, hi_c), (_, lo_i, hi_i) = bootstrap_ci(x, groups=docs), bootstrap_ci(x)
+    assert (lo_c, hi_c) == bootstrap_ci([0.0, 1.0, 0.0, 1.0])[1:]
+    assert hi_i - lo_i < hi_c - lo_c
+    # unequal sizes weigh by size: {a, a} -> 1 and {b, b} -> 0 (1/4 each), {a, b} -> 3/4 (half the
+    # resamples; the mean of two group means would say 1/2): the middle 40 % is 3/4 only
+    assert bootstrap_ci([1.0, 1.0, 1.0, 0.0], groups=["a", "a", "a", "b"], n=4000, alpha=0.6) == (0.75, 0.75, 0.75)
+    with pytest.raises(ValueError, match="groups: 3 labels for 4 values"):
+        bootstrap_ci([1.0, 1.0, 1.0, 0.0], groups=["a", "a", "b"])
+    # paired: per-document differences
+    assert paired_bootstrap_ci([1.0, 1.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5], groups=[1, 1, 2, 2]) == (0.5, 0.0, 1.0)
+
+
 def test_paired_bootstrap_cancels_item_difficulty():
     rng = np.random.default_rng(0)
     difficulty = rng.uniform(0, 1, size=50)

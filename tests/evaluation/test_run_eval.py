@@ -53,6 +53,12 @@ def test_paired_deltas_golden():
     assert d["fact_f1"] == pytest.approx([0.2, 0.2, 0.2])
     assert d["invented_per_summary"][0] == pytest.approx(-1 / 3)  # (-1 + 0 + 0) / 3
     assert "| a -> b | +0.200 [+0.20, +0.20] |" in markdown_deltas([d])
+    # resampling documents: items 1 and 2 of one document move together; item 3 is left out
+    rows = {"a": [row(0.0, 0), row(0.0, 0), row(None, 0)], "b": [row(0.4, 0), row(0.0, 0), row(0.9, 0)]}
+    (d,) = paired_deltas(rows, [("a", "b")], groups=["d1", "d1", "d2"])
+    assert d["fact_f1"] == pytest.approx([0.2, 0.2, 0.2])  # one document drawn: always its mean
+    (d,) = paired_deltas(rows, [("a", "b")])
+    assert d["fact_f1"][1:] == pytest.approx([0.0, 0.4])  # items apart: each drawn alone at times
 
 
 def test_compare_names_must_be_evaluated(tmp_path, tiny_dir):

@@ -10,7 +10,9 @@
   model's last-layer token embeddings (no idf weights, no baseline rescaling: numbers compare
   systems with each other, not with published BERTScores).
 - Percentile bootstrap confidence intervals, and the paired version for two systems scored on the
-  same items.
+  same items. With `groups` (eval passes each item's document), the bootstrap resamples whole
+  documents: the instructions of one recording share its audio and facts, and their scores move
+  together, so resampling items as if independent gives intervals that are too narrow.
 
 Style compliance lives in `compliance.py`; it is re-exported here so the eval loop imports every
 metric from one module.
@@ -209,28 +211,39 @@ def _values(values: Sequence[float]) -> np.ndarray:
 
 
 def bootstrap_ci(values: Sequence[float], n: int = 1000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float, float]:
+                 seed: int = 0, groups: Sequence | None = None) -> tuple[float, float, float]:
     """(mean, lo, hi): the sample mean and a percentile-bootstrap (1 - alpha) interval.
 
     Resamples items with replacement `n` times; lo/hi are the alpha/2 and 1 - alpha/2 quantiles
-    of the resampled means.
+    of the resampled means. With `groups` (one label per value, e.g. the document of each item),
+    it resamples the groups instead (a cluster bootstrap) and each resample's mean is over all the
+    values of the drawn groups, so groups of different sizes weigh by their size as in the mean.
     """
     x = _values(values)
     rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
+    if groups is None:
+        means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
+    else:
+        if len(groups) != len(x):
+            raise ValueError(f"groups: {len(groups)} labels for {len(x)} values")
+        _, idx = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+        sums, counts = np.bincount(idx, weights=x), np.bincount(idx).astype(np.float64)
+        draw = rng.integers(0, len(sums), size=(n, len(sums)))
+        means = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(x.mean()), float(lo), float(hi)
 
 
 def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], n: int = 1000, alpha: float = 0.05,
-                        seed: int = 0) -> tuple[float, float, float]:
+                        seed: int = 0, groups: Sequence | None = None) -> tuple[float, float, float]:
     """(mean of a - b, lo, hi) for two systems scored on the same items.
 
     Pairing resamples items, not scores: both systems see the same resampled items, so item
     difficulty (which moves both scores together) cancels and the interval is far narrower than
-    the two separate intervals suggest. This equals the bootstrap of the per-item differences.
+    the two separate intervals suggest. This equals the bootstrap of the per-item differences
+    (of the per-group differences with `groups`, see `bootstrap_ci`).
     """
     xa, xb = _values(a), _values(b)
     if len(xa) != len(xb):
         raise ValueError(f"paired bootstrap needs equal lengths, got {len(xa)} and {len(xb)}")
-    return bootstrap_ci(xa - xb, n=n, alpha=alpha, seed=seed)
+    return bootstrap_ci(xa - xb, n=n, alpha=alpha, seed=seed, groups=groups)

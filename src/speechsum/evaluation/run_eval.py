@@ -168,9 +168,9 @@ def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
     everything = list(range(len(rows)))
     result = {"overall": agg(everything), "ci": {}, "by": {}}
     for key in HEADLINE:
-        vals = [rows[i][key] for i in everything if rows[i][key] is not None]
-        if vals:
-            m, lo, hi = bootstrap_ci(vals)
+        sel = [i for i in everything if rows[i][key] is not None]
+        if sel:  # documents are resampled: the instructions of one recording move together
+            m, lo, hi = bootstrap_ci([rows[i][key] for i in sel], groups=[doc_of(items[i]) for i in sel])
             result["ci"][key] = [m, lo, hi]
     buckets = {
         "style": lambda r: r["style"], "genre": lambda r: r["genre"], "language": lambda r: r["language"],
@@ -212,18 +212,25 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def paired_deltas(rows: dict[str, list[dict]], pairs: list[tuple[str, str]]) -> list[dict]:
+def doc_of(item: dict) -> str:
+    """The bootstrap's resampling unit: the item's document (its id when it has none)."""
+    return item.get("doc_id") or item["id"]
+
+
+def paired_deltas(rows: dict[str, list[dict]], pairs: list[tuple[str, str]], groups: list | None = None) -> list[dict]:
     """For each (a, b): b - a per DELTA_KEYS score with a paired bootstrap 95 % interval over the
-    items both systems were scored on (item difficulty cancels; see metrics.paired_bootstrap_ci)."""
+    items both systems were scored on (item difficulty cancels; see metrics.paired_bootstrap_ci).
+    `groups`: each row's document; the bootstrap then resamples documents."""
     from speechsum.evaluation.metrics import paired_bootstrap_ci
 
     out = []
     for a, b in pairs:
         rec: dict = {"from": a, "to": b}
         for _, key in DELTA_KEYS:
-            both = [(ra[key], rb[key]) for ra, rb in zip(rows[a], rows[b]) if ra[key] is not None and rb[key] is not None]
-            if both:
-                rec[key] = list(paired_bootstrap_ci([y for _, y in both], [x for x, _ in both]))
+            keep = [i for i, (ra, rb) in enumerate(zip(rows[a], rows[b])) if ra[key] is not None and rb[key] is not None]
+            if keep:
+                rec[key] = list(paired_bootstrap_ci([rows[b][i][key] for i in keep], [rows[a][i][key] for i in keep],
+                                                    groups=[groups[i] for i in keep] if groups else None))
         out.append(rec)
     return out
 
@@ -311,7 +318,7 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
             _write(out_dir, items, preds_all, metrics, asr)
     table = markdown_table(metrics)
     if compare:
-        metrics["deltas"] = paired_deltas(rows_all, compare)
+        metrics["deltas"] = paired_deltas(rows_all, compare, [doc_of(r) for r in items])
         table += "\n\n" + markdown_deltas(metrics["deltas"])
     metrics["table"] = table
     if out_dir is not None:
