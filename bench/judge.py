@@ -7,11 +7,12 @@ The pairs are a fact-judged preference file (DPO's `preferences.jsonl` with `jud
 each, the fact judge's chosen summary carries more of the document's facts or invents fewer names,
 numbers and dates, so it is the reference verdict. Each LLM judge is asked the DPO rubric
 (evaluation/judge.py, faithfulness first) twice per pair, the order swapped, exactly as DPO asks
-it (`dpo.make_llm_ask` + `pairwise_verdict`), with the gold transcript of the item.
+it (`dpo.make_llm_verdict`), with the gold transcript of the item.
 
-Per judge: agree (prefers the fact judge's chosen summary in both orders), disagree (prefers the
-rejected one in both orders), inconsistent (the verdict follows the position: DPO drops the pair),
-how often it answers "1" (position bias), and seconds per verdict (two asks). Prints a table and
+Per judge and verdict mode (`llm_verdict`): agree (picks the fact judge's chosen summary),
+disagree (picks the rejected one), dropped (answers: the two written answers disagree, the verdict
+follows the position; logprobs: zero evidence), how often it writes "1" (position bias), and
+seconds per verdict (two asks). Prints a table and
 writes JSON to bench/results/judge.json. No goal: the table tells which judge to trust for items
 without known facts (real recordings), where the fact judge cannot run.
 """
@@ -43,34 +44,33 @@ def load_pairs(pairs_path: str, data: str, split: str, limit: int) -> list[dict]
     return out[:limit] if limit else out
 
 
-def run_judge(name: str, pairs: list[dict], ask=None) -> dict:
-    """One judge's verdicts on `pairs` (`ask`: DPO's asker for the local judge `name` unless given)."""
-    from speechsum.evaluation.judge import pairwise_verdict
-    from speechsum.training.dpo import make_llm_ask
+def run_judge(name: str, pairs: list[dict], mode: str, backend=None) -> dict:
+    """One judge's verdicts on `pairs` in one `llm_verdict` mode, through DPO's own
+    `make_llm_verdict` (`backend`: the loaded local judge, shared by the modes)."""
+    from speechsum.training.dpo import DPOConfig, make_llm_verdict
 
+    cfg = DPOConfig(judge="llm", judge_model=name, llm_verdict=mode)
+    verdict = make_llm_verdict(cfg, backend)
     t0 = time.perf_counter()
-    ask = ask or make_llm_ask("llm", name)
-    load_s = time.perf_counter() - t0
-    answers: list[int | None] = []
-
-    def logged(instruction, transcript, first, second):
-        answers.append(ask(instruction, transcript, first, second))
-        return answers[-1]
-
-    verdicts = []
-    t0 = time.perf_counter()
-    for p in pairs:
-        it = p["item"]
-        verdicts.append(pairwise_verdict(lambda x, y: logged(it["instruction"], it["transcript"], x, y),
-                                         p["chosen"], p["rejected"]))
+    verdicts = [verdict(p["item"]["instruction"], p["item"]["transcript"], p["chosen"], p["rejected"]) for p in pairs]
     seconds = time.perf_counter() - t0
     n = len(pairs)
-    return {"judge": name, "pairs": n, "agree": sum(v == "a" for v in verdicts) / n,
-            "disagree": sum(v == "b" for v in verdicts) / n, "inconsistent": sum(v is None for v in verdicts) / n,
-            "answers_1": sum(a == 1 for a in answers) / len(answers),
-            "unparsed": sum(a is None for a in answers) / len(answers),
-            "seconds_per_verdict": seconds / n, "load_seconds": load_s,
-            "verdicts": ["agree" if v == "a" else "disagree" if v == "b" else "inconsistent" for v in verdicts]}
+    return {"judge": name, "mode": mode, "pairs": n, "agree": sum(v == "a" for v in verdicts) / n,
+            "disagree": sum(v == "b" for v in verdicts) / n, "dropped": sum(v is None for v in verdicts) / n,
+            "seconds_per_verdict": seconds / n,
+            "verdicts": ["agree" if v == "a" else "disagree" if v == "b" else "dropped" for v in verdicts]}
+
+
+class Recorder:
+    """Wraps a local judge backend: records its written answers (for the position-bias column)."""
+
+    def __init__(self, backend):
+        self.backend, self.llm, self.tokenizer, self.answers = backend, backend.llm, backend.tokenizer, []
+
+    def chat(self, conversations, max_new_tokens=8):
+        out = self.backend.chat(conversations, max_new_tokens=max_new_tokens)
+        self.answers += out
+        return out
 
 
 def main(argv=None) -> None:
@@ -88,13 +88,26 @@ def main(argv=None) -> None:
     pairs = load_pairs(args.pairs, args.data, args.split, args.limit)
     if not pairs:
         raise SystemExit(f"--pairs {args.pairs}: no pairs in the file")
-    rows = [run_judge(j, pairs) for j in args.judges]
-    print(f"\n{len(pairs)} fact-judged pairs from {args.pairs}; each LLM verdict = two asks, order swapped\n")
-    print("| judge | agree | disagree | inconsistent (dropped) | answers '1' | s/verdict |")
-    print("|---|---|---|---|---|---|")
+    from speechsum.evaluation.judge import parse_preference
+    from speechsum.models.text_lm import chat_backend
+
+    rows = []
+    for name in args.judges:
+        t0 = time.perf_counter()
+        backend = Recorder(chat_backend(name))
+        load_s = time.perf_counter() - t0
+        for mode in ("answers", "logprobs"):
+            rows.append({**run_judge(name, pairs, mode, backend), "load_seconds": load_s})
+        rows[-2]["answers_1"] = sum(parse_preference(a) == 1 for a in backend.answers) / len(backend.answers)
+        rows[-2]["unparsed"] = sum(parse_preference(a) is None for a in backend.answers) / len(backend.answers)
+    print(f"\n{len(pairs)} fact-judged pairs from {args.pairs}; each LLM verdict = two asks, order swapped;")
+    print("answers: its written digits must agree; logprobs: its log-odds of 1 vs 2 summed over both orders\n")
+    print("| judge | verdict from | agree | disagree | dropped | answers '1' | s/verdict |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['judge']} | {r['agree']:.2f} | {r['disagree']:.2f} | {r['inconsistent']:.2f} | "
-              f"{r['answers_1']:.2f} | {r['seconds_per_verdict']:.1f} |")
+        ones = f"{r['answers_1']:.2f}" if "answers_1" in r else "-"
+        print(f"| {r['judge']} | {r['mode']} | {r['agree']:.2f} | {r['disagree']:.2f} | {r['dropped']:.2f} | "
+              f"{ones} | {r['seconds_per_verdict']:.1f} |")
     write_result(args.out, {"pairs_file": args.pairs, "data": args.data, "n_pairs": len(pairs), "rows": rows,
                             "machine": machine_info(), "bench_seconds": round(time.perf_counter() - t_start, 1)})
 

@@ -84,24 +84,33 @@ def test_peak_rss_increase_sees_a_freed_allocation():
     assert quiet["peak_increase_mb"] < 16
 
 
-def test_judge_bench_counts_agreement_disagreement_and_position_votes():
+def test_judge_bench_counts_agreement_in_both_verdict_modes(monkeypatch):
+    from speechsum.evaluation import judge as judge_mod
+
     judge = pytest.importorskip("judge")
     item = {"instruction": "Summarize.", "transcript": "Ann pays $5."}
     pairs = [{"item": item, "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(4)]
 
-    def prefers_good(instruction, transcript, first, second):  # content: agrees in both orders
-        return 1 if first.startswith("good") else 2
+    def margin(first, second):  # log-odds of "1": +3 for the first position, +1 for a good summary
+        return 3.0 + (1.0 if first.startswith("good") else -1.0) * (-1 if "3" in first else 1)
 
-    def always_first(instruction, transcript, first, second):  # position only: every verdict dropped
-        return 1
+    def content(messages):
+        text = messages[0]["content"]
+        return text.split("Summary 1:\n")[1].split("\n\n")[0], text.split("Summary 2:\n")[1].split("\n\n")[0]
 
-    def contrary(instruction, transcript, first, second):  # prefers the rejected; no answer on pair 3 (both asks)
-        return None if "3" in first else (1 if first.startswith("bad") else 2)
+    class Backend:  # writes its likelier digit: always "1" (the position bias wins)
+        llm = tokenizer = None
 
-    r = judge.run_judge("content", pairs, ask=prefers_good)
-    assert (r["agree"], r["disagree"], r["inconsistent"], r["answers_1"]) == (1.0, 0.0, 0.0, 0.5)
-    r = judge.run_judge("position", pairs, ask=always_first)
-    assert (r["agree"], r["inconsistent"], r["answers_1"]) == (0.0, 1.0, 1.0)
-    r = judge.run_judge("contrary", pairs, ask=contrary)
-    assert (r["disagree"], r["inconsistent"], r["unparsed"]) == (0.75, 0.25, 2 / 8)
-    assert r["verdicts"] == ["disagree"] * 3 + ["inconsistent"]
+        def chat(self, conversations, max_new_tokens=8):
+            return ["1" if margin(*content(c)) > 0 else "2" for c in conversations]
+
+    monkeypatch.setattr(judge_mod, "local_judge_logprobs",
+                        lambda model, tok, prompt, labels: {"1": margin(*content(prompt)), "2": 0.0})
+    rec = judge.Recorder(Backend())
+    r = judge.run_judge("fake", pairs, "answers", rec)
+    assert (r["agree"], r["disagree"], r["dropped"]) == (0.0, 0.0, 1.0)  # "1" in both orders: all dropped
+    assert rec.answers == ["1"] * 8
+    r = judge.run_judge("fake", pairs, "logprobs", rec)
+    # the bias cancels: pairs 0-2 agree with the fact judge, pair 3 (margin flipped) disagrees
+    assert (r["agree"], r["disagree"], r["dropped"]) == (0.75, 0.25, 0.0)
+    assert r["verdicts"] == ["agree"] * 3 + ["disagree"]

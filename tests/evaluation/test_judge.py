@@ -7,6 +7,7 @@ import torch
 
 from speechsum.evaluation.judge import (
     as_messages,
+    debiased_verdict,
     expected_score,
     local_judge_logprobs,
     pairwise_prompt,
@@ -92,3 +93,14 @@ def test_local_judge_logprobs_tiny_llama():
     assert 1.0 <= expected_score(got) <= 5.0
     chat = local_judge_logprobs(model, tok, as_messages(prompt))
     assert set(chat) == set(got) and all(v < 0 for v in chat.values())
+    assert local_judge_logprobs(model, tok, prompt, labels=("1", "2")) == {k: got[k] for k in ("1", "2")}
+
+
+def test_debiased_verdict_cancels_position_bias():
+    good, bad = "Omar spent $2,500.", "Omar spent $3,000."
+    # log P("1") - log P("2"): +5 for whatever comes first, +0.5 for the good summary
+    margin = lambda first, second: 5.0 + (0.5 if first == good else -0.5)  # noqa: E731
+    assert debiased_verdict(margin, good, bad) == "a"  # (5.5) - (4.5) = +1
+    assert debiased_verdict(margin, bad, good) == "b"
+    assert debiased_verdict(margin, good, bad, min_margin=1.0) is None  # exactly 1 nat: not more
+    assert debiased_verdict(lambda f, s: 2.0, good, bad) is None  # position only

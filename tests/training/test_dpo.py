@@ -83,18 +83,52 @@ def test_anchor_pairs_always_contain_the_anchor():
     assert dpo.pick_pair(ITEM, texts[:2] + [texts[1]], dpo.DPOConfig(), anchor=2)[:2] == (0, 2)
     assert dpo.pick_pair(ITEM, [texts[1], texts[1]], dpo.DPOConfig(), anchor=1) is None
     llm = dpo.DPOConfig(judge="llm")
-    prefers_long = lambda instr, tr, a, b: 1 if len(a) > len(b) else 2  # noqa: E731
+    prefers_long = lambda instr, tr, a, b: "a" if len(a) > len(b) else "b"  # noqa: E731
     assert dpo.pick_pair(ITEM, texts, llm, prefers_long)[:2] == (0, 2)  # the most different lengths
     assert dpo.pick_pair(ITEM, texts, llm, prefers_long, anchor=1)[:2] == (1, 2)  # 6 vs 4 words, not 6 vs 7
 
 
-def test_llm_judge_drops_inconsistent_verdicts():
-    cfg = dpo.DPOConfig(judge="llm")
-    always_first = lambda instr, tr, a, b: 1  # noqa: E731  position bias: inconsistent across the swap
-    assert dpo.pick_pair(ITEM, ["short", "a much longer summary"], cfg, always_first) is None
-    prefers_long = lambda instr, tr, a, b: 1 if len(a) > len(b) else 2  # noqa: E731
-    c, r, reason = dpo.pick_pair(ITEM, ["short", "a much longer summary"], cfg, prefers_long)
-    assert (c, r) == (1, 0) and "both orders" in reason
+class FakeJudge:
+    """A local judge backend whose next-token log-probs of "1"/"2" come from `margin(first, second)`
+    and whose written answer is its likelier digit; the prompts it saw, in order."""
+
+    llm = tokenizer = None  # what make_llm_verdict hands to local_judge_logprobs (patched below)
+
+    def __init__(self, margin):
+        self.margin, self.seen = margin, []
+
+    def pair(self, messages):
+        text = messages[0]["content"]
+        first = text.split("Summary 1:\n")[1].split("\n\nSummary 2:")[0]
+        second = text.split("Summary 2:\n")[1].split("\n\nAnswer")[0]
+        self.seen.append((first, second))
+        return self.margin(first, second)
+
+    def chat(self, conversations, max_new_tokens=8):
+        return ["1" if self.pair(c) > 0 else "2" for c in conversations]
+
+
+def test_llm_judge_verdict_modes(monkeypatch):
+    from speechsum.evaluation import judge
+
+    short, long = "short", "a much longer summary"
+    # a position-biased judge: +3 log-odds for the first position, +1 for the longer summary
+    biased = FakeJudge(lambda first, second: 3.0 + (1.0 if len(first) > len(second) else -1.0))
+    monkeypatch.setattr(judge, "local_judge_logprobs",
+                        lambda model, tok, prompt, labels: {"1": biased.pair(prompt), "2": 0.0})
+    # its written answers say "1" in both orders: dropped as inconsistent
+    cfg = dpo.DPOConfig(judge="llm", llm_verdict="answers")
+    assert dpo.pick_pair(ITEM, [short, long], cfg, dpo.make_llm_verdict(cfg, biased)) is None
+    assert biased.seen == [(short, long), (long, short)]
+    # its log-odds in both orders: (3 - 1) - (3 + 1) = -4 -> the longer one, the bias cancelled
+    cfg = dpo.DPOConfig(judge="llm")  # auto = logprobs for a local judge
+    c, r, reason = dpo.pick_pair(ITEM, [short, long], cfg, dpo.make_llm_verdict(cfg, biased))
+    assert (c, r) == (1, 0) and "log-odds summed over both orders" in reason
+    cfg = dpo.DPOConfig(judge="llm", llm_min_margin=4.0)  # not more than 4 nats of evidence
+    assert dpo.pick_pair(ITEM, [short, long], cfg, dpo.make_llm_verdict(cfg, biased)) is None
+    assert dpo.verdict_mode(dpo.DPOConfig(judge="openai:http://x/v1#m")) == "answers"
+    with pytest.raises(ValueError, match="llm_verdict=logprobs needs a local judge"):
+        dpo.DPOConfig(judge="openai:http://x/v1#m", llm_verdict="logprobs")
 
 
 def _cfg(tmp_path, data, **kw):

@@ -140,10 +140,10 @@ def expected_score(logprobs: Mapping[str, float]) -> float | None:
 # local judge
 
 
-def _score_token_ids(tokenizer) -> dict[str, list[int]]:
+def _score_token_ids(tokenizer, labels: tuple[str, ...] = SCORES) -> dict[str, list[int]]:
     """Token ids a model can emit for each score: "4" and, if it is one token, " 4"."""
     ids: dict[str, list[int]] = {}
-    for s in SCORES:
+    for s in labels:
         found = []
         for text in (s, " " + s):
             enc = tokenizer.encode(text, add_special_tokens=False)
@@ -155,9 +155,11 @@ def _score_token_ids(tokenizer) -> dict[str, list[int]]:
     return ids
 
 
-def local_judge_logprobs(model, tokenizer, prompt: str | list[dict[str, str]]) -> dict[str, float]:
-    """Next-token log-probabilities of "1".."5" after `prompt` (a string, or chat messages that the
-    tokenizer's chat template turns into a prompt ending with the assistant turn)."""
+def local_judge_logprobs(model, tokenizer, prompt: str | list[dict[str, str]],
+                         labels: tuple[str, ...] = SCORES) -> dict[str, float]:
+    """Next-token log-probabilities of "1".."5" (or of `labels`, e.g. ("1", "2") for a pairwise
+    judge) after `prompt` (a string, or chat messages that the tokenizer's chat template turns into
+    a prompt ending with the assistant turn)."""
     import torch
 
     if isinstance(prompt, str):
@@ -169,7 +171,7 @@ def local_judge_logprobs(model, tokenizer, prompt: str | list[dict[str, str]]) -
     with torch.no_grad():
         logits = model(input_ids=ids.to(device)).logits[0, -1].float()  # V
     logp = torch.log_softmax(logits, dim=-1)
-    return {s: float(torch.logsumexp(logp[tok_ids], dim=0)) for s, tok_ids in _score_token_ids(tokenizer).items()}
+    return {s: float(torch.logsumexp(logp[tok_ids], dim=0)) for s, tok_ids in _score_token_ids(tokenizer, labels).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,5 +201,25 @@ def pairwise_verdict(ask: Callable[[str, str], int | None], a: str, b: str) -> L
     if forward == 1 and backward == 2:
         return "a"
     if forward == 2 and backward == 1:
+        return "b"
+    return None
+
+
+def debiased_verdict(margin: Callable[[str, str], float], a: str, b: str,
+                     min_margin: float = 0.0) -> Literal["a", "b"] | None:
+    """"a" or "b" from the judge's log-odds in both orders, its position bias cancelled; None when
+    the evidence is below `min_margin`.
+
+    `margin(first, second)` = log P("1") - log P("2") for the judge's next token: how much it
+    prefers the first summary. A judge that favours a position adds the same bias to both orders:
+    margin(a, b) = s + bias and margin(b, a) = -s + bias, so margin(a, b) - margin(b, a) = 2s keeps
+    only the content preference. Small local judges answer "1" almost always (bench/judge.py), so
+    agreement of their generated answers across the swap (`pairwise_verdict`) keeps almost no pair,
+    while their probabilities still order the two summaries.
+    """
+    s = margin(a, b) - margin(b, a)
+    if s > min_margin:
+        return "a"
+    if s < -min_margin:
         return "b"
     return None

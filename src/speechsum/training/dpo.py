@@ -7,9 +7,12 @@ Pairs: for each item the starting policy samples `num_samples` summaries from th
 (chosen, rejected) pair (ties dropped). Judges:
 - `facts`: items with known facts; score = fact recall - `hallucination_penalty` x invented
   claims (names, numbers, dates the document does not contain); offline and exact;
-- `llm`: a local LLM with a faithfulness-first rubric, asked twice with the order swapped;
-  inconsistent verdicts are dropped;
-- `openai:URL#MODEL`: the same rubric on any OpenAI-compatible endpoint (GPT-4.1, vLLM).
+- `llm`: a local LLM with a faithfulness-first rubric, asked twice with the order swapped; its
+  log-odds of "1" against "2" in the two orders are summed, which cancels its position bias, and
+  pairs with too little evidence are dropped (`llm_verdict: answers`: its two written answers
+  must agree instead; small local judges answer "1" almost always, bench/judge.py);
+- `openai:URL#MODEL`: the same rubric on any OpenAI-compatible endpoint (GPT-4.1, vLLM), its
+  two answers must agree, inconsistent verdicts are dropped.
 Pairs, with the judge's reason and the reference log-probs, go to `<out_dir>/preferences.jsonl`;
 `pairs: FILE` trains on an existing preference file instead.
 
@@ -47,6 +50,13 @@ class DPOConfig:
     """'facts', 'llm' (local judge_model) or 'openai:URL#MODEL'."""
     judge_model: str = "qwen2.5-0.5b-instruct"
     """Local LLM judge (judge: llm)."""
+    llm_verdict: Literal["auto", "answers", "logprobs"] = "auto"
+    """How an LLM judge's two asks (order swapped) decide a pair. answers: its written "1"/"2" must
+    name the same summary both times. logprobs (local judges only): log P("1") - log P("2") in the
+    first order minus the same in the swapped order, position bias cancelled; the sign decides.
+    auto: logprobs for a local judge, answers for an endpoint."""
+    llm_min_margin: float = 0.0
+    """llm_verdict logprobs: drop pairs whose summed log-odds are within this of zero."""
     hallucination_penalty: float = 0.5
     """Fact judge, fact_score recall_penalty: score = recall - penalty x number of invented claims."""
     fact_score: Literal["recall_penalty", "f1"] = "recall_penalty"
@@ -91,6 +101,11 @@ class DPOConfig:
             raise ValueError(f"num_samples must be >= 2, got {self.num_samples}")
         if self.judge not in ("facts", "llm") and not self.judge.startswith("openai:"):
             raise ValueError(f"judge={self.judge!r}: use facts, llm or openai:URL#MODEL")
+        if self.llm_verdict == "logprobs" and self.judge.startswith("openai:"):
+            raise ValueError("llm_verdict=logprobs needs a local judge (judge: llm); an endpoint's written "
+                             "answers are read with llm_verdict: answers (or auto)")
+        if self.llm_min_margin < 0:
+            raise ValueError(f"llm_min_margin must be >= 0, got {self.llm_min_margin}")
         if not 0.0 <= self.max_length_gap < 1.0:
             raise ValueError(f"max_length_gap must be in [0, 1), got {self.max_length_gap}")
 
@@ -122,19 +137,37 @@ def fact_judge(item: dict, texts: list[str], penalty: float, score: str = "recal
     return scores, reasons
 
 
-def make_llm_ask(spec: str, judge_model: str):
-    """ask(instruction, transcript, first, second) -> 1 | 2 | None, from a local or remote LLM."""
-    from speechsum.evaluation.judge import as_messages, pairwise_prompt, parse_preference
+def verdict_mode(cfg: DPOConfig) -> str:
+    """'answers' or 'logprobs': how the LLM judge's two asks decide (`llm_verdict`, auto resolved)."""
+    if cfg.llm_verdict != "auto":
+        return cfg.llm_verdict
+    return "answers" if cfg.judge.startswith("openai:") else "logprobs"
+
+
+def make_llm_verdict(cfg: DPOConfig, backend=None):
+    """verdict(instruction, transcript, a, b) -> "a" | "b" | None from the LLM judge (`judge: llm`
+    loads `judge_model`; `openai:URL#MODEL` an endpoint; `backend`: an already loaded one)."""
+    from speechsum.evaluation.judge import (as_messages, debiased_verdict, local_judge_logprobs, pairwise_prompt,
+                                            pairwise_verdict, parse_preference)
     from speechsum.models.text_lm import chat_backend
 
-    backend = chat_backend(spec if spec.startswith("openai:") else judge_model)
+    backend = backend or chat_backend(cfg.judge if cfg.judge.startswith("openai:") else cfg.judge_model)
 
-    def ask(instruction, transcript, first, second):
-        reply = backend.chat([as_messages(pairwise_prompt(instruction, transcript, first, second))],
-                             max_new_tokens=8)[0]
-        return parse_preference(reply)
+    def prompt(instruction, transcript, first, second):
+        return as_messages(pairwise_prompt(instruction, transcript, first, second))
 
-    return ask
+    if verdict_mode(cfg) == "answers":
+        def ask(instruction, transcript, first, second):
+            return parse_preference(backend.chat([prompt(instruction, transcript, first, second)], max_new_tokens=8)[0])
+
+        return lambda instr, tr, a, b: pairwise_verdict(lambda x, y: ask(instr, tr, x, y), a, b)
+
+    def margin(instruction, transcript, first, second):
+        lp = local_judge_logprobs(backend.llm, backend.tokenizer, prompt(instruction, transcript, first, second),
+                                  labels=("1", "2"))
+        return lp["1"] - lp["2"]
+
+    return lambda instr, tr, a, b: debiased_verdict(lambda x, y: margin(instr, tr, x, y), a, b, cfg.llm_min_margin)
 
 
 def length_matched(lengths: list[int], i: int, j: int, gap: float) -> bool:
@@ -142,13 +175,12 @@ def length_matched(lengths: list[int], i: int, j: int, gap: float) -> bool:
     return gap <= 0 or abs(lengths[i] - lengths[j]) <= gap * max(lengths[i], lengths[j])
 
 
-def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None,
+def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, verdict=None,
               lengths: list[int] | None = None, anchor: int | None = None) -> tuple[int, int, str] | None:
     """(chosen index, rejected index, reason) or None for a tie / inconsistent judge.
+    `verdict`: the LLM judge's (instruction, transcript, a, b) -> "a" | "b" | None (`make_llm_verdict`);
     `lengths`: token counts of the candidates (default: word counts), for `max_length_gap`;
     `anchor`: a candidate index every pair must contain (the greedy summary, `greedy: anchor`)."""
-    from speechsum.evaluation.judge import pairwise_verdict
-
     lengths = lengths or [len(t.split()) for t in texts]
     if cfg.judge == "facts":
         rows = fact_rows(item, texts)  # scored once, for the judge and for the dominance rule
@@ -174,10 +206,12 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, ask=None,
     a, b = max(pairs, key=lambda p: (lengths[p[1]] - lengths[p[0]], -p[0], p[1]))
     if texts[a] == texts[b]:
         return None
-    verdict = pairwise_verdict(lambda x, y: ask(item["instruction"], item["transcript"], x, y), texts[a], texts[b])
-    if verdict is None:
+    v = verdict(item["instruction"], item["transcript"], texts[a], texts[b])
+    if v is None:
         return None
-    return (a, b, f"{cfg.judge}: preferred in both orders") if verdict == "a" else (b, a, f"{cfg.judge}: preferred in both orders")
+    why = f"{cfg.judge}: " + ("preferred in both orders" if verdict_mode(cfg) == "answers"
+                              else "preferred by its log-odds summed over both orders")
+    return (a, b, why) if v == "a" else (b, a, why)
 
 
 def completion_logps(forward, model, frames, instructions: list[str], completions: list[list[int]]):
@@ -212,7 +246,7 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
             if line.strip():
                 rec = json.loads(line)
                 done[rec["id"]] = rec
-    ask = make_llm_ask(cfg.judge, cfg.judge_model) if cfg.judge != "facts" else None
+    verdict = make_llm_verdict(cfg) if cfg.judge != "facts" else None
     gen = torch.Generator().manual_seed(cfg.loop.seed)
     t0, kept, dropped = time.time(), 0, 0
     model.eval()
@@ -232,7 +266,7 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
             g_idx = cfg.num_samples if greedy else None  # the greedy summary's index among the candidates
             for k, item in enumerate(chunk):
                 cands = gens[k * cfg.num_samples : (k + 1) * cfg.num_samples] + greedy[k : k + 1]
-                pick = pick_pair(item, [g.text for g in cands], cfg, ask, [len(g.ids) for g in cands],
+                pick = pick_pair(item, [g.text for g in cands], cfg, verdict, [len(g.ids) for g in cands],
                                  anchor=g_idx if cfg.greedy == "anchor" else None)
                 rec = {"id": item["id"], "pair": None}
                 if pick is None:
