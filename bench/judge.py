@@ -12,9 +12,9 @@ it (`dpo.make_llm_verdict`), with the gold transcript of the item.
 Per judge and verdict mode (`llm_verdict`): agree (picks the fact judge's chosen summary),
 disagree (picks the rejected one), dropped (answers: the two written answers disagree, the verdict
 follows the position; logprobs: zero evidence), how often it writes "1" (position bias), and
-seconds per verdict (two asks). Prints a table and
-writes JSON to bench/results/judge.json. No goal: the table tells which judge to trust for items
-without known facts (real recordings), where the fact judge cannot run.
+seconds per verdict (two asks). Prints a table and writes JSON to bench/results/judge.json. No
+goal: the table tells which judge to trust for items without known facts (real recordings),
+where the fact judge cannot run.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ def load_pairs(pairs_path: str, data: str, split: str, limit: int) -> list[dict]
             continue
         if rec["id"] not in items:
             raise SystemExit(f"{pairs_path}: item {rec['id']} is not in {data}/{split}")
-        out.append({"item": items[rec["id"]], "chosen": rec["pair"]["chosen"], "rejected": rec["pair"]["rejected"],
-                    "reason": rec["pair"].get("reason", "")})
+        out.append({"item": items[rec["id"]], "chosen": rec["pair"]["chosen"], "rejected": rec["pair"]["rejected"]})
     return out[:limit] if limit else out
 
 
@@ -74,6 +73,9 @@ class Recorder:
 
 
 def main(argv=None) -> None:
+    from speechsum.evaluation.judge import parse_preference
+    from speechsum.models.text_lm import chat_backend
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", required=True, help="a fact-judged preferences.jsonl")
     ap.add_argument("--data", required=True, help="the dataset folder the pairs come from")
@@ -88,9 +90,6 @@ def main(argv=None) -> None:
     pairs = load_pairs(args.pairs, args.data, args.split, args.limit)
     if not pairs:
         raise SystemExit(f"--pairs {args.pairs}: no pairs in the file")
-    from speechsum.evaluation.judge import parse_preference
-    from speechsum.models.text_lm import chat_backend
-
     rows = []
     for name in args.judges:
         t0 = time.perf_counter()
