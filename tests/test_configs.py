@@ -47,6 +47,10 @@ def test_unknown_key_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="greedy: 'bogus' is not one of 'off', 'candidate', 'anchor'"):
         load_config(DPOConfig, None, ["greedy=bogus"])
     assert load_config(DPOConfig, None, ["greedy=anchor"]).greedy == "anchor"
+    with pytest.raises(ConfigError, match="llm_min_margin must be >= 0, got -1.0"):
+        load_config(DPOConfig, None, ["judge=llm", "llm_min_margin=-1"])
+    with pytest.raises(ConfigError, match="llm_verdict=logprobs needs a local judge"):
+        load_config(DPOConfig, None, ["judge=openai:http://127.0.0.1:8000/v1#m", "llm_verdict=logprobs"])
     cfg = load_config(SFTConfig, None, ["loop.max_steps=7", "model.stack=4"])
     assert cfg.loop.max_steps == 7 and cfg.model.stack == 4
     # YAML 1.1 reads 1e-4 (no dot) as a string; a float field takes it as the number users mean
