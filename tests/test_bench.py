@@ -85,7 +85,7 @@ def test_peak_rss_increase_sees_a_freed_allocation():
 
 
 def test_judge_bench_counts_agreement_in_both_verdict_modes(monkeypatch):
-    from speechsum.evaluation import judge as judge_mod
+    from tiny import FakePairwiseJudge
 
     judge = pytest.importorskip("judge")
     item = {"instruction": "Summarize.", "transcript": "Ann pays $5."}
@@ -94,19 +94,7 @@ def test_judge_bench_counts_agreement_in_both_verdict_modes(monkeypatch):
     def margin(first, second):  # log-odds of "1": +3 for the first position, +1 for a good summary
         return 3.0 + (1.0 if first.startswith("good") else -1.0) * (-1 if "3" in first else 1)
 
-    def content(messages):
-        text = messages[0]["content"]
-        return text.split("Summary 1:\n")[1].split("\n\n")[0], text.split("Summary 2:\n")[1].split("\n\n")[0]
-
-    class Backend:  # writes its likelier digit: always "1" (the position bias wins)
-        llm = tokenizer = None
-
-        def chat(self, conversations, max_new_tokens=8):
-            return ["1" if margin(*content(c)) > 0 else "2" for c in conversations]
-
-    monkeypatch.setattr(judge_mod, "local_judge_logprobs",
-                        lambda model, tok, prompt, labels: {"1": margin(*content(prompt)), "2": 0.0})
-    rec = judge.Recorder(Backend())
+    rec = judge.Recorder(FakePairwiseJudge(margin).patch(monkeypatch))  # writes "1": the position bias wins
     r = judge.run_judge("fake", pairs, "answers", rec)
     assert (r["agree"], r["disagree"], r["dropped"]) == (0.0, 0.0, 1.0)  # "1" in both orders: all dropped
     assert rec.answers == ["1"] * 8

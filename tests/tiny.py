@@ -125,3 +125,33 @@ def make_dataset(root, n_train=6, n_dev=2):
             })
         write_manifest(d, rows)
     return root
+
+
+class FakePairwiseJudge:
+    """A local pairwise judge backend for DPO's LLM judge: its next-token log-odds of "1" against
+    "2" come from `margin(first, second)`, its written answer is its likelier digit, and it keeps
+    the (first, second) summaries of every prompt it saw. `patch(monkeypatch)` routes
+    `judge.local_judge_logprobs` to it (the real function is tested on a tiny Llama)."""
+
+    llm = tokenizer = None  # what make_llm_verdict hands to local_judge_logprobs
+
+    def __init__(self, margin):
+        self.margin, self.seen = margin, []
+
+    def pair(self, messages) -> float:
+        text = messages[0]["content"]
+        first = text.split("Summary 1:\n")[1].split("\n\nSummary 2:")[0]
+        second = text.split("Summary 2:\n")[1].split("\n\nAnswer")[0]
+        self.seen.append((first, second))
+        return self.margin(first, second)
+
+    def chat(self, conversations, max_new_tokens=8):
+        return ["1" if self.pair(c) > 0 else "2" for c in conversations]
+
+    def patch(self, monkeypatch) -> "FakePairwiseJudge":
+        from speechsum.evaluation import judge
+
+        monkeypatch.setattr(judge, "local_judge_logprobs",
+                            lambda model, tok, prompt, labels: {"1": self.pair(prompt), "2": 0.0})
+        return self
+

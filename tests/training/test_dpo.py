@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tiny import save_tiny_models
+from tiny import FakePairwiseJudge, save_tiny_models
 
 from speechsum.models.speech_lm import SpeechLMConfig
 from speechsum.training import common, dpo
@@ -88,34 +88,11 @@ def test_anchor_pairs_always_contain_the_anchor():
     assert dpo.pick_pair(ITEM, texts, llm, prefers_long, anchor=1)[:2] == (1, 2)  # 6 vs 4 words, not 6 vs 7
 
 
-class FakeJudge:
-    """A local judge backend whose next-token log-probs of "1"/"2" come from `margin(first, second)`
-    and whose written answer is its likelier digit; the prompts it saw, in order."""
-
-    llm = tokenizer = None  # what make_llm_verdict hands to local_judge_logprobs (patched below)
-
-    def __init__(self, margin):
-        self.margin, self.seen = margin, []
-
-    def pair(self, messages):
-        text = messages[0]["content"]
-        first = text.split("Summary 1:\n")[1].split("\n\nSummary 2:")[0]
-        second = text.split("Summary 2:\n")[1].split("\n\nAnswer")[0]
-        self.seen.append((first, second))
-        return self.margin(first, second)
-
-    def chat(self, conversations, max_new_tokens=8):
-        return ["1" if self.pair(c) > 0 else "2" for c in conversations]
-
-
 def test_llm_judge_verdict_modes(monkeypatch):
-    from speechsum.evaluation import judge
-
     short, long = "short", "a much longer summary"
     # a position-biased judge: +3 log-odds for the first position, +1 for the longer summary
-    biased = FakeJudge(lambda first, second: 3.0 + (1.0 if len(first) > len(second) else -1.0))
-    monkeypatch.setattr(judge, "local_judge_logprobs",
-                        lambda model, tok, prompt, labels: {"1": biased.pair(prompt), "2": 0.0})
+    biased = FakePairwiseJudge(lambda first, second: 3.0 + (1.0 if len(first) > len(second) else -1.0))
+    biased.patch(monkeypatch)
     # its written answers say "1" in both orders: dropped as inconsistent
     cfg = dpo.DPOConfig(judge="llm", llm_verdict="answers")
     assert dpo.pick_pair(ITEM, [short, long], cfg, dpo.make_llm_verdict(cfg, biased)) is None

@@ -11,8 +11,9 @@ transcript: how a KD teacher is measured on the test set.
 
 Scores per item: ROUGE-1/2/Lsum, MiniLM embedding similarity, fact recall/precision/F1 and
 invented facts (documents with known facts), style compliance; the headline scores get bootstrap
-confidence intervals that resample documents (`doc_of`), and every score is broken down by style, genre, held-out kind, voice,
-language and audio length. Writes metrics.json and predictions.parquet; prints a markdown table.
+confidence intervals that resample documents (`doc_of`), and every score is broken down by style,
+genre, held-out kind, voice, language and audio length. Writes metrics.json and
+predictions.parquet; prints a markdown table.
 """
 
 from __future__ import annotations
