@@ -52,7 +52,7 @@ def worker(path: str, args) -> dict:
     system.clock.take()
     memory = {}
     with exact_length(model), peak_rss_increase(memory):
-        row = system.run(path, instruction_for(STYLE), args.new_tokens)
+        row = system.run(path, instruction_for(STYLE), args.new_tokens, 0)  # fixed length: no loop stop
     return {**row, "audio_tokens": model.projector.num_tokens(encoder_frames(len(samples))), "model": label, **memory}
 
 

@@ -8,12 +8,13 @@ shortest recording:
 
 - speechsum: `SpeechLM.summarize(path, style)`, the path of `speechsum summarize`: audio file ->
   Whisper encoder (30 s windows) -> projector -> the LLM's prefill over prompt + audio tokens ->
-  greedy decoding. `--model DIR` is a trained checkpoint folder; without it the untrained default
+  greedy decoding, stopping an answer that loops (`--repeat-stop`, as `summarize`). `--model DIR` is a trained checkpoint folder; without it the untrained default
   assembly (`SpeechLMConfig()`: whisper-base + SmolLM2-135M, random projector) runs, and its
   quality numbers say nothing about the method (the table and JSON say "untrained").
 - cascade: `speechsum eval`'s cascade baseline (evaluation/run_eval.py): faster-whisper greedy ASR
   with whisper-base (CTranslate2, int8) on the same file -> the SpeechLM's own LLM (without LoRA)
-  reading the transcript with the same system prompt and instruction, greedy.
+  reading the transcript with the same system prompt and instruction, greedy, with the same
+  `--repeat-stop`.
 
 Both use the same number of threads (torch's and CTranslate2's `cpu_threads`). Parts are timed
 inside the real calls: encoder (`encode_audio`), projector, LLM prefill (the first decoder
@@ -24,7 +25,7 @@ same LLM split for the cascade; "total" is the whole call and includes reading t
 Decoding time depends on how long the answer is, which an untrained connector does not control
 (it may stop at once or run to `--max-new-tokens`). So besides its natural answer, speechsum is
 timed a second time decoding exactly as many LLM forwards as the cascade's answer took (stop
-tokens disabled): "speechsum @ cascade length". The speed goal is judged on that row when the
+tokens and loop stopping disabled): "speechsum @ cascade length". The speed goal is judged on that row when the
 model is untrained, and on the natural row otherwise.
 
 Recordings: procedural documents with known facts from the synthetic-data generator
@@ -208,9 +209,10 @@ class SpeechSystem:
         # copy with the LoRA merged (refreshed in place each call, so hooks on it stay)
         self.clock.time_decoder(model.decoding_llm().get_decoder())
 
-    def run(self, path: str, instruction: str, max_new_tokens: int) -> dict:
+    def run(self, path: str, instruction: str, max_new_tokens: int, repeat_stop: int) -> dict:
         t = now()
-        text = self.model.summarize(path, instruction=instruction, max_new_tokens=max_new_tokens)
+        text = self.model.summarize(path, instruction=instruction, max_new_tokens=max_new_tokens,
+                                    repeat_stop=repeat_stop)
         return {"total_s": round(now() - t, 4), **self.clock.take(), "text": text}
 
 
@@ -222,14 +224,14 @@ class CascadeSystem:
         self.clock.wrap(lm, "chat", "llm_s")
         self.clock.time_decoder(lm.llm.get_decoder())
 
-    def run(self, path: str, instruction: str, max_new_tokens: int) -> dict:
+    def run(self, path: str, instruction: str, max_new_tokens: int, repeat_stop: int) -> dict:
         from speechsum.evaluation.run_eval import transcript_conversations, transcribe
 
         t = now()
         transcript = transcribe(self.asr, path)
         asr_s = now() - t
         conv = transcript_conversations([transcript], [instruction], self.system_prompt)
-        text = self.lm.chat(conv, max_new_tokens=max_new_tokens, batch_size=1)[0]
+        text = self.lm.chat(conv, max_new_tokens=max_new_tokens, batch_size=1, repeat_stop=repeat_stop)[0]
         return {"total_s": round(now() - t, 4), "asr_s": round(asr_s, 4), **self.clock.take(), "text": text,
                 "transcript": transcript}
 
@@ -266,6 +268,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, nargs="+", default=[10, 60, 300], help="recording lengths")
     ap.add_argument("--repeats", type=int, default=1, help="timed calls per system and length (best is kept)")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="as `speechsum summarize`")
+    ap.add_argument("--repeat-stop", type=int, default=3,
+                    help="as `speechsum summarize` (both systems stop a looping answer at its first copy; 0: off)")
     ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. what else ran on the machine)")
     add_machine_args(ap)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "summarize.json"))
@@ -296,19 +300,21 @@ def main(argv=None) -> int:
     speech = SpeechSystem(model)
     trained = args.model is not None
     for system in (speech, cascade):  # warm-up
-        system.run(paths[0], items[0]["instruction"], 4)
+        system.run(paths[0], items[0]["instruction"], 4, 0)
 
     meter = CpuMeter()
     rows = []
     for item, path in zip(items, paths):
         print(f"  {item['id']}: speechsum ...", flush=True)
-        ours = best_of(lambda: speech.run(path, item["instruction"], args.max_new_tokens), args.repeats, meter)
+        ours = best_of(lambda: speech.run(path, item["instruction"], args.max_new_tokens, args.repeat_stop),
+                       args.repeats, meter)
         print(f"  {item['id']}: cascade ...", flush=True)
-        casc = best_of(lambda: cascade.run(path, item["instruction"], args.max_new_tokens), args.repeats, meter)
+        casc = best_of(lambda: cascade.run(path, item["instruction"], args.max_new_tokens, args.repeat_stop),
+                       args.repeats, meter)
         forwards = casc["decode_steps"] + 1  # LLM forwards of the cascade's answer, prefill included
         print(f"  {item['id']}: speechsum at the cascade's length ({forwards} forwards) ...", flush=True)
         with exact_length(model):
-            matched = best_of(lambda: speech.run(path, item["instruction"], forwards), args.repeats, meter)
+            matched = best_of(lambda: speech.run(path, item["instruction"], forwards, 0), args.repeats, meter)
         scores = score_items([item, item], [ours["text"], casc["text"]], embeddings=False)
         common = {"length": item["id"], "audio_seconds": round(item["duration"], 2), "documents": item["documents"],
                   "n_facts": len(json.loads(item["facts"]))}
@@ -332,6 +338,7 @@ def main(argv=None) -> int:
         "quality_note": "" if trained else "untrained connector (random projector): speechsum's quality numbers "
                                            "are not meaningful; re-run with --model RUN/final",
         "style": STYLE, "instruction": items[0]["instruction"], "max_new_tokens": args.max_new_tokens,
+        "repeat_stop": args.repeat_stop,
         "repeats": args.repeats, "clock": "process CPU time (1 thread)" if args.clock == "cpu" else "wall time",
         "load_seconds": {"speechsum": round(speech_load, 2), "cascade": round(cascade_load, 2)},
         "cascade": "faster-whisper whisper-base int8, beam 1, language detected -> " + model.config.llm + " (no LoRA, " + ("bf16" if bf16_native() else "fp32") + ")",

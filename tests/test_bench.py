@@ -25,7 +25,7 @@ def test_speech_system_times_parts_and_exact_length(tiny_model, tmp_path, decode
     system = summarize.SpeechSystem(tiny_model.eval())
     stops = list(tiny_model.stop_ids)
     with summarize.exact_length(tiny_model):
-        r = system.run(str(path), "summarize", 5)
+        r = system.run(str(path), "summarize", 5, 0)
     assert tiny_model.stop_ids == stops
     assert r["decode_steps"] == 4  # 5 tokens: the prefill gives the first, 4 decoder forwards the rest
     assert {"encoder_s", "projector_s", "prefill_s", "decode_s", "total_s"} <= set(r)

@@ -101,6 +101,9 @@ def cmd_summarize(args) -> int:
     if args.instruction is None and args.style not in style_names():
         error(f"--style {args.style}: unknown style (choose from {', '.join(style_names())})")
         return EXIT_USAGE
+    if args.repeat_stop < 0 or args.repeat_stop == 1:
+        error(f"--repeat-stop {args.repeat_stop}: expected 0 (off) or a number of copies >= 2")
+        return EXIT_USAGE
     instruction = args.instruction if args.instruction is not None else instruction_for(args.style)
     clips, names, failed = [], [], 0
     for path in args.audio:  # validate every file first: bad ones are reported, good ones still run
@@ -126,7 +129,8 @@ def cmd_summarize(args) -> int:
         chunk, chunk_names = clips[start : start + args.batch_size], names[start : start + args.batch_size]
         t = time.time()
         try:
-            gens = model.generate(chunk, [instruction] * len(chunk), max_new_tokens=args.max_new_tokens)
+            gens = model.generate(chunk, [instruction] * len(chunk), max_new_tokens=args.max_new_tokens,
+                                  repeat_stop=args.repeat_stop)
         except AudioTooLongError as e:
             error(f"{', '.join(chunk_names)}: {e}")
             failed += len(chunk)
@@ -137,10 +141,11 @@ def cmd_summarize(args) -> int:
                 print(json.dumps({"file": name, "style": args.style if args.instruction is None else None,
                                   "instruction": instruction, "summary": g.text,
                                   "audio_seconds": round(len(clip) / 16000, 2), "seconds": round(dt / len(chunk), 2),
-                                  "complete": g.finished}))
+                                  "complete": g.finished or g.looped, "looped": g.looped}))
             else:
                 print(f"== {name} ({len(clip) / 16000:.1f} s audio)")
-                print(g.text + ("" if g.finished else " [cut at --max-new-tokens]"))
+                note = " [stopped: the answer began to repeat]" if g.looped else " [cut at --max-new-tokens]"
+                print(g.text + ("" if g.finished else note))
     return EXIT_USAGE if failed else 0
 
 
@@ -184,7 +189,7 @@ def cmd_eval(args) -> int:
         pairs.append(pair)
     try:
         evaluate(args.model, args.data, args.out, llm=args.llm, limit=args.limit, batch_size=args.batch_size,
-                 max_new_tokens=args.max_new_tokens, task=args.task, compare=pairs)
+                 max_new_tokens=args.max_new_tokens, task=args.task, compare=pairs, repeat_stop=args.repeat_stop)
     except (FileNotFoundError, ValueError) as e:
         error(str(e))
         return EXIT_USAGE
@@ -240,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "action-items, email, title, tldr, ... (see README)")
     s.add_argument("--instruction", default=None, help="free instruction instead of a style")
     s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument("--repeat-stop", type=int, default=3, metavar="K",
+                   help="stop an answer once it ends with K copies of one passage, keeping the first (0: off)")
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
     s.set_defaults(func=cmd_summarize)
@@ -259,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=0, help="only the first N items")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument("--repeat-stop", type=int, default=3, metavar="K",
+                    help="as summarize's: every system stops a looping answer at its first copy (0: off)")
     ev.add_argument("--task", choices=["summarize", "transcribe", "readout"], default="summarize",
                     help="transcribe: verbatim transcripts per document, scored with WER and fact recall "
                          "(the alignment gate); readout: the connector's greedy CTC read-out per document, "

@@ -47,8 +47,15 @@ class EvalStage:
     """Score only the first N test items (0: all)."""
     batch_size: int = 8
     max_new_tokens: int = 128
+    repeat_stop: int = 3
+    """A looping answer stops at its first copy, as in `summarize` (0: off; models/generation.py)."""
     embeddings: bool = True
     """Score MiniLM similarity (needs the minilm-l6 weights)."""
+
+    def __post_init__(self):
+        from speechsum.models.generation import check_repeat_stop
+
+        check_repeat_stop(self.repeat_stop)
 
 
 @dataclass
@@ -231,11 +238,12 @@ def run_eval_stage(cfg: PipelineConfig, data: Path, out: Path, folders: dict[str
     if metrics_file.is_file():
         done = json.loads(metrics_file.read_text())
         if ({system_name(s) for s in specs} <= set(done.get("systems", {})) and done.get("table")
-                and len(done.get("deltas", [])) == len(compare)):
+                and len(done.get("deltas", [])) == len(compare)
+                and done.get("repeat_stop", 0) == cfg.eval.repeat_stop):
             log(f"pipeline: eval: done earlier ({metrics_file})")
             log(done["table"])
             return
     log(f"pipeline: eval: {len(specs)} systems on {data / 'test'}")
     evaluate(specs, str(data / "test"), out=str(out / "eval"), limit=cfg.eval.limit,
              batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-             embeddings=cfg.eval.embeddings, compare=compare, log=log)
+             embeddings=cfg.eval.embeddings, compare=compare, repeat_stop=cfg.eval.repeat_stop, log=log)

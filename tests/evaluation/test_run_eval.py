@@ -67,3 +67,20 @@ def test_compare_names_must_be_evaluated(tmp_path, tiny_dir):
     with pytest.raises(ValueError, match="compare: other"):
         evaluate([str(tmp_path / "ckpt")], str(data / "dev"), compare=[(str(tmp_path / "ckpt"), "other")],
                  embeddings=False, log=lambda *a: None)
+
+
+def test_eval_stops_looping_answers_like_summarize_and_records_it(tmp_path, tiny_dir):
+    import pandas as pd
+
+    data = make_dataset(tmp_path / "data", n_train=1, n_dev=3)
+    tiny_speechlm(tiny_dir).save_pretrained(tmp_path / "ckpt")
+    preds = {}
+    for k in (0, 3):
+        m = evaluate([str(tmp_path / "ckpt")], str(data / "dev"), str(tmp_path / f"out{k}"), max_new_tokens=24,
+                     embeddings=False, repeat_stop=k, log=lambda *a: None)
+        assert m["repeat_stop"] == k and json.loads((tmp_path / f"out{k}" / "metrics.json").read_text())["repeat_stop"] == k
+        preds[k] = pd.read_parquet(tmp_path / f"out{k}" / "predictions.parquet")["pred:ckpt"].tolist()
+    assert all(b.split() == a.split()[: len(b.split())] for a, b in zip(preds[0], preds[3]))  # a prefix
+    assert sum(len(b) < len(a) for a, b in zip(preds[0], preds[3])) >= 1  # the tiny model loops
+    with pytest.raises(ValueError, match="repeat_stop=1"):
+        evaluate([str(tmp_path / "ckpt")], str(data / "dev"), repeat_stop=1, log=lambda *a: None)

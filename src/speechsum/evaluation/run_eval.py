@@ -54,7 +54,7 @@ def system_name(spec: str) -> str:
 
 
 def generate_speechlm(spec: str, items: list[dict], batch_size: int, max_new_tokens: int, log,
-                      readout: bool = False) -> tuple[list[str], str]:
+                      readout: bool = False, repeat_stop: int = 0) -> tuple[list[str], str]:
     """Summaries from audio by a SpeechLM folder / run folder / 'untrained'; returns (texts, llm).
     `readout`: the connector's greedy CTC read-out of each clip instead (no LLM generation)."""
     from speechsum.audio import load_audio
@@ -76,7 +76,8 @@ def generate_speechlm(spec: str, items: list[dict], batch_size: int, max_new_tok
         if readout:
             outs = model.readout_text(model.encode_audio(clips))
         else:
-            gens = model.generate(clips, [items[i]["instruction"] for i in idx], max_new_tokens=max_new_tokens)
+            gens = model.generate(clips, [items[i]["instruction"] for i in idx], max_new_tokens=max_new_tokens,
+                                  repeat_stop=repeat_stop)
             outs = [g.text for g in gens]
         for i, text in zip(idx, outs):
             texts[i] = text
@@ -116,7 +117,7 @@ def transcript_conversations(transcripts: list[str], instructions: list[str], sy
 
 
 def generate_text(llm: str, transcripts: list[str], items: list[dict], batch_size: int, max_new_tokens: int,
-                  system_prompt: str) -> list[str]:
+                  system_prompt: str, repeat_stop: int = 0) -> list[str]:
     """The LLM reading a transcript with the same system prompt and instruction as the SpeechLM."""
     from speechsum.models.text_lm import TextLM
 
@@ -125,7 +126,7 @@ def generate_text(llm: str, transcripts: list[str], items: list[dict], batch_siz
     # bf16 weights where native: decoding is memory-bound (the SpeechLMs decode with a bf16 copy too)
     lm = TextLM.from_pretrained(llm, dtype=torch.bfloat16 if bf16_native() else torch.float32)
     convs = transcript_conversations(transcripts, [r["instruction"] for r in items], system_prompt)
-    return lm.chat(convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return lm.chat(convs, max_new_tokens=max_new_tokens, batch_size=batch_size, repeat_stop=repeat_stop)
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -265,16 +266,21 @@ def as_transcription(items: list[dict]) -> list[dict]:
 
 def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | None = None, limit: int = 0,
              batch_size: int = 8, max_new_tokens: int = 128, embeddings: bool = True, task: str = "summarize",
-             compare: list[tuple[str, str]] | None = None, log=print) -> dict:
+             compare: list[tuple[str, str]] | None = None, repeat_stop: int = 3, log=print) -> dict:
     """Run and score every system; `compare` pairs (a, b) of system specs get paired differences
     b - a of the fact scores (`paired_deltas`: is b better than a on the same items?); task 'transcribe' asks each document for a verbatim transcript
     and adds WER (the alignment gate); task 'readout' scores the connector's greedy CTC read-out
-    of each document (no LLM; `cascade` gives the whisper transcript) the same way."""
+    of each document (no LLM; `cascade` gives the whisper transcript) the same way. Every system
+    decodes greedily with the same `repeat_stop` as `summarize` (a looping answer stops at its
+    first copy; 0: off), recorded in metrics.json."""
     from speechsum.evaluation.wer import wer
     from speechsum.models.speech_lm import SpeechLMConfig
 
+    from speechsum.models.generation import check_repeat_stop
+
     if task not in ("summarize", "transcribe", "readout"):
         raise ValueError(f"task={task!r}: expected summarize, transcribe or readout")
+    check_repeat_stop(repeat_stop)
     items = load_test_items(data)
     if task != "summarize":
         items = as_transcription(items)
@@ -289,7 +295,8 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
     out_dir = Path(out) if out else None
     preds_all: dict[str, list[str]] = {}
     rows_all: dict[str, list[dict]] = {}
-    metrics: dict = {"data": str(data), "n_items": len(items), "systems": {}}
+    metrics: dict = {"data": str(data), "n_items": len(items), "max_new_tokens": max_new_tokens,
+                     "repeat_stop": repeat_stop, "systems": {}}
     first_llm = None
     asr: list[str] | None = None
     for spec in systems:
@@ -299,13 +306,14 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
         if spec == "cascade":
             asr = asr if asr is not None else asr_transcripts(items)
             preds = asr if task == "readout" else generate_text(llm or first_llm or SpeechLMConfig().llm, asr, items, batch_size, max_new_tokens,
-                                  SpeechLMConfig().system_prompt)
+                                  SpeechLMConfig().system_prompt, repeat_stop)
         elif spec == "text-teacher" or spec.startswith("text:"):
             text_llm = spec.removeprefix("text:") if spec.startswith("text:") else llm or first_llm or SpeechLMConfig().llm
             preds = generate_text(text_llm, [r["transcript"] for r in items], items, batch_size, max_new_tokens,
-                                  SpeechLMConfig().system_prompt)
+                                  SpeechLMConfig().system_prompt, repeat_stop)
         else:
-            preds, used_llm = generate_speechlm(spec, items, batch_size, max_new_tokens, log, readout=task == "readout")
+            preds, used_llm = generate_speechlm(spec, items, batch_size, max_new_tokens, log, readout=task == "readout",
+                                                repeat_stop=repeat_stop)
             first_llm = first_llm or used_llm
         dt = time.time() - t
         name = system_name(spec)

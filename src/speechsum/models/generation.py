@@ -4,6 +4,13 @@ Returns, per row, the generated ids (stop token excluded), the log-probability o
 under the model at temperature 1 (what KD and DPO need, independent of the sampling
 temperature), and whether the row stopped on a stop token.
 
+`repeat_stop=K` (0: off) stops a row whose answer has begun to loop, the commonest failure of
+small LMs on long inputs ("Agreed to run the news for now." x 30 until the token cap): once the
+answer ends with K back-to-back copies of one block, the extra copies are dropped and the row
+stops (`looped`). Short blocks need more copies (at least `LOOP_MIN_SPAN` tokens in all), so
+"1,000,000" or "very very" never trigger it. `summarize` and `eval` use it; the training
+stages sample without it (their samples are the policy's, loops included).
+
 Measured here (SmolLM2-135M, 2 cores, fp32): a decode step is memory-bound (~540 MB of
 weights read per step): 65 ms at batch 1, 81 ms at batch 8, so batch size is the lever for
 throughput; a hand-written decoder with a preallocated cache was no faster than HF's.
@@ -21,7 +28,35 @@ class Generation:
     ids: list[int]  # generated token ids, stop token excluded
     logprobs: list[float]  # log p(token) under the model at temperature 1, one per id
     text: str
-    finished: bool  # stopped on a stop token (False: hit max_new_tokens)
+    finished: bool  # stopped on a stop token (False: hit max_new_tokens, or looped)
+    looped: bool = False  # stopped by `repeat_stop`: the answer began to repeat itself
+
+
+LOOP_MIN_SPAN = 16  # tokens the repeated copies must span before a loop stops a row
+LOOP_MAX_PERIOD = 64  # longest repeated block looked for, in tokens
+
+
+def check_repeat_stop(value: int, name: str = "repeat_stop") -> int:
+    """0 (off) or the number of copies (>= 2) that stops a looping answer."""
+    if not isinstance(value, int) or value < 0 or value == 1:
+        raise ValueError(f"{name}={value!r}: expected 0 (off) or a number of copies >= 2")
+    return value
+
+
+def loop_cut(ids: list[int], copies: int, max_period: int = LOOP_MAX_PERIOD, min_span: int = LOOP_MIN_SPAN) -> int | None:
+    """If `ids` ends with back-to-back copies of one block of p tokens (at least `copies` of them
+    and at least `min_span` tokens in all), the length that keeps only the first copy; else None."""
+    n = len(ids)
+    for p in range(1, min(max_period, n // 2) + 1):
+        if ids[-1] != ids[-1 - p]:
+            continue
+        need = max(copies, -(-min_span // p))
+        if need * p > n:
+            continue
+        block = ids[n - p:]
+        if all(ids[n - k * p : n - (k - 1) * p] == block for k in range(2, need + 1)):
+            return n - (need - 1) * p
+    return None
 
 
 def stop_token_ids(tokenizer, llm=None) -> list[int]:
@@ -62,8 +97,11 @@ def pick_tokens(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0,
 @torch.inference_mode()
 def decode(llm, tokenizer, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
            stop_ids: list[int], max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
-           top_p: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None) -> list[Generation]:
-    """Decode from left-padded inputs (embeds [B, T, D], mask and positions [B, T])."""
+           top_p: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None,
+           repeat_stop: int = 0) -> list[Generation]:
+    """Decode from left-padded inputs (embeds [B, T, D], mask and positions [B, T]); `repeat_stop`:
+    see the module docstring."""
+    check_repeat_stop(repeat_stop)
     from transformers import DynamicCache
 
     decoder, head, emb_layer = llm.get_decoder(), llm.get_output_embeddings(), llm.get_input_embeddings()
@@ -78,20 +116,24 @@ def decode(llm, tokenizer, embeds: torch.Tensor, attention_mask: torch.Tensor, p
     ids_out: list[list[int]] = [[] for _ in range(n)]
     lps_out: list[list[float]] = [[] for _ in range(n)]
     finished = [False] * n
+    looped = [False] * n
     stop = torch.tensor(stop_ids)
     for step in range(max_new_tokens):
         tok = pick_tokens(logits, do_sample, temperature, top_p, top_k, generator)
         tok_lp = torch.log_softmax(logits, dim=-1).gather(1, tok[:, None])[:, 0]
         is_stop = torch.isin(tok, stop)
         for orig, t, lp, s in zip(active.tolist(), tok.tolist(), tok_lp.tolist(), is_stop.tolist()):
-            if finished[orig]:
+            if finished[orig] or looped[orig]:
                 continue  # a finished row still in the batch (not yet compacted)
             if s:
                 finished[orig] = True
-            else:
-                ids_out[orig].append(t)
-                lps_out[orig].append(lp)
-        live = torch.tensor([not finished[o] for o in active.tolist()])
+                continue
+            ids_out[orig].append(t)
+            lps_out[orig].append(lp)
+            if repeat_stop and (cut := loop_cut(ids_out[orig], repeat_stop)) is not None:
+                del ids_out[orig][cut:], lps_out[orig][cut:]
+                looped[orig] = True
+        live = torch.tensor([not (finished[o] or looped[o]) for o in active.tolist()])
         if not live.any() or step == max_new_tokens - 1:
             break
         # Dropping finished rows copies every layer's cache: worth it only once a quarter of the
@@ -105,8 +147,8 @@ def decode(llm, tokenizer, embeds: torch.Tensor, attention_mask: torch.Tensor, p
                       past_key_values=cache, use_cache=True)
         next_pos = next_pos + 1
         logits = head(out.last_hidden_state[:, -1]).float()
-    return [Generation(ids, lps, tokenizer.decode(ids, skip_special_tokens=True).strip(), fin)
-            for ids, lps, fin in zip(ids_out, lps_out, finished)]
+    return [Generation(ids, lps, tokenizer.decode(ids, skip_special_tokens=True).strip(), fin, loop)
+            for ids, lps, fin, loop in zip(ids_out, lps_out, finished, looped)]
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

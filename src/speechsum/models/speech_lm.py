@@ -492,14 +492,15 @@ class SpeechLM(nn.Module):
 
     def generate_items(self, items: list[list[Segment]], max_new_tokens: int = 128, do_sample: bool = False,
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                       generator: torch.Generator | None = None) -> list[Generation]:
-        """Batched decoding (left padding, KV cache) of segment lists; see models/generation.py."""
+                       generator: torch.Generator | None = None, repeat_stop: int = 0) -> list[Generation]:
+        """Batched decoding (left padding, KV cache) of segment lists; see models/generation.py
+        (`repeat_stop`: stop a row once its answer loops)."""
         with torch.inference_mode():
             batch = self.build_batch(items, padding_side="left")
         llm = self.decoding_llm()
         embeds = batch.embeds.to(llm.get_input_embeddings().weight.dtype)
         return decode(llm, self.tokenizer, embeds, batch.attention_mask, batch.position_ids,
-                      self.stop_ids, max_new_tokens, do_sample, temperature, top_p, top_k, generator)
+                      self.stop_ids, max_new_tokens, do_sample, temperature, top_p, top_k, generator, repeat_stop)
 
     def generate(self, audio: list[np.ndarray], instructions: list[str], **kw) -> list[Generation]:
         """Summaries (or any answer) for 16 kHz clips and one instruction each."""
@@ -509,14 +510,16 @@ class SpeechLM(nn.Module):
         return self.generate_items(items, **kw)
 
     def summarize(self, audio: str | os.PathLike | np.ndarray, style: str = "paragraph",
-                  instruction: str | None = None, max_new_tokens: int = 256, sample_rate: int | None = None) -> str:
-        """Summary of one recording (path or array) in a named style or for a free instruction."""
+                  instruction: str | None = None, max_new_tokens: int = 256, sample_rate: int | None = None,
+                  repeat_stop: int = 3) -> str:
+        """Summary of one recording (path or array) in a named style or for a free instruction;
+        an answer that starts to loop stops at its first copy (`repeat_stop`, 0: off)."""
         from speechsum.audio import load_audio
         from speechsum.data.styles import instruction_for
 
         samples = load_audio(audio, sample_rate=sample_rate if isinstance(audio, np.ndarray) else None)
         instr = instruction if instruction is not None else instruction_for(style)
-        return self.generate([samples], [instr], max_new_tokens=max_new_tokens)[0].text
+        return self.generate([samples], [instr], max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)[0].text
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}

@@ -62,7 +62,8 @@ class TextLM:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def chat(self, conversations: list[Conversation], max_new_tokens: int = 256, temperature: float = 0.0,
-             batch_size: int = 8, seed: int = 0) -> list[str]:
+             batch_size: int = 8, seed: int = 0, repeat_stop: int = 0) -> list[str]:
+        """Answers in order; `repeat_stop` stops an answer once it loops (models/generation.py)."""
         gen = torch.Generator().manual_seed(seed)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         # sort by prompt length so each batch wastes little padding; answers go back in order
@@ -75,7 +76,8 @@ class TextLM:
             with torch.inference_mode():
                 embeds = self.llm.get_input_embeddings()(ids)
             gens = decode(self.llm, self.tokenizer, embeds, mask, pos, self.stop_ids, max_new_tokens,
-                          do_sample=temperature > 0, temperature=max(temperature, 1e-5), generator=gen)
+                          do_sample=temperature > 0, temperature=max(temperature, 1e-5), generator=gen,
+                          repeat_stop=repeat_stop)
             for i, g in zip(idx, gens):
                 out[i] = g.text
         return out

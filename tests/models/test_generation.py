@@ -1,0 +1,111 @@
+"""Loop stopping in the shared decoder: the pure cut rule (golden cases) and decoding with it on a
+tiny model (a prefix of free decoding, cut where the rule first fires)."""
+
+import pytest
+import torch
+from tiny import tiny_llm, tiny_tokenizer
+
+from speechsum.config import ConfigError, from_dict
+from speechsum.models.generation import check_repeat_stop, decode, left_pad, loop_cut, stop_token_ids
+from speechsum.pipeline import PipelineConfig
+
+BLOCK = [7, 8, 9, 10, 11, 12]  # 6 tokens: 3 copies span 18 >= 16
+
+
+@pytest.mark.parametrize("ids, copies, expected", [
+    ([1, 2, 3] + BLOCK * 3, 3, 3 + 6),  # keep the prefix and one copy
+    ([1, 2, 3] + BLOCK * 2, 3, None),  # two copies are not a loop at copies=3
+    ([1, 2, 3] + BLOCK * 2, 2, None),  # two copies of 6 span 12 < 16 tokens
+    ([1] + list(range(20, 28)) * 2, 2, 1 + 8),  # 2 x 8 = 16 tokens at copies=2
+    ([5] * 15, 3, None),  # one token repeated needs 16 copies ("000" in 1,000,000 never triggers)
+    ([5] * 16, 3, 1),
+    ([1] + [44, 0, 0, 0] * 3, 3, None),  # ",000" x 3 spans 12 < 16: a number, not a loop
+    ([1] + [44, 0, 0, 0] * 4, 3, 1 + 4),
+    (list(range(40)), 3, None),
+    ([], 3, None),
+    (BLOCK * 3 + [7, 8], 3, 6 + 2),  # a rotation of the block (8 9 10 11 12 7 ...) is caught as it completes
+])
+def test_loop_cut_golden(ids, copies, expected):
+    assert loop_cut(ids, copies) == expected
+
+
+@pytest.mark.parametrize("bad", [1, -1, "3"])
+def test_repeat_stop_values_are_checked(bad):
+    with pytest.raises(ValueError, match="repeat_stop"):
+        check_repeat_stop(bad)
+    assert check_repeat_stop(0) == 0 and check_repeat_stop(3) == 3
+
+
+def test_pipeline_eval_repeat_stop_is_a_config_error():
+    with pytest.raises(ConfigError, match="eval: repeat_stop=1"):
+        from_dict(PipelineConfig, {"eval": {"repeat_stop": 1}})
+
+
+def free_then_cut(ids: list[int], copies: int) -> tuple[list[int], bool]:
+    """Reference: free decoding cut at the shortest prefix where the rule fires (and whether it did)."""
+    for n in range(1, len(ids) + 1):
+        cut = loop_cut(ids[:n], copies)
+        if cut is not None:
+            return ids[:cut], True
+    return ids, False
+
+
+class ChainLM(torch.nn.Module):
+    """A scripted LM whose greedy next token is `chain[token]`: one-hot embeddings, an identity
+    decoder, and a permutation-like head. It writes a prefix, then loops over a block (or stops)."""
+
+    def __init__(self, chain: dict[int, int], vocab: int):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, vocab)
+        self.emb.weight.data = torch.eye(vocab)
+        self.head = torch.nn.Linear(vocab, vocab, bias=False)
+        self.head.weight.data = torch.zeros(vocab, vocab)
+        for a, b in chain.items():
+            self.head.weight.data[b, a] = 1.0
+
+    def get_decoder(self):
+        return lambda inputs_embeds, **kw: type("Out", (), {"last_hidden_state": inputs_embeds})()
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def get_input_embeddings(self):
+        return self.emb
+
+
+def test_decode_stops_a_multi_token_loop_after_its_prefix_and_leaves_other_rows_alone():
+    stop = 99
+    chain = {1: 2, 2: 3, 3: 10, **{t: t + 1 for t in range(10, 16)}, 16: 10,  # prefix 2 3, then 10..16 loops
+             20: 21, 21: 22, 22: stop,  # ends on the stop token
+             **{t: t + 1 for t in range(30, 90)}}  # never repeats within the budget
+    tok = tiny_tokenizer()
+    llm = ChainLM(chain, 100)
+    ids, mask, pos = left_pad([[1], [20], [30]], 0)
+    embeds = llm.get_input_embeddings()(ids)
+    free = decode(llm, tok, embeds, mask, pos, [stop], max_new_tokens=40)
+    cut = decode(llm, tok, embeds, mask, pos, [stop], max_new_tokens=40, repeat_stop=3)
+    block = list(range(10, 17))  # 7 tokens: 3 copies span 21 >= 16
+    assert free[0].ids == ([2, 3] + block * 6)[:40] and not free[0].finished
+    assert cut[0].ids == [2, 3] + block and cut[0].looped and not cut[0].finished
+    assert cut[0].logprobs == pytest.approx(free[0].logprobs[:9])
+    assert cut[1].ids == free[1].ids == [21, 22] and cut[1].finished and not cut[1].looped
+    assert cut[2].ids == free[2].ids == list(range(31, 71)) and not cut[2].looped
+
+
+def test_decode_with_repeat_stop_is_free_decoding_cut_at_the_first_loop():
+    """The same on a tiny random Llama (whose greedy answers collapse onto one repeated token)."""
+    tok = tiny_tokenizer()
+    llm = tiny_llm(len(tok), seed=5).eval()
+    prompts = [tok(t)["input_ids"] for t in ["the meeting", "budget friday team report", "a", "send the plan"]]
+    ids, mask, pos = left_pad(prompts, tok.pad_token_id)
+    with torch.inference_mode():
+        embeds = llm.get_input_embeddings()(ids)
+    stops = stop_token_ids(tok, llm)
+    free = decode(llm, tok, embeds, mask, pos, stops, max_new_tokens=80)
+    cut = decode(llm, tok, embeds, mask, pos, stops, max_new_tokens=80, repeat_stop=3)
+    assert sum(g.looped for g in cut) >= 2, [g.ids for g in free]  # the random tiny model loops
+    for f, c in zip(free, cut):
+        expected, fired = free_then_cut(f.ids, 3)
+        assert c.ids == expected and c.looped == fired and not (c.looped and c.finished)
+        assert c.logprobs == pytest.approx(f.logprobs[: len(c.ids)])
+        assert c.text == tok.decode(expected, skip_special_tokens=True).strip()
