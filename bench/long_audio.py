@@ -14,11 +14,14 @@ Recordings come from bench/summarize.py's builder (procedural documents spoken b
 unseen test voices, joined and cut at a sentence boundary). `max_audio_tokens` (default 12,000 =
 32 min at stack 8) caps an item; a length over it is reported as the error `summarize` raises.
 
+`--window-seconds` is `summarize`'s: a longer recording is summarized in parts of at most that
+many seconds, then from the parts' notes (speechsum/longform.py), so every part's decoding and
+the final answer are counted; 0 runs the recording in one pass (one prefill over all of it).
+
 Goal (issue 6): flat cost per audio minute. Judged on the marginal cost of a minute between
 consecutive lengths (so fixed costs - the prompt, a padded last window, allocator noise - do not
-count) of the audio-dependent time (encoder + projector + prefill; decoding is fixed here) and
-of the memory the call adds: flat when the largest marginal value is at most FLAT_TOLERANCE x
-the smallest. Averages per minute are in the table too. Prints a table and writes JSON to
+count) of the call's time and of the memory the call adds: flat when the largest marginal value
+is at most FLAT_TOLERANCE x the smallest. Averages per minute are in the table too. Prints a table and writes JSON to
 bench/results/long_audio.json.
 """
 
@@ -32,7 +35,9 @@ from pathlib import Path
 
 from common import (SAMPLE_RATE, add_machine_args, apply_machine_args, machine_argv, machine_info, peak_rss_increase,
                     run_worker, write_result)
-from summarize import SpeechSystem, data_dir, exact_length, load_speech_model, recording, write_flac
+from summarize import SpeechSystem, data_dir, exact_length, load_speech_model, parts_of, recording, write_flac
+
+from speechsum.longform import WINDOW_S
 
 FLAT_TOLERANCE = 1.25
 WARMUP_SECONDS = 10
@@ -52,8 +57,9 @@ def worker(path: str, args) -> dict:
     system.clock.take()
     memory = {}
     with exact_length(model), peak_rss_increase(memory):
-        row = system.run(path, instruction_for(STYLE), args.new_tokens, 0)  # fixed length: no loop stop
-    return {**row, "audio_tokens": model.projector.num_tokens(encoder_frames(len(samples))), "model": label, **memory}
+        row = system.run(path, instruction_for(STYLE), args.new_tokens, 0, args.window_seconds)  # no loop stop
+    return {**row, "audio_tokens": model.projector.num_tokens(encoder_frames(len(samples))), "model": label,
+            "parts": parts_of(len(samples) / SAMPLE_RATE, args.window_seconds), **memory}
 
 
 def flat(values: list[float]) -> dict:
@@ -68,6 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 5, 10, 20, 30])
     ap.add_argument("--model", default=None, help="trained SpeechLM checkpoint folder (default: untrained assembly)")
     ap.add_argument("--new-tokens", type=int, default=32, help="tokens decoded per call (fixed)")
+    ap.add_argument("--window-seconds", type=float, default=WINDOW_S,
+                    help="as `speechsum summarize`: longer recordings go in parts (0: one pass however long)")
     ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. what else ran on the machine)")
     add_machine_args(ap)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -87,12 +95,13 @@ def main(argv=None) -> int:
         path = write_flac(item, root)
         print(f"  {item['id']}: {item['duration'] / 60:.2f} min of speech, {len(item['documents'])} documents ...",
               flush=True)
-        argv = ["--new-tokens", str(args.new_tokens)] + machine_argv(args) + (
+        argv = ["--new-tokens", str(args.new_tokens), "--window-seconds", str(args.window_seconds)] + machine_argv(args) + (
             ["--model", args.model] if args.model else [])
         row = run_worker(__file__, path, argv, {"minutes": minutes, "audio_seconds": round(item["duration"], 2)})
         if "error" not in row:
             m = row["audio_seconds"] / 60
             row["audio_part_s"] = round(row["encoder_s"] + row["projector_s"] + row["prefill_s"], 4)
+            row["total_s"] = round(row["total_s"], 4)
             row["s_per_min"] = round(row["total_s"] / m, 3)
             row["audio_part_s_per_min"] = round(row["audio_part_s"] / m, 3)
             for part in ("encoder", "prefill", "decode"):
@@ -103,19 +112,19 @@ def main(argv=None) -> int:
     ok = [r for r in rows if "error" not in r]
     for prev, r in zip(ok, ok[1:]):
         m = (r["audio_seconds"] - prev["audio_seconds"]) / 60
-        for key in ("audio_part_s", "encoder_s", "prefill_s", "peak_increase_mb"):
+        for key in ("total_s", "audio_part_s", "encoder_s", "prefill_s", "peak_increase_mb"):
             r[f"marginal_{key}_per_min"] = round((r[key] - prev[key]) / m, 3)
     marginal = ok[1:]
     goals = {"tolerance": FLAT_TOLERANCE,
-             "time": flat([r["marginal_audio_part_s_per_min"] for r in marginal]),
+             "time": flat([r["marginal_total_s_per_min"] for r in marginal]),
              "memory": flat([r["marginal_peak_increase_mb_per_min"] for r in marginal]),
              "parts": {p: flat([r[f"marginal_{p}_s_per_min"] for r in marginal]) for p in ("encoder", "prefill")},
-             "judged_on": "marginal cost of a minute between consecutive lengths: encoder + projector + prefill "
-                          "seconds, and the peak RSS increase"}
+             "judged_on": "marginal cost of a minute between consecutive lengths: the call's seconds (every part "
+                          "of it: in parts each part decodes too), and the peak RSS increase"}
     report(rows, goals)
     result = {
         "model": ok[0]["model"] if ok else args.model, "trained": args.model is not None,
-        "new_tokens": args.new_tokens, "clock": "process CPU time (1 thread)" if args.clock == "cpu" else "wall time",
+        "new_tokens": args.new_tokens, "window_seconds": args.window_seconds, "clock": "process CPU time (1 thread)" if args.clock == "cpu" else "wall time",
         "memory": "VmRSS before the call, VmHWM (reset just before) at its end; one process per length",
         "note": args.note, "goals": goals, "machine": machine_info(),
         "bench_seconds": round(time.perf_counter() - t_start, 1),
@@ -126,17 +135,17 @@ def main(argv=None) -> int:
 
 
 def report(rows: list[dict], goals: dict) -> None:
-    print(f"\n{'min':>5} {'tokens':>6} {'encoder':>8} {'prefill':>8} {'decode':>7} {'total s':>8} {'s/min':>6} "
-          f"{'enc/min':>7} {'pre/min':>7} {'audio s/min':>11} {'marginal':>8} {'RSS MB':>7} {'peak MB':>8} {'+MB':>6} "
-          f"{'+MB/min':>7} {'marginal':>8}")
+    print(f"\n{'min':>5} {'parts':>5} {'tokens':>6} {'encoder':>8} {'prefill':>8} {'decode':>7} {'total s':>8} {'s/min':>6} "
+          f"{'enc/min':>7} {'pre/min':>7} {'audio s/min':>11} {'marg s/m':>8} {'RSS MB':>7} {'peak MB':>8} {'+MB':>6} "
+          f"{'+MB/min':>7} {'marg +MB':>8}")
     for r in rows:
         if "error" in r:
             print(f"{r['minutes']:>5g}  not run: {r['error']}")
             continue
-        print(f"{r['audio_seconds'] / 60:>5.2f} {r['audio_tokens']:>6} {r['encoder_s']:>8.2f} {r['prefill_s']:>8.2f} "
+        print(f"{r['audio_seconds'] / 60:>5.2f} {r['parts']:>5} {r['audio_tokens']:>6} {r['encoder_s']:>8.2f} {r['prefill_s']:>8.2f} "
               f"{r['decode_s']:>7.2f} {r['total_s']:>8.2f} {r['s_per_min']:>6.2f} {r['encoder_s_per_min']:>7.2f} "
               f"{r['prefill_s_per_min']:>7.2f} {r['audio_part_s_per_min']:>11.2f} "
-              f"{r.get('marginal_audio_part_s_per_min', float('nan')):>8.2f} "
+              f"{r.get('marginal_total_s_per_min', float('nan')):>8.2f} "
               f"{r['rss_before_mb']:>7.0f} {r['peak_rss_mb']:>8.0f} {r['peak_increase_mb']:>6.0f} "
               f"{r['peak_increase_mb_per_min']:>7.1f} {r.get('marginal_peak_increase_mb_per_min', float('nan')):>8.1f}")
     if goals["time"]["flat"] is None:

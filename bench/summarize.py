@@ -36,6 +36,11 @@ kept sentences voice. The reference summary joins each document's `paragraph` ta
 from its facts). Quality on the natural answers: fact recall and invented facts
 (evaluation/facts.py), ROUGE-L (metrics.py), style compliance, and the ASR's WER.
 
+Long recordings: `summarize` cuts a recording longer than `--window-seconds` into parts and
+summarizes their notes (speechsum/longform.py); such a recording is also timed in one pass
+("speechsum, one pass"), and `--long-sets` recordings of the longest length (documents 0-, 10-,
+20-...) compare the two modes' quality.
+
 Prints a table and writes JSON to bench/results/summarize.json. Goal (issue 6): end-to-end >= 2x
 faster than the cascade at equal or better quality.
 """
@@ -54,6 +59,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import SAMPLE_RATE, CpuMeter, add_machine_args, apply_machine_args, machine_info, now, write_result
+
+from speechsum.longform import WINDOW_S
 
 # unseen test voices of configs/synth/tiny.yaml (espeak-ng only: no model download)
 VOICES = ("espeak:en-gb-scotland+f1", "espeak:en-gb-scotland+m5", "espeak:en-029+f5", "espeak:en-029+m6",
@@ -102,14 +109,14 @@ def cut_document(doc, k: int):
     return cut
 
 
-def recording(seconds: float, root: Path) -> dict:
-    """About `seconds` of speech (never more) from documents 0, 1, 2, ...: an item in the eval's
-    shape (transcript, facts JSON, instruction, target, style) plus its samples."""
+def recording(seconds: float, root: Path, first: int = 0) -> dict:
+    """About `seconds` of speech (never more) from documents first, first + 1, ...: an item in the
+    eval's shape (transcript, facts JSON, instruction, target, style) plus its samples."""
     from speechsum.data import styles
 
     pieces, docs, total, cut = [], [], 0.0, False
     while not cut:
-        doc, spans, samples = spoken_document(len(docs), root)
+        doc, spans, samples = spoken_document(first + len(docs), root)
         room = seconds - total
         if len(samples) / SAMPLE_RATE > room:
             k = sum(end <= room - TAIL_SECONDS for _, end in spans)
@@ -128,7 +135,7 @@ def recording(seconds: float, root: Path) -> dict:
     targets = [styles.render_target(style, d, random.Random(f"bench:{d.doc_id}"))[0] for d in docs]
     facts = [{**f, "id": f"{d.doc_id}/{f['id']}"} for d in docs for f in d.to_json()]
     audio = np.concatenate(pieces)
-    return {"id": f"{seconds:g}s", "samples": audio, "duration": len(audio) / SAMPLE_RATE,
+    return {"id": f"{seconds:g}s" + (f"@{first}" if first else ""), "samples": audio, "duration": len(audio) / SAMPLE_RATE,
             "documents": [d.doc_id for d in docs], "cut_last": cut,
             "transcript": " ".join(d.transcript for d in docs), "facts": json.dumps(facts),
             "instruction": styles.instruction_for(STYLE), "target": "\n".join(targets), "style": STYLE}
@@ -209,10 +216,13 @@ class SpeechSystem:
         # copy with the LoRA merged (refreshed in place each call, so hooks on it stay)
         self.clock.time_decoder(model.decoding_llm().get_decoder())
 
-    def run(self, path: str, instruction: str, max_new_tokens: int, repeat_stop: int) -> dict:
+    def run(self, path: str, instruction: str, max_new_tokens: int, repeat_stop: int,
+            window_seconds: float = 0.0) -> dict:
+        """One `summarize` call; `window_seconds` as `speechsum summarize --window-seconds` (with more
+        than one part, prefill_s is the first part's prefill and decode_s holds every other forward)."""
         t = now()
         text = self.model.summarize(path, instruction=instruction, max_new_tokens=max_new_tokens,
-                                    repeat_stop=repeat_stop)
+                                    repeat_stop=repeat_stop, window_seconds=window_seconds)
         return {"total_s": round(now() - t, 4), **self.clock.take(), "text": text}
 
 
@@ -270,6 +280,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=256, help="as `speechsum summarize`")
     ap.add_argument("--repeat-stop", type=int, default=3,
                     help="as `speechsum summarize` (both systems stop a looping answer at its first copy; 0: off)")
+    ap.add_argument("--window-seconds", type=float, default=WINDOW_S,
+                    help="as `speechsum summarize`: longer recordings go in parts (also timed in one pass)")
+    ap.add_argument("--long-sets", type=int, default=3,
+                    help="recordings of the longest length (from documents 0, 10, 20, ...) on which speechsum in "
+                         "parts and in one pass are compared for quality")
     ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. what else ran on the machine)")
     add_machine_args(ap)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "summarize.json"))
@@ -304,10 +319,18 @@ def main(argv=None) -> int:
 
     meter = CpuMeter()
     rows = []
+    both_modes: dict[str, list[str]] = {}  # recording -> speechsum's answer in parts and in one pass
     for item, path in zip(items, paths):
         print(f"  {item['id']}: speechsum ...", flush=True)
-        ours = best_of(lambda: speech.run(path, item["instruction"], args.max_new_tokens, args.repeat_stop),
-                       args.repeats, meter)
+        ours = best_of(lambda: speech.run(path, item["instruction"], args.max_new_tokens, args.repeat_stop,
+                                          args.window_seconds), args.repeats, meter)
+        ours["parts"] = parts_of(item["duration"], args.window_seconds)
+        one_pass = None
+        if ours["parts"] > 1:
+            print(f"  {item['id']}: speechsum in one pass ...", flush=True)
+            one_pass = best_of(lambda: speech.run(path, item["instruction"], args.max_new_tokens, args.repeat_stop),
+                               args.repeats, meter)
+            both_modes[item["id"]] = [ours["text"], one_pass["text"]]
         print(f"  {item['id']}: cascade ...", flush=True)
         casc = best_of(lambda: cascade.run(path, item["instruction"], args.max_new_tokens, args.repeat_stop),
                        args.repeats, meter)
@@ -315,12 +338,14 @@ def main(argv=None) -> int:
         print(f"  {item['id']}: speechsum at the cascade's length ({forwards} forwards) ...", flush=True)
         with exact_length(model):
             matched = best_of(lambda: speech.run(path, item["instruction"], forwards, 0), args.repeats, meter)
-        scores = score_items([item, item], [ours["text"], casc["text"]], embeddings=False)
+        systems = [("speechsum", ours), ("cascade", casc)] + ([("speechsum, one pass", one_pass)] if one_pass else [])
+        scores = dict(zip([n for n, _ in systems], score_items([item] * len(systems), [r["text"] for _, r in systems],
+                                                               embeddings=False)))
         common = {"length": item["id"], "audio_seconds": round(item["duration"], 2), "documents": item["documents"],
                   "n_facts": len(json.loads(item["facts"]))}
         asr_wer = wer([item["transcript"]], [casc["transcript"]])
-        for system, r, sc in (("speechsum", ours, scores[0]), ("cascade", casc, scores[1]),
-                              ("speechsum @ cascade length", matched, None)):
+        for system, r in systems + [("speechsum @ cascade length", matched)]:
+            sc = scores.get(system)
             row = {**common, "system": system, **r, "rtf": round(r["total_s"] / item["duration"], 4),
                    "first_token_s": round(r["total_s"] - r["decode_s"], 4)}
             row["tokens"] = len(model.tokenizer(r["text"], add_special_tokens=False)["input_ids"])
@@ -331,8 +356,24 @@ def main(argv=None) -> int:
                 row["asr_wer"] = round(asr_wer, 4)
             rows.append(row)
 
+    longest = max(args.seconds)
+    long_rows = []
+    if parts_of(longest, args.window_seconds) > 1 and args.long_sets > 0:
+        for k in range(args.long_sets):
+            item = items[-1] if k == 0 else recording(longest, root, first=10 * k)
+            path = paths[-1] if k == 0 else write_flac(item, root)
+            print(f"  {item['id']}: speechsum in parts and in one pass (quality) ...", flush=True)
+            texts = both_modes.get(item["id"]) or [
+                speech.run(path, item["instruction"], args.max_new_tokens, args.repeat_stop, w)["text"]
+                for w in (args.window_seconds, 0.0)]
+            for mode, text, sc in zip(("parts", "one pass"), texts, score_items([item, item], texts, embeddings=False)):
+                long_rows.append({"recording": item["id"], "documents": item["documents"], "mode": mode,
+                                  "n_facts": len(json.loads(item["facts"])), "text": text,
+                                  **{k2: sc[k2] for k2 in ("fact_recall", "fact_precision", "invented_per_summary",
+                                                           "rouge_l")}})
     goals = judge(rows, trained)
     report(rows, goals, label, trained)
+    long_summary = report_long(long_rows)
     result = {
         "model": label, "trained": trained,
         "quality_note": "" if trained else "untrained connector (random projector): speechsum's quality numbers "
@@ -346,10 +387,32 @@ def main(argv=None) -> int:
                                   "last_document_cut": it["cut_last"], "path": p} for it, p in zip(items, paths)},
         "cpu_shared": max(meter.samples, default=0) > 0.3, "other_load_cores": meter.samples, "note": args.note,
         "goals": goals, "machine": machine_info(), "bench_seconds": round(time.perf_counter() - t_start, 1),
-        "rows": rows,
+        "rows": rows, "window_seconds": args.window_seconds,
+        "long_recordings": {"rows": long_rows, "means": long_summary},
     }
     write_result(args.out, result)
     return 0
+
+
+def parts_of(seconds: float, window_seconds: float) -> int:
+    """How many parts `summarize` cuts a recording into (speechsum/longform.py)."""
+    return max(1, int(np.ceil(seconds / window_seconds))) if window_seconds else 1
+
+
+def report_long(rows: list[dict]) -> dict:
+    """Mean quality of speechsum in parts and in one pass over the long recordings (printed)."""
+    means = {}
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        sel = [r for r in rows if r["mode"] == mode]
+        means[mode] = {k: round(float(np.mean([r[k] for r in sel if r[k] is not None] or [0.0])), 4)
+                       for k in ("fact_recall", "fact_precision", "invented_per_summary", "rouge_l")} | {"n": len(sel)}
+    if means:
+        print("\nlong recordings, speechsum in parts vs in one pass (means over "
+              f"{len({r['recording'] for r in rows})} recordings):")
+        for mode, m in means.items():
+            print(f"  {mode:9} recall {m['fact_recall']:.3f}  precision {m['fact_precision']:.3f}  "
+                  f"invented {m['invented_per_summary']:.2f}  ROUGE-L {m['rouge_l']:.3f}")
+    return means
 
 
 def judge(rows: list[dict], trained: bool) -> dict:

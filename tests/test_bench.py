@@ -102,3 +102,15 @@ def test_judge_bench_counts_agreement_in_both_verdict_modes(monkeypatch):
     # the bias cancels: pairs 0-2 agree with the fact judge, pair 3 (margin flipped) disagrees
     assert (r["agree"], r["disagree"], r["dropped"]) == (0.75, 0.25, 0.0)
     assert r["verdicts"] == ["agree"] * 3 + ["disagree"]
+
+
+def test_parts_count_and_long_recording_means(capsys):
+    assert [summarize.parts_of(s, w) for s, w in ((300, 120), (240, 120), (119, 120), (300, 0))] == [3, 2, 1, 1]
+    row = lambda rec, mode, recall, invented: {"recording": rec, "mode": mode, "fact_recall": recall,  # noqa: E731
+                                               "fact_precision": 1.0, "invented_per_summary": invented, "rouge_l": 0.2}
+    means = summarize.report_long([row("a", "parts", 0.2, 1), row("a", "one pass", 0.1, 3),
+                                   row("b", "parts", None, 0), row("b", "one pass", 0.3, 1)])
+    assert means["parts"] == {"fact_recall": 0.2, "fact_precision": 1.0, "invented_per_summary": 0.5, "rouge_l": 0.2, "n": 2}
+    assert means["one pass"]["fact_recall"] == 0.2 and means["one pass"]["invented_per_summary"] == 2.0
+    assert "over 2 recordings" in capsys.readouterr().out
+    assert summarize.report_long([]) == {}

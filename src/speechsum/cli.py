@@ -104,6 +104,9 @@ def cmd_summarize(args) -> int:
     if args.repeat_stop < 0 or args.repeat_stop == 1:
         error(f"--repeat-stop {args.repeat_stop}: expected 0 (off) or a number of copies >= 2")
         return EXIT_USAGE
+    if args.window_seconds < 0:
+        error(f"--window-seconds {args.window_seconds:g}: expected >= 0 (0: one pass however long)")
+        return EXIT_USAGE
     instruction = args.instruction if args.instruction is not None else instruction_for(args.style)
     clips, names, failed = [], [], 0
     for path in args.audio:  # validate every file first: bad ones are reported, good ones still run
@@ -123,29 +126,43 @@ def cmd_summarize(args) -> int:
         error(str(e))
         return EXIT_USAGE
     model.eval()
+    from speechsum.longform import summarize_long
     from speechsum.models.speech_lm import AudioTooLongError
 
-    for start in range(0, len(clips), args.batch_size):
-        chunk, chunk_names = clips[start : start + args.batch_size], names[start : start + args.batch_size]
+    long = [bool(args.window_seconds) and len(c) > args.window_seconds * 16000 for c in clips]
+    groups: list[list[int]] = []  # short files batched together; a long one alone (in parts)
+    for i in range(len(clips)):
+        if groups and not long[i] and not long[groups[-1][0]] and len(groups[-1]) < args.batch_size:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    for group in groups:
         t = time.time()
         try:
-            gens = model.generate(chunk, [instruction] * len(chunk), max_new_tokens=args.max_new_tokens,
-                                  repeat_stop=args.repeat_stop)
+            if long[group[0]]:
+                res = summarize_long(model, clips[group[0]], instruction, args.window_seconds, args.max_new_tokens,
+                                     args.repeat_stop, args.batch_size)
+                outs = [(res.text, res.finished, res.looped, len(res.parts))]
+            else:
+                gens = model.generate([clips[i] for i in group], [instruction] * len(group),
+                                      max_new_tokens=args.max_new_tokens, repeat_stop=args.repeat_stop)
+                outs = [(g.text, g.finished, g.looped, 1) for g in gens]
         except AudioTooLongError as e:
-            error(f"{', '.join(chunk_names)}: {e}")
-            failed += len(chunk)
+            error(f"{', '.join(names[i] for i in group)}: {e}")
+            failed += len(group)
             continue
         dt = time.time() - t
-        for name, clip, g in zip(chunk_names, chunk, gens):
+        for i, (text, finished, looped, parts) in zip(group, outs):
+            name, clip = names[i], clips[i]
             if args.json:
                 print(json.dumps({"file": name, "style": args.style if args.instruction is None else None,
-                                  "instruction": instruction, "summary": g.text,
-                                  "audio_seconds": round(len(clip) / 16000, 2), "seconds": round(dt / len(chunk), 2),
-                                  "complete": g.finished or g.looped, "looped": g.looped}))
+                                  "instruction": instruction, "summary": text,
+                                  "audio_seconds": round(len(clip) / 16000, 2), "seconds": round(dt / len(group), 2),
+                                  "parts": parts, "complete": finished or looped, "looped": looped}))
             else:
-                print(f"== {name} ({len(clip) / 16000:.1f} s audio)")
-                note = " [stopped: the answer began to repeat]" if g.looped else " [cut at --max-new-tokens]"
-                print(g.text + ("" if g.finished else note))
+                print(f"== {name} ({len(clip) / 16000:.1f} s audio" + (f", {parts} parts)" if parts > 1 else ")"))
+                note = " [stopped: the answer began to repeat]" if looped else " [cut at --max-new-tokens]"
+                print(text + ("" if finished else note))
     return EXIT_USAGE if failed else 0
 
 
@@ -230,6 +247,8 @@ def cmd_pipeline(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from speechsum.longform import WINDOW_S
+
     p = argparse.ArgumentParser(prog="speechsum", description="Speech summarization with multimodal LLMs.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -247,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=256)
     s.add_argument("--repeat-stop", type=int, default=3, metavar="K",
                    help="stop an answer once it ends with K copies of one passage, keeping the first (0: off)")
+    s.add_argument("--window-seconds", type=float, default=WINDOW_S, metavar="S",
+                   help="a longer recording is summarized in parts of at most S seconds, then from the parts' "
+                        "notes (0: one pass however long)")
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
     s.set_defaults(func=cmd_summarize)

@@ -1,0 +1,108 @@
+"""Long recordings: summarize each part, then the notes of all parts.
+
+A SpeechLM reads its whole input at once, so one pass over an hour of speech asks the LLM to
+attend over ~22,500 audio tokens: past SmolLM2's 8,192-token context, far past the 17-120 s clips
+the tiny preset trains on, and with a prefill that grows quadratically. `summarize_long` instead
+
+1. cuts the recording into parts of at most `window_s` seconds (equal lengths, each cut moved to
+   the quietest 50 ms within `search` of a part's length around its nominal place, so cuts fall
+   in pauses rather than inside words: `quiet_cuts`);
+2. asks the model for each part's main points (`PART_STYLE`), all parts in batched calls (map);
+3. gives the model the parts' notes as text, in order and labelled with their times, with the
+   user's instruction (reduce, text mode: the same LLM and LoRA).
+
+Cost per audio minute is then flat: every part costs the same, and only the short reduce
+prompt grows with the number of parts. `bench/long_audio.py` measures both modes and
+`bench/summarize.py` the quality of both on the same recordings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from speechsum.audio import SAMPLE_RATE
+
+WINDOW_S = 120.0  # the longest clips the tiny preset trains on (configs/synth/tiny.yaml: 17-120 s)
+SEARCH = 0.15  # a cut may move this fraction of a part's length to find a pause
+FRAME_S = 0.05
+PART_STYLE = "bullets"
+
+
+@dataclass
+class Part:
+    start_s: float
+    end_s: float
+    notes: str
+
+
+@dataclass
+class LongSummary:
+    text: str
+    parts: list[Part]
+    finished: bool  # the final answer ended on a stop token
+    looped: bool  # the final answer was stopped by `repeat_stop`
+
+
+def quiet_cuts(samples: np.ndarray, window_s: float, search: float = SEARCH, rate: int = SAMPLE_RATE,
+               frame_s: float = FRAME_S) -> list[int]:
+    """Sample indices that cut `samples` into ceil(duration / window_s) parts of about equal length,
+    each cut at the quietest frame (lowest mean square; the nearest to the nominal place on ties)
+    within `search` x the part length of where it would fall. [] when one part is enough."""
+    if window_s <= 0:
+        raise ValueError(f"window_s={window_s}: expected > 0")
+    n = len(samples)
+    parts = int(np.ceil(n / (window_s * rate)))
+    if parts <= 1:
+        return []
+    frame = max(1, int(frame_s * rate))
+    energy = np.square(samples[: n // frame * frame].astype(np.float64)).reshape(-1, frame).mean(1)
+    part_len = n / parts
+    cuts = []
+    for k in range(1, parts):
+        nominal = k * part_len
+        lo = max(1, int((nominal - search * part_len) // frame))
+        hi = min(len(energy) - 1, int((nominal + search * part_len) // frame))
+        if hi < lo:
+            cuts.append(int(nominal))
+            continue
+        frames = np.arange(lo, hi + 1)
+        centre = (frames + 0.5) * frame
+        best = frames[np.lexsort((np.abs(centre - nominal), energy[lo : hi + 1]))[0]]
+        cuts.append(int((best + 0.5) * frame))
+    return cuts
+
+
+def clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def notes_text(parts: list[Part]) -> str:
+    """The reduce step's input: every part's notes in order, labelled with its time span."""
+    return "\n\n".join(f"Part {i + 1} ({clock(p.start_s)}-{clock(p.end_s)}):\n{p.notes}" for i, p in enumerate(parts))
+
+
+def summarize_long(model, samples: np.ndarray, instruction: str, window_s: float = WINDOW_S,
+                   max_new_tokens: int = 256, repeat_stop: int = 3, batch_size: int = 4) -> LongSummary:
+    """Summary of a recording of any length by `model` (a SpeechLM): parts -> notes -> answer."""
+    from speechsum.data.styles import instruction_for
+
+    cuts = quiet_cuts(samples, window_s)
+    bounds = [0, *cuts, len(samples)]
+    pieces = [samples[a:b] for a, b in zip(bounds, bounds[1:])]
+    if len(pieces) == 1:
+        g = model.generate([samples], [instruction], max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)[0]
+        return LongSummary(g.text, [Part(0.0, len(samples) / SAMPLE_RATE, g.text)], g.finished, g.looped)
+    part_instruction = instruction_for(PART_STYLE)
+    notes: list[str] = []
+    for s in range(0, len(pieces), batch_size):
+        chunk = pieces[s : s + batch_size]
+        notes += [g.text for g in model.generate(chunk, [part_instruction] * len(chunk),
+                                                 max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)]
+    parts = [Part(a / SAMPLE_RATE, b / SAMPLE_RATE, t) for a, b, t in zip(bounds, bounds[1:], notes)]
+    item = model.text_items([notes_text(parts)], [instruction])
+    g = model.generate_items(item, max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)[0]
+    return LongSummary(g.text, parts, g.finished, g.looped)
