@@ -141,7 +141,7 @@ def cmd_summarize(args) -> int:
         try:
             if long[group[0]]:
                 res = summarize_long(model, clips[group[0]], instruction, args.window_seconds, args.max_new_tokens,
-                                     args.repeat_stop, args.batch_size)
+                                     args.repeat_stop)
                 outs = [(res.text, res.finished, res.looped, len(res.parts))]
             else:
                 gens = model.generate([clips[i] for i in group], [instruction] * len(group),
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--window-seconds", type=float, default=WINDOW_S, metavar="S",
                    help="a longer recording is summarized in parts of at most S seconds, then from the parts' "
                         "notes (0: one pass however long)")
-    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--batch-size", type=int, default=4, help="files decoded together (the parts of a long file: 8)")
     s.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
     s.set_defaults(func=cmd_summarize)
     t = sub.add_parser("train", help="run one training stage")

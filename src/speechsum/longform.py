@@ -7,7 +7,9 @@ the tiny preset trains on, and with a prefill that grows quadratically. `summari
 1. cuts the recording into parts of at most `window_s` seconds (equal lengths, each cut moved to
    the quietest 50 ms within `search` of a part's length around its nominal place, so cuts fall
    in pauses rather than inside words: `quiet_cuts`);
-2. asks the model for each part's main points (`PART_STYLE`), all parts in batched calls (map);
+2. asks the model for each part's main points (`PART_STYLE`, at most `PART_TOKENS`), the parts
+   decoded together in batches (map: decoding is memory-bound, so a batch of 8 parts costs little
+   more per step than one);
 3. gives the model the parts' notes as text, in order and labelled with their times, with the
    user's instruction (reduce, text mode: the same LLM and LoRA).
 
@@ -28,6 +30,7 @@ WINDOW_S = 120.0  # the longest clips the tiny preset trains on (configs/synth/t
 SEARCH = 0.15  # a cut may move this fraction of a part's length to find a pause
 FRAME_S = 0.05
 PART_STYLE = "bullets"
+PART_TOKENS = 96  # cap on a part's notes (a few bullets); the final answer gets the caller's cap
 
 
 @dataclass
@@ -86,7 +89,8 @@ def notes_text(parts: list[Part]) -> str:
 
 
 def summarize_long(model, samples: np.ndarray, instruction: str, window_s: float = WINDOW_S,
-                   max_new_tokens: int = 256, repeat_stop: int = 3, batch_size: int = 4) -> LongSummary:
+                   max_new_tokens: int = 256, repeat_stop: int = 3, batch_size: int = 8,
+                   part_tokens: int = PART_TOKENS) -> LongSummary:
     """Summary of a recording of any length by `model` (a SpeechLM): parts -> notes -> answer."""
     from speechsum.data.styles import instruction_for
 
@@ -101,7 +105,8 @@ def summarize_long(model, samples: np.ndarray, instruction: str, window_s: float
     for s in range(0, len(pieces), batch_size):
         chunk = pieces[s : s + batch_size]
         notes += [g.text for g in model.generate(chunk, [part_instruction] * len(chunk),
-                                                 max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)]
+                                                 max_new_tokens=min(part_tokens, max_new_tokens),
+                                                 repeat_stop=repeat_stop)]
     parts = [Part(a / SAMPLE_RATE, b / SAMPLE_RATE, t) for a, b, t in zip(bounds, bounds[1:], notes)]
     item = model.text_items([notes_text(parts)], [instruction])
     g = model.generate_items(item, max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)[0]
