@@ -55,7 +55,7 @@ def test_unknown_style_and_bad_model_are_one_line(tmp_path, capsys):
     assert "not a SpeechLM checkpoint" in capsys.readouterr().err
     assert main(["summarize", str(tmp_path / "a.wav"), "--repeat-stop", "1"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "speechsum: error: --repeat-stop 1: expected 0 (off) or a number of copies >= 2")
+        "speechsum: error: --repeat-stop=1: expected 0 (off) or a number of copies >= 2")
 
 
 def test_no_traceback_from_the_console_script(tmp_path):

@@ -95,14 +95,18 @@ def load_speechlm(model: str | None):
 
 
 def cmd_summarize(args) -> int:
-    from speechsum.audio import AudioError, load_audio
+    from speechsum.audio import SAMPLE_RATE, AudioError, load_audio
     from speechsum.data.styles import instruction_for, style_names
 
     if args.instruction is None and args.style not in style_names():
         error(f"--style {args.style}: unknown style (choose from {', '.join(style_names())})")
         return EXIT_USAGE
-    if args.repeat_stop < 0 or args.repeat_stop == 1:
-        error(f"--repeat-stop {args.repeat_stop}: expected 0 (off) or a number of copies >= 2")
+    from speechsum.models.generation import check_repeat_stop
+
+    try:
+        check_repeat_stop(args.repeat_stop, "--repeat-stop")
+    except ValueError as e:
+        error(str(e))
         return EXIT_USAGE
     if args.window_seconds < 0:
         error(f"--window-seconds {args.window_seconds:g}: expected >= 0 (0: one pass however long)")
@@ -129,7 +133,7 @@ def cmd_summarize(args) -> int:
     from speechsum.longform import summarize_long
     from speechsum.models.speech_lm import AudioTooLongError
 
-    long = [bool(args.window_seconds) and len(c) > args.window_seconds * 16000 for c in clips]
+    long = [bool(args.window_seconds) and len(c) > args.window_seconds * SAMPLE_RATE for c in clips]
     groups: list[list[int]] = []  # short files batched together; a long one alone (in parts)
     for i in range(len(clips)):
         if groups and not long[i] and not long[groups[-1][0]] and len(groups[-1]) < args.batch_size:

@@ -13,9 +13,11 @@ the tiny preset trains on, and with a prefill that grows quadratically. `summari
 3. gives the model the parts' notes as text, in order and labelled with their times, with the
    user's instruction (reduce, text mode: the same LLM and LoRA).
 
-Cost per audio minute is then flat: every part costs the same, and only the short reduce
-prompt grows with the number of parts. `bench/long_audio.py` measures both modes and
-`bench/summarize.py` the quality of both on the same recordings.
+No attention ever spans more than one part, and the cost grows with the number of parts, in
+steps of `batch_size` parts decoded together. The notes and the answer are decoded after the
+parts, so a recording costs 1.6-2x the time of one pass here. `bench/summarize.py` measured
+more facts this way on 5- and 10-minute recordings; `bench/long_audio.py` measures the cost of
+both modes per audio minute.
 """
 
 from __future__ import annotations

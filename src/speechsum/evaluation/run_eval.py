@@ -274,9 +274,8 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
     decodes greedily with the same `repeat_stop` as `summarize` (a looping answer stops at its
     first copy; 0: off), recorded in metrics.json."""
     from speechsum.evaluation.wer import wer
-    from speechsum.models.speech_lm import SpeechLMConfig
-
     from speechsum.models.generation import check_repeat_stop
+    from speechsum.models.speech_lm import SpeechLMConfig
 
     if task not in ("summarize", "transcribe", "readout"):
         raise ValueError(f"task={task!r}: expected summarize, transcribe or readout")
