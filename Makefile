@@ -42,7 +42,7 @@ test: install test-models
 # the whole recipe on the tiny preset into runs/tiny (resumes), then the final model on the bundled clip
 demo: install models
 	$(VENV)/bin/speechsum pipeline --config configs/pipeline/tiny.yaml
-	$(VENV)/bin/speechsum summarize examples/voicemail.flac --model runs/tiny/dpo --style bullets --max-new-tokens 80
+	$(VENV)/bin/speechsum summarize examples/voicemail.flac --model runs/tiny/dpo --style bullets --max-new-tokens 128
 
 bench: install models
 	$(PY) bench/generate.py
