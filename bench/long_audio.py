@@ -21,8 +21,8 @@ the final answer are counted; 0 runs the recording in one pass (one prefill over
 Goal (issue 6): flat cost per audio minute. Judged on the marginal cost of a minute between
 consecutive lengths (so fixed costs - the prompt, a padded last window, allocator noise - do not
 count) of the call's time and of the memory the call adds: flat when the largest marginal value
-is at most FLAT_TOLERANCE x the smallest. Averages per minute are in the table too. Prints a table and writes JSON to
-bench/results/long_audio.json.
+is at most FLAT_TOLERANCE x the smallest. Averages per minute are in the table too. Prints a
+table and writes JSON to bench/results/long_audio.json.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def main(argv=None) -> int:
         path = write_flac(item, root)
         print(f"  {item['id']}: {item['duration'] / 60:.2f} min of speech, {len(item['documents'])} documents ...",
               flush=True)
-        argv = ["--new-tokens", str(args.new_tokens), "--window-seconds", str(args.window_seconds)] + machine_argv(args) + (
-            ["--model", args.model] if args.model else [])
+        argv = (["--new-tokens", str(args.new_tokens), "--window-seconds", str(args.window_seconds)]
+                + machine_argv(args) + (["--model", args.model] if args.model else []))
         row = run_worker(__file__, path, argv, {"minutes": minutes, "audio_seconds": round(item["duration"], 2)})
         if "error" not in row:
             m = row["audio_seconds"] / 60

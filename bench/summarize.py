@@ -8,9 +8,10 @@ shortest recording:
 
 - speechsum: `SpeechLM.summarize(path, style)`, the path of `speechsum summarize`: audio file ->
   Whisper encoder (30 s windows) -> projector -> the LLM's prefill over prompt + audio tokens ->
-  greedy decoding, stopping an answer that loops (`--repeat-stop`, as `summarize`). `--model DIR` is a trained checkpoint folder; without it the untrained default
-  assembly (`SpeechLMConfig()`: whisper-base + SmolLM2-135M, random projector) runs, and its
-  quality numbers say nothing about the method (the table and JSON say "untrained").
+  greedy decoding, stopping an answer that loops (`--repeat-stop`, as `summarize`). `--model DIR`
+  is a trained checkpoint folder; without it the untrained default assembly (`SpeechLMConfig()`:
+  whisper-base + SmolLM2-135M, random projector) runs, and its quality numbers say nothing about
+  the method (the table and JSON say "untrained").
 - cascade: `speechsum eval`'s cascade baseline (evaluation/run_eval.py): faster-whisper greedy ASR
   with whisper-base (CTranslate2, int8) on the same file -> the SpeechLM's own LLM (without LoRA)
   reading the transcript with the same system prompt and instruction, greedy, with the same

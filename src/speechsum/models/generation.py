@@ -43,7 +43,8 @@ def check_repeat_stop(value: int, name: str = "repeat_stop") -> int:
     return value
 
 
-def loop_cut(ids: list[int], copies: int, max_period: int = LOOP_MAX_PERIOD, min_span: int = LOOP_MIN_SPAN) -> int | None:
+def loop_cut(ids: list[int], copies: int, max_period: int = LOOP_MAX_PERIOD,
+             min_span: int = LOOP_MIN_SPAN) -> int | None:
     """If `ids` ends with back-to-back copies of one block of p tokens (at least `copies` of them
     and at least `min_span` tokens in all), the length that keeps only the first copy; else None."""
     n = len(ids)
