@@ -61,6 +61,12 @@ def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypa
     run(cfg, log=logs.append)
     assert sum("done earlier" in line for line in logs) == 6  # 5 training stages + eval
     assert not any("pipeline: encode:" in line for line in logs)  # nothing left to encode
+    assert metrics["repeat_stop"] == 3  # eval decodes as `summarize` does
+    logs.clear()
+    cfg.eval.repeat_stop = 0  # another decoding: the finished eval no longer stands
+    run(cfg, log=logs.append)
+    assert not any("pipeline: eval: done earlier" in line for line in logs)
+    assert json.loads((run_dir / "eval" / "metrics.json").read_text())["repeat_stop"] == 0
 
 
 def test_stage_comparisons_follow_the_recipe():
