@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from common import SAMPLE_RATE, CpuMeter, add_machine_args, apply_machine_args, machine_info, now, write_result
 
-from speechsum.longform import WINDOW_S
+from speechsum.longform import WINDOW_S, num_parts
 
 # unseen test voices of configs/synth/tiny.yaml (espeak-ng only: no model download)
 VOICES = ("espeak:en-gb-scotland+f1", "espeak:en-gb-scotland+m5", "espeak:en-029+f5", "espeak:en-029+m6",
@@ -397,7 +397,7 @@ def main(argv=None) -> int:
 
 def parts_of(seconds: float, window_seconds: float) -> int:
     """How many parts `summarize` cuts a recording into (speechsum/longform.py)."""
-    return max(1, int(np.ceil(seconds / window_seconds))) if window_seconds else 1
+    return num_parts(round(seconds * SAMPLE_RATE), window_seconds)
 
 
 def report_long(rows: list[dict]) -> dict:

@@ -95,7 +95,7 @@ def load_speechlm(model: str | None):
 
 
 def cmd_summarize(args) -> int:
-    from speechsum.audio import SAMPLE_RATE, AudioError, load_audio
+    from speechsum.audio import AudioError, load_audio
     from speechsum.data.styles import instruction_for, style_names
 
     if args.instruction is None and args.style not in style_names():
@@ -130,10 +130,10 @@ def cmd_summarize(args) -> int:
         error(str(e))
         return EXIT_USAGE
     model.eval()
-    from speechsum.longform import summarize_long
+    from speechsum.longform import num_parts, summarize_long
     from speechsum.models.speech_lm import AudioTooLongError
 
-    long = [bool(args.window_seconds) and len(c) > args.window_seconds * SAMPLE_RATE for c in clips]
+    long = [num_parts(len(c), args.window_seconds) > 1 for c in clips]
     groups: list[list[int]] = []  # short files batched together; a long one alone (in parts)
     for i in range(len(clips)):
         if groups and not long[i] and not long[groups[-1][0]] and len(groups[-1]) < args.batch_size:

@@ -50,6 +50,14 @@ class LongSummary:
     looped: bool  # the final answer was stopped by `repeat_stop`
 
 
+def num_parts(num_samples: int, window_s: float, rate: int = SAMPLE_RATE) -> int:
+    """How many parts a recording of `num_samples` is summarized in: ceil(duration / window_s),
+    and 1 when `window_s` is 0 (one pass however long)."""
+    if window_s < 0:
+        raise ValueError(f"window_s={window_s}: expected >= 0 (0: one pass)")
+    return max(1, int(np.ceil(num_samples / (window_s * rate)))) if window_s else 1
+
+
 def quiet_cuts(samples: np.ndarray, window_s: float, search: float = SEARCH, rate: int = SAMPLE_RATE,
                frame_s: float = FRAME_S) -> list[int]:
     """Sample indices that cut `samples` into ceil(duration / window_s) parts of about equal length,
@@ -58,7 +66,7 @@ def quiet_cuts(samples: np.ndarray, window_s: float, search: float = SEARCH, rat
     if window_s <= 0:
         raise ValueError(f"window_s={window_s}: expected > 0")
     n = len(samples)
-    parts = int(np.ceil(n / (window_s * rate)))
+    parts = num_parts(n, window_s, rate)
     if parts <= 1:
         return []
     frame = max(1, int(frame_s * rate))

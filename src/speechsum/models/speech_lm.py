@@ -516,14 +516,14 @@ class SpeechLM(nn.Module):
         an answer that starts to loop stops at its first copy (`repeat_stop`, 0: off). A recording
         longer than `window_seconds` (default `longform.WINDOW_S`; 0: never) is summarized in
         parts, then from the parts' notes (speechsum/longform.py)."""
-        from speechsum.audio import SAMPLE_RATE, load_audio
+        from speechsum.audio import load_audio
         from speechsum.data.styles import instruction_for
         from speechsum.longform import WINDOW_S, summarize_long
 
         samples = load_audio(audio, sample_rate=sample_rate if isinstance(audio, np.ndarray) else None)
         instr = instruction if instruction is not None else instruction_for(style)
         window = WINDOW_S if window_seconds is None else window_seconds
-        if window and len(samples) > window * SAMPLE_RATE:
+        if window:  # one part when the recording is short enough: the same single pass
             return summarize_long(self, samples, instr, window, max_new_tokens, repeat_stop).text
         return self.generate([samples], [instr], max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)[0].text
 
