@@ -1,7 +1,11 @@
 """Projector: encoder frames -> LLM embedding space.
 
 Frame stacking (concatenate S consecutive frames) reduces 50 Hz Whisper frames to 50/S Hz
-audio tokens (S=8: 6.25 tokens/s, 30 min -> 11,250 tokens), then norm + 2-layer MLP.
+audio tokens (S=8: 6.25 tokens/s, 30 min -> 11,250 tokens), then norm + 2-layer MLP, then
+optionally `layers` pre-norm Transformer layers over the audio tokens (the MLP sees 160 ms at a
+time; the layers let neighbouring tokens agree on which text token each carries, as a CTC read-out
+needs). Their attention is block-diagonal over `block` tokens (default: one 30 s Whisper window),
+so a long recording costs linear time and memory, not quadratic.
 """
 
 from __future__ import annotations
@@ -10,13 +14,23 @@ import torch
 from torch import nn
 
 
+WHISPER_WINDOW_FRAMES = 1500  # encoder frames in one 30 s window
+
+
 class Projector(nn.Module):
-    def __init__(self, enc_dim: int, llm_dim: int, stack: int = 8, hidden: int = 1024):
+    def __init__(self, enc_dim: int, llm_dim: int, stack: int = 8, hidden: int = 1024, layers: int = 0,
+                 block: int = 0):
         super().__init__()
         self.stack = stack
         self.norm_in = nn.LayerNorm(enc_dim * stack)
         self.fc1 = nn.Linear(enc_dim * stack, hidden)
         self.fc2 = nn.Linear(hidden, llm_dim)
+        self.block = block or self.num_tokens(WHISPER_WINDOW_FRAMES)
+        heads = next(h for h in (8, 4, 2, 1) if llm_dim % h == 0)
+        self.context = nn.ModuleList(
+            nn.TransformerEncoderLayer(llm_dim, heads, dim_feedforward=hidden, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True)
+            for _ in range(layers))
         # match the LLM's embedding scale so the frozen LLM sees inputs of a familiar norm
         self.norm_out = nn.LayerNorm(llm_dim)
 
@@ -33,8 +47,22 @@ class Projector(nn.Module):
                 frames = nn.functional.pad(frames, (0, 0, 0, pad))  # zero frames at the end
             stacked.append(frames.reshape(-1, c * self.stack))  # T, C -> T/S, C*S
         x = torch.cat(stacked).to(self.fc1.weight.dtype)
-        x = self.norm_out(self.fc2(nn.functional.gelu(self.fc1(self.norm_in(x)))))
-        return list(x.split([len(s) for s in stacked]))
+        x = self.fc2(nn.functional.gelu(self.fc1(self.norm_in(x))))
+        lengths = [len(s) for s in stacked]
+        if self.context:
+            x = self._contextualize(x, lengths)
+        return list(self.norm_out(x).split(lengths))
+
+    def _contextualize(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """The context layers over each clip's tokens, cut into blocks of `self.block` that attend
+        within themselves only; [sum(lengths), D] -> the same shape."""
+        blocks = [b for clip in x.split(lengths) for b in clip.split(self.block)]
+        sizes = [len(b) for b in blocks]
+        padded = nn.utils.rnn.pad_sequence(blocks, batch_first=True)  # [B, block, D]
+        pad = torch.arange(padded.shape[1])[None, :] >= torch.tensor(sizes)[:, None]
+        for layer in self.context:
+            padded = layer(padded, src_key_padding_mask=pad)
+        return torch.cat([b[:n] for b, n in zip(padded, sizes)])
 
 
 READOUT_CHUNK = 512  # audio tokens per [chunk, vocab] score block of the read-outs (~100 MB fp32 for 49k tokens)

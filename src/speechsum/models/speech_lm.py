@@ -46,7 +46,10 @@ class SpeechLMConfig:
     stack: int = 8
     """Encoder frames (50 Hz) concatenated per audio token: 8 -> 6.25 audio tokens per second."""
     projector_hidden: int = 1024
-    """Hidden width of the projector MLP."""
+    """Hidden width of the projector MLP (and of its context layers' feed-forward)."""
+    projector_layers: int = 0
+    """Transformer layers over the audio tokens after the projector MLP (0: the MLP alone, each
+    token from its own 160 ms). Attention stays within 30 s blocks, so cost is linear in length."""
     llm_training: Literal["lora", "full", "frozen"] = "lora"
     """How the LLM is trained: LoRA adapters (peft), all weights, or not at all (connector only)."""
     lora_r: int = 16
@@ -82,6 +85,8 @@ class SpeechLMConfig:
             raise ValueError(f"stack must be >= 1, got {self.stack}")
         if self.max_audio_tokens < 1:
             raise ValueError(f"max_audio_tokens must be >= 1, got {self.max_audio_tokens}")
+        if self.projector_layers < 0:
+            raise ValueError(f"projector_layers must be >= 0, got {self.projector_layers}")
         if self.lora_r < 1:
             raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
 
@@ -127,7 +132,8 @@ class SpeechLM(nn.Module):
         self.encoder = encoder
         self.tokenizer = tokenizer
         base = llm
-        self.projector = Projector(encoder.dim, base.config.hidden_size, config.stack, config.projector_hidden)
+        self.projector = Projector(encoder.dim, base.config.hidden_size, config.stack, config.projector_hidden,
+                                   config.projector_layers)
         with torch.no_grad():
             # start at the LLM's embedding scale (LayerNorm weight = per-dim RMS of the embeddings)
             emb = base.get_input_embeddings().weight

@@ -331,7 +331,7 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
 # ------------------------------------------------------------------------------------ model set-up
 
 # fields that define the weights' shapes or meaning: a later stage cannot change them
-STRUCTURAL = ("encoder", "llm", "stack", "projector_hidden", "lora_r", "lora_alpha", "lora_targets")
+STRUCTURAL = ("encoder", "llm", "stack", "projector_hidden", "projector_layers", "lora_r", "lora_alpha", "lora_targets")
 
 
 def resolve_init(init: str) -> Path:
