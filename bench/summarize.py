@@ -286,6 +286,9 @@ def main(argv=None) -> int:
     ap.add_argument("--long-sets", type=int, default=3,
                     help="recordings of the longest length (from documents 0, 10, 20, ...) on which speechsum in "
                          "parts and in one pass are compared for quality")
+    ap.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                    help="both systems' batch-1 decoding steps multiply by int8 weights (speechsum's default "
+                         "where bf16 is native; precision.py); --no-int8: bf16 weights")
     ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. what else ran on the machine)")
     add_machine_args(ap)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "summarize.json"))
@@ -313,6 +316,7 @@ def main(argv=None) -> int:
                             TextLM.from_pretrained(model.config.llm, dtype=torch.bfloat16 if bf16_native() else torch.float32),
                             model.config.system_prompt)
     cascade_load = time.perf_counter() - t
+    model.decode_int8 = cascade.lm.decode_int8 = args.int8 and bf16_native()
     speech = SpeechSystem(model)
     trained = args.model is not None
     for system in (speech, cascade):  # warm-up
@@ -380,10 +384,11 @@ def main(argv=None) -> int:
         "quality_note": "" if trained else "untrained connector (random projector): speechsum's quality numbers "
                                            "are not meaningful; re-run with --model RUN/final",
         "style": STYLE, "instruction": items[0]["instruction"], "max_new_tokens": args.max_new_tokens,
-        "repeat_stop": args.repeat_stop,
+        "repeat_stop": args.repeat_stop, "int8_decoding": model.decode_int8,
         "repeats": args.repeats, "clock": "process CPU time (1 thread)" if args.clock == "cpu" else "wall time",
         "load_seconds": {"speechsum": round(speech_load, 2), "cascade": round(cascade_load, 2)},
-        "cascade": "faster-whisper whisper-base int8, beam 1, language detected -> " + model.config.llm + " (no LoRA, " + ("bf16" if bf16_native() else "fp32") + ")",
+        "cascade": "faster-whisper whisper-base int8, beam 1, language detected -> " + model.config.llm + " (no LoRA, " + ("bf16" if bf16_native() else "fp32")
+                   + (", int8 weights in batch-1 steps" if model.decode_int8 else "") + ")",
         "recordings": {it["id"]: {"seconds": round(it["duration"], 2), "documents": it["documents"],
                                   "last_document_cut": it["cut_last"], "path": p} for it, p in zip(items, paths)},
         "cpu_shared": max(meter.samples, default=0) > 0.3, "other_load_cores": meter.samples, "note": args.note,

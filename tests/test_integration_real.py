@@ -107,3 +107,28 @@ def test_shipped_teacher_loads_as_a_text_model_and_summarizes_the_transcript():
     text = TextLM(llm, tok).chat(conv, max_new_tokens=40)[0]
     print(text)
     assert "Marcus" in text and "Thursday" in text, text
+
+
+def test_int8_decoding_of_the_real_teacher_keeps_the_facts_and_is_used():
+    """Batch-1 decoding with int8 weights (precision.py, `summarize`'s default where bf16 is native)
+    on the real bf16 weights: the shipped teacher still names the caller and the new day, and the
+    int8 path really ran (every converted layer made its int8 copy on a single-row step)."""
+    from speechsum.precision import Int8DecodeLinear, int8_decoding_available
+
+    if not int8_decoding_available():
+        pytest.skip("no torch._weight_int8pack_mm in this torch")
+    real_model_dir("smollm2-135m-instruct")
+    from speechsum.evaluation.run_eval import transcript_conversations
+    from speechsum.models.speech_lm import SpeechLMConfig
+    from speechsum.models.text_lm import TextLM
+
+    lm = TextLM.from_pretrained(str(Path(__file__).parents[1] / "checkpoints" / "tiny-teacher"), dtype=torch.bfloat16)
+    lm.decode_int8 = True
+    conv = transcript_conversations([CLIP.with_suffix(".txt").read_text()], ["Summarize this voicemail in one sentence."],
+                                    SpeechLMConfig().system_prompt)
+    text = lm.chat(conv, max_new_tokens=40, batch_size=1)[0]
+    print(text)
+    layers = [m for m in lm.llm.modules() if isinstance(m, Int8DecodeLinear)]
+    assert len(layers) == 7 * lm.llm.config.num_hidden_layers + 1  # q k v o gate up down per layer + the head
+    assert all(m._int8_key is not None for m in layers)
+    assert "Marcus" in text and "Thursday" in text, text

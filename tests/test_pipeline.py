@@ -67,6 +67,12 @@ def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypa
     run(cfg, log=logs.append)
     assert not any("pipeline: eval: done earlier" in line for line in logs)
     assert json.loads((run_dir / "eval" / "metrics.json").read_text())["repeat_stop"] == 0
+    assert metrics["int8_decoding"] is True  # as `summarize` decodes one row where bf16 is native
+    logs.clear()
+    cfg.eval.int8 = False  # bf16 weights throughout: again another decoding
+    run(cfg, log=logs.append)
+    assert not any("pipeline: eval: done earlier" in line for line in logs)
+    assert json.loads((run_dir / "eval" / "metrics.json").read_text())["int8_decoding"] is False
 
 
 def test_stage_comparisons_follow_the_recipe():

@@ -130,6 +130,7 @@ def cmd_summarize(args) -> int:
         error(str(e))
         return EXIT_USAGE
     model.eval()
+    model.decode_int8 = args.int8 and model.decode_bf16
     from speechsum.longform import num_parts, summarize_long
     from speechsum.models.speech_lm import AudioTooLongError
 
@@ -210,7 +211,8 @@ def cmd_eval(args) -> int:
         pairs.append(pair)
     try:
         evaluate(args.model, args.data, args.out, llm=args.llm, limit=args.limit, batch_size=args.batch_size,
-                 max_new_tokens=args.max_new_tokens, task=args.task, compare=pairs, repeat_stop=args.repeat_stop)
+                 max_new_tokens=args.max_new_tokens, task=args.task, compare=pairs, repeat_stop=args.repeat_stop,
+                 int8=args.int8)
     except (FileNotFoundError, ValueError) as e:
         error(str(e))
         return EXIT_USAGE
@@ -274,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a longer recording is summarized in parts of at most S seconds, then from the parts' "
                         "notes (0: one pass however long)")
     s.add_argument("--batch-size", type=int, default=4, help="files decoded together (the parts of a long file: 8)")
+    s.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode one file at a time with int8 weights where bf16 is native (~1.5x the tokens/s "
+                        "here); --no-int8: bf16 weights")
     s.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
     s.set_defaults(func=cmd_summarize)
     t = sub.add_parser("train", help="run one training stage")
@@ -294,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=128)
     ev.add_argument("--repeat-stop", type=int, default=3, metavar="K",
                     help="as summarize's: every system stops a looping answer at its first copy (0: off)")
+    ev.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                    help="as summarize's: a single row's decoding steps use int8 weights where bf16 is native")
     ev.add_argument("--task", choices=["summarize", "transcribe", "readout"], default="summarize",
                     help="transcribe: verbatim transcripts per document, scored with WER and fact recall "
                          "(the alignment gate); readout: the connector's greedy CTC read-out per document, "

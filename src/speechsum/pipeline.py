@@ -49,6 +49,9 @@ class EvalStage:
     max_new_tokens: int = 128
     repeat_stop: int = 3
     """A looping answer stops at its first copy, as in `summarize` (0: off; models/generation.py)."""
+    int8: bool = True
+    """A single row's decoding steps multiply by int8 weights where bf16 is native, as in
+    `summarize` (precision.py); false: bf16 weights throughout."""
     embeddings: bool = True
     """Score MiniLM similarity (needs the minilm-l6 weights)."""
 
@@ -239,11 +242,12 @@ def run_eval_stage(cfg: PipelineConfig, data: Path, out: Path, folders: dict[str
         done = json.loads(metrics_file.read_text())
         if ({system_name(s) for s in specs} <= set(done.get("systems", {})) and done.get("table")
                 and len(done.get("deltas", [])) == len(compare)
-                and done.get("repeat_stop", 0) == cfg.eval.repeat_stop):
+                and done.get("repeat_stop", 0) == cfg.eval.repeat_stop
+                and done.get("int8_decoding", False) == cfg.eval.int8):
             log(f"pipeline: eval: done earlier ({metrics_file})")
             log(done["table"])
             return
     log(f"pipeline: eval: {len(specs)} systems on {data / 'test'}")
     evaluate(specs, str(data / "test"), out=str(out / "eval"), limit=cfg.eval.limit,
              batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-             embeddings=cfg.eval.embeddings, compare=compare, repeat_stop=cfg.eval.repeat_stop, log=log)
+             embeddings=cfg.eval.embeddings, compare=compare, repeat_stop=cfg.eval.repeat_stop, int8=cfg.eval.int8, log=log)

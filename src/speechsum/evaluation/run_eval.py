@@ -54,9 +54,10 @@ def system_name(spec: str) -> str:
 
 
 def generate_speechlm(spec: str, items: list[dict], batch_size: int, max_new_tokens: int, log,
-                      readout: bool = False, repeat_stop: int = 0) -> tuple[list[str], str]:
+                      readout: bool = False, repeat_stop: int = 0, int8: bool = True) -> tuple[list[str], str]:
     """Summaries from audio by a SpeechLM folder / run folder / 'untrained'; returns (texts, llm).
-    `readout`: the connector's greedy CTC read-out of each clip instead (no LLM generation)."""
+    `readout`: the connector's greedy CTC read-out of each clip instead (no LLM generation).
+    `int8`: batch-1 decoding steps use int8 weights where bf16 is native (precision.py)."""
     from speechsum.audio import load_audio
     from speechsum.models.encoder import EncoderCache
     from speechsum.models.speech_lm import SpeechLM, SpeechLMConfig
@@ -64,6 +65,7 @@ def generate_speechlm(spec: str, items: list[dict], batch_size: int, max_new_tok
 
     model = SpeechLM.from_config(SpeechLMConfig()) if spec == "untrained" else SpeechLM.from_pretrained(resolve_init(spec))
     model.eval()
+    model.decode_int8 = int8 and model.decode_bf16
     cache_root = Path(items[0]["audio_path"]).parents[2] / "encoder_cache" if items else None
     if cache_root is not None:
         model.encoder_cache = EncoderCache(cache_root)
@@ -117,14 +119,16 @@ def transcript_conversations(transcripts: list[str], instructions: list[str], sy
 
 
 def generate_text(llm: str, transcripts: list[str], items: list[dict], batch_size: int, max_new_tokens: int,
-                  system_prompt: str, repeat_stop: int = 0) -> list[str]:
-    """The LLM reading a transcript with the same system prompt and instruction as the SpeechLM."""
+                  system_prompt: str, repeat_stop: int = 0, int8: bool = True) -> list[str]:
+    """The LLM reading a transcript with the same system prompt and instruction as the SpeechLM
+    (`int8`: as the SpeechLM's batch-1 decoding steps, precision.py)."""
     from speechsum.models.text_lm import TextLM
 
     from speechsum.precision import bf16_native
 
     # bf16 weights where native: decoding is memory-bound (the SpeechLMs decode with a bf16 copy too)
     lm = TextLM.from_pretrained(llm, dtype=torch.bfloat16 if bf16_native() else torch.float32)
+    lm.decode_int8 = int8
     convs = transcript_conversations(transcripts, [r["instruction"] for r in items], system_prompt)
     return lm.chat(convs, max_new_tokens=max_new_tokens, batch_size=batch_size, repeat_stop=repeat_stop)
 
@@ -266,13 +270,15 @@ def as_transcription(items: list[dict]) -> list[dict]:
 
 def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | None = None, limit: int = 0,
              batch_size: int = 8, max_new_tokens: int = 128, embeddings: bool = True, task: str = "summarize",
-             compare: list[tuple[str, str]] | None = None, repeat_stop: int = 3, log=print) -> dict:
+             compare: list[tuple[str, str]] | None = None, repeat_stop: int = 3, int8: bool = True,
+             log=print) -> dict:
     """Run and score every system; `compare` pairs (a, b) of system specs get paired differences
     b - a of the fact scores (`paired_deltas`: is b better than a on the same items?); task 'transcribe' asks each document for a verbatim transcript
     and adds WER (the alignment gate); task 'readout' scores the connector's greedy CTC read-out
     of each document (no LLM; `cascade` gives the whisper transcript) the same way. Every system
     decodes greedily with the same `repeat_stop` as `summarize` (a looping answer stops at its
-    first copy; 0: off), recorded in metrics.json."""
+    first copy; 0: off) and the same `int8` (a single row's decoding steps multiply by int8
+    weights where bf16 is native, as `summarize` does; precision.py), both recorded in metrics.json."""
     from speechsum.evaluation.wer import wer
     from speechsum.models.generation import check_repeat_stop
     from speechsum.models.speech_lm import SpeechLMConfig
@@ -295,7 +301,7 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
     preds_all: dict[str, list[str]] = {}
     rows_all: dict[str, list[dict]] = {}
     metrics: dict = {"data": str(data), "n_items": len(items), "max_new_tokens": max_new_tokens,
-                     "repeat_stop": repeat_stop, "systems": {}}
+                     "repeat_stop": repeat_stop, "int8_decoding": int8, "systems": {}}
     first_llm = None
     asr: list[str] | None = None
     for spec in systems:
@@ -305,14 +311,14 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
         if spec == "cascade":
             asr = asr if asr is not None else asr_transcripts(items)
             preds = asr if task == "readout" else generate_text(llm or first_llm or SpeechLMConfig().llm, asr, items, batch_size, max_new_tokens,
-                                  SpeechLMConfig().system_prompt, repeat_stop)
+                                  SpeechLMConfig().system_prompt, repeat_stop, int8)
         elif spec == "text-teacher" or spec.startswith("text:"):
             text_llm = spec.removeprefix("text:") if spec.startswith("text:") else llm or first_llm or SpeechLMConfig().llm
             preds = generate_text(text_llm, [r["transcript"] for r in items], items, batch_size, max_new_tokens,
-                                  SpeechLMConfig().system_prompt, repeat_stop)
+                                  SpeechLMConfig().system_prompt, repeat_stop, int8)
         else:
             preds, used_llm = generate_speechlm(spec, items, batch_size, max_new_tokens, log, readout=task == "readout",
-                                                repeat_stop=repeat_stop)
+                                                repeat_stop=repeat_stop, int8=int8)
             first_llm = first_llm or used_llm
         dt = time.time() - t
         name = system_name(spec)

@@ -28,7 +28,7 @@ from speechsum.config import from_dict, to_dict
 from speechsum.models.encoder import EncoderCache, EncoderMode, WhisperEncoder
 from speechsum.models.generation import Generation, decode, stop_token_ids
 from speechsum.models.projector import Projector
-from speechsum.precision import bf16_native
+from speechsum.precision import bf16_native, set_int8_decoding
 
 AUDIO_PLACEHOLDER = "<|speechsum_audio|>"  # never tokenized: the rendered prompt is split on it
 CONFIG_NAME = "speechlm_config.json"
@@ -146,7 +146,11 @@ class SpeechLM(nn.Module):
         # memory-bound, so half the bytes per step is ~2x the tokens/s; training stages set it
         # from loop.bf16
         self.decode_bf16 = bf16_native()
+        # and on that copy, a single sequence (`summarize`, the last row of a batch) multiplies by
+        # int8 weights (precision.py: ~1.5x the tokens/s here); training stages turn it off
+        self.decode_int8 = self.decode_bf16
         self._decode_copy: dict[str, nn.Module] = {}  # a plain dict: not a registered submodule
+        self._decode_copy_key: tuple = ()
 
     # ------------------------------------------------------------------ building and IO
 
@@ -467,11 +471,15 @@ class SpeechLM(nn.Module):
     @torch.no_grad()
     def decoding_llm(self) -> nn.Module:
         """The LLM decoding runs on: the model itself, or (`decode_bf16`) a bf16 copy with the LoRA
-        deltas merged, refreshed from the current weights on every call (~0.2 s for 135M
-        parameters, against seconds of decoding), so a training loop always samples its policy."""
+        deltas merged, refreshed from the current weights whenever any of them was written since
+        the last call (~0.2 s for 135M parameters), so a training loop always samples its policy.
+        `decode_int8` (bf16 only): batch-1 steps use int8 weights (precision.py)."""
         base = self.base_llm
         if not self.decode_bf16 or next(base.parameters()).dtype == torch.bfloat16:
-            return base
+            return set_int8_decoding(base, self.decode_int8 and next(base.parameters()).dtype == torch.bfloat16)
+        key = tuple((p.data_ptr(), p._version) for p in base.parameters())
+        if "llm" in self._decode_copy and key == self._decode_copy_key:
+            return set_int8_decoding(self._decode_copy["llm"], self.decode_int8)
         if "llm" not in self._decode_copy:
             from transformers import AutoModelForCausalLM
 
@@ -494,7 +502,8 @@ class SpeechLM(nn.Module):
                 merged.setdefault(k, v)
         llm = self._decode_copy["llm"]
         llm.load_state_dict(merged)  # copies into the bf16 parameters
-        return llm
+        self._decode_copy_key = key
+        return set_int8_decoding(llm, self.decode_int8)
 
     def generate_items(self, items: list[list[Segment]], max_new_tokens: int = 128, do_sample: bool = False,
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,

@@ -18,6 +18,7 @@ import torch
 
 from speechsum.cache import JsonCache
 from speechsum.models.generation import decode, left_pad, stop_token_ids
+from speechsum.precision import set_int8_decoding
 
 Conversation = list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": ...}]
 
@@ -51,6 +52,10 @@ class TextLM:
         self.tokenizer = tokenizer
         self.identity = identity
         self.stop_ids = stop_token_ids(tokenizer, llm)
+        # int8 weights for batch-1 steps of bf16 weights (precision.py); off by default so synthetic
+        # data and judges decode as they always have; eval's baselines and the benches turn it on
+        # as the SpeechLMs have it
+        self.decode_int8 = False
 
     @classmethod
     def from_pretrained(cls, model: str, dtype: torch.dtype = torch.float32) -> "TextLM":
@@ -75,6 +80,7 @@ class TextLM:
             ids, mask, pos = left_pad([prompts[i] for i in idx], pad)
             with torch.inference_mode():
                 embeds = self.llm.get_input_embeddings()(ids)
+            set_int8_decoding(self.llm, self.decode_int8)
             gens = decode(self.llm, self.tokenizer, embeds, mask, pos, self.stop_ids, max_new_tokens,
                           do_sample=temperature > 0, temperature=max(temperature, 1e-5), generator=gen,
                           repeat_stop=repeat_stop)
