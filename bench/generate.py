@@ -6,7 +6,9 @@ Both decode greedily from the same left-padded text prompts (the LLM path of Spe
 the transcript in place of audio), stop on eos / <|im_end|>, and are counted in *useful*
 tokens: generated tokens up to and excluding the stop token. HF generate keeps finished rows
 in the batch until the longest one ends; ours drops them. Both are measured with fp32 and bf16
-weights (greedy outputs are compared within a dtype). Prints a table, writes JSON to
+weights, and bf16 weights with int8 single-row steps (`bfloat16+int8`, precision.py: what
+`summarize` decodes with where bf16 is native; both loops run on the converted layers); greedy
+outputs are compared within a dtype. Prints a table, writes JSON to
 bench/results/generate.json. Goal from the foundation issue: >= 3x HF generate at batch 8.
 """
 
@@ -42,7 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="weight dtypes to measure")
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "bfloat16+int8"],
+                    choices=["float32", "bfloat16", "bfloat16+int8"], help="weight dtypes to measure")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate.json"))
     args = ap.parse_args(argv)
 
@@ -51,15 +54,18 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     from speechsum.models.speech_lm import SpeechLM, SpeechLMConfig
+    from speechsum.precision import set_int8_decoding
 
     rows = []
     for dtype_name in args.dtypes:
         torch.manual_seed(0)
-        dtype = getattr(torch, dtype_name)
+        dtype = getattr(torch, dtype_name.removesuffix("+int8"))
         model = SpeechLM.from_config(SpeechLMConfig(encoder=args.encoder, llm=args.llm, llm_training="frozen"),
                                      dtype=dtype)
         model.eval()
         model.decode_bf16 = False  # the loop at the weights' own dtype (bf16 rows load bf16 weights)
+        model.decode_int8 = dtype_name.endswith("+int8")
+        set_int8_decoding(model.base_llm, model.decode_int8)  # HF generate runs on the same layers
         rows += measure(model, args, dtype_name)
     report(rows, args)
     return 0
@@ -108,12 +114,12 @@ def measure(model, args, dtype_name: str) -> list[dict]:
 
 
 def report(rows: list[dict], args) -> None:
-    print(f"\n{'impl':12} {'dtype':9} {'batch':>5} {'seconds':>8} {'tokens':>7} {'tok/s':>7} {'vs HF fp32':>10}")
+    print(f"\n{'impl':12} {'dtype':13} {'batch':>5} {'seconds':>8} {'tokens':>7} {'tok/s':>7} {'vs HF fp32':>10}")
     for r in rows:
         ref = next(x for x in rows if x["batch"] == r["batch"] and x["impl"] == "hf_generate"
                    and x["dtype"] == "float32")
         r["speedup_vs_hf_fp32"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 2)
-        print(f"{r['impl']:12} {r['dtype']:9} {r['batch']:>5} {r['seconds']:>8.2f} {r['useful_tokens']:>7} "
+        print(f"{r['impl']:12} {r['dtype']:13} {r['batch']:>5} {r['seconds']:>8.2f} {r['useful_tokens']:>7} "
               f"{r['tokens_per_s']:>7.1f} {r['speedup_vs_hf_fp32']:>9.2f}x")
     same = all(r.get("same_tokens_as_speechsum", True) for r in rows)
     print(f"greedy outputs identical to HF generate: {same}")

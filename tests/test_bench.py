@@ -114,3 +114,25 @@ def test_parts_count_and_long_recording_means(capsys):
     assert means["one pass"]["fact_recall"] == 0.2 and means["one pass"]["invented_per_summary"] == 2.0
     assert "over 2 recordings" in capsys.readouterr().out
     assert summarize.report_long([]) == {}
+
+
+def test_summarize_judges_quality_on_the_mean_over_recordings():
+    def row(system, total):
+        return {"length": "10s", "system": system, "total_s": total, "first_token_s": total / 2}
+
+    rows = [row("speechsum", 1.0), row("cascade", 3.0), row("speechsum @ cascade length", 1.2)]
+
+    def q(system, k, recall, invented, rouge, total):
+        return {"length": "10s", "set": k, "system": system, "fact_recall": recall, "invented_per_summary": invented,
+                "rouge_l": rouge, "total_s": total}
+
+    # the timed recording (set 0) alone says worse; the mean over three says better
+    quality = [q("speechsum", 0, 0.0, 2, 0.2, 1.0), q("cascade", 0, 0.5, 1, 0.3, 3.0),
+               q("speechsum", 1, 0.6, 0, 0.5, 2.0), q("cascade", 1, 0.1, 1, 0.2, 3.0),
+               q("speechsum", 2, 0.5, 1, 0.4, 1.0), q("cascade", 2, None, 1, 0.2, 3.0)]
+    g = summarize.judge(rows, True, quality)["by_length"]["10s"]
+    assert g["quality_equal_or_better"] is True
+    assert g["mean_quality"]["cascade"]["fact_recall"] == pytest.approx(0.2)  # a missing recall counts 0
+    assert g["speedup"] == 3.0 and g["speedup_over_sets"] == pytest.approx(9.0 / 4.0, abs=0.01)
+    quality[2]["invented_per_summary"] = 5  # now more inventions on average
+    assert summarize.judge(rows, True, quality)["by_length"]["10s"]["quality_equal_or_better"] is False
