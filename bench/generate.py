@@ -116,11 +116,12 @@ def measure(model, args, dtype_name: str) -> list[dict]:
 def report(rows: list[dict], args) -> None:
     print(f"\n{'impl':12} {'dtype':13} {'batch':>5} {'seconds':>8} {'tokens':>7} {'tok/s':>7} {'vs HF fp32':>10}")
     for r in rows:
-        ref = next(x for x in rows if x["batch"] == r["batch"] and x["impl"] == "hf_generate"
-                   and x["dtype"] == "float32")
-        r["speedup_vs_hf_fp32"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 2)
+        ref = next((x for x in rows if x["batch"] == r["batch"] and x["impl"] == "hf_generate"
+                    and x["dtype"] == "float32"), None)  # None when float32 was not measured
+        r["speedup_vs_hf_fp32"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 2) if ref else None
+        vs = f"{r['speedup_vs_hf_fp32']:>9.2f}x" if ref else f"{'-':>10}"
         print(f"{r['impl']:12} {r['dtype']:13} {r['batch']:>5} {r['seconds']:>8.2f} {r['useful_tokens']:>7} "
-              f"{r['tokens_per_s']:>7.1f} {r['speedup_vs_hf_fp32']:>9.2f}x")
+              f"{r['tokens_per_s']:>7.1f} {vs}")
     same = all(r.get("same_tokens_as_speechsum", True) for r in rows)
     print(f"greedy outputs identical to HF generate: {same}")
     out = Path(args.out)
