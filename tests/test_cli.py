@@ -47,6 +47,29 @@ def test_summarize_takes_a_run_folder(tmp_path, tiny_dir, capsys):
     assert code == 0 and json.loads(capsys.readouterr().out)["file"] == str(tmp_path / "a.wav")
 
 
+def test_summarize_int8_flag_sets_single_row_decoding(tmp_path, tiny_dir, capsys, monkeypatch):
+    """--int8 (the default) / --no-int8 decide whether the bf16 decoding copy's single-row steps
+    multiply by int8 weights; both decode the file."""
+    import pytest
+
+    import speechsum.cli as cli
+    from speechsum.precision import Int8DecodeLinear, int8_decoding_available
+
+    if not int8_decoding_available():
+        pytest.skip("no torch._weight_int8pack_mm in this torch")
+
+    model = tiny_speechlm(tiny_dir)
+    model.decode_bf16 = True  # as where bf16 is native
+    monkeypatch.setattr(cli, "load_speechlm", lambda _: model)
+    sf.write(tmp_path / "a.wav", tone(1.5), 16000)
+    for flags, want in (([], True), (["--no-int8"], False)):
+        code = main(["summarize", str(tmp_path / "a.wav"), "--model", "x", "--json", "--max-new-tokens", "3", *flags])
+        assert code == 0 and json.loads(capsys.readouterr().out)["file"] == str(tmp_path / "a.wav")
+        assert model.decode_int8 is want
+        layers = [m for m in model.decoding_llm().modules() if isinstance(m, Int8DecodeLinear)]
+        assert layers and all(m.int8_on is want for m in layers)
+
+
 def test_unknown_style_and_bad_model_are_one_line(tmp_path, capsys):
     sf.write(tmp_path / "a.wav", tone(1.0), 16000)
     assert main(["summarize", str(tmp_path / "a.wav"), "--style", "sonnet"]) == 2
