@@ -417,7 +417,8 @@ def main(argv=None) -> int:
         "repeat_stop": args.repeat_stop, "int8_decoding": model.decode_int8,
         "repeats": args.repeats, "clock": "process CPU time (1 thread)" if args.clock == "cpu" else "wall time",
         "load_seconds": {"speechsum": round(speech_load, 2), "cascade": round(cascade_load, 2)},
-        "cascade": "faster-whisper whisper-base int8, beam 1, language detected -> " + model.config.llm + " (no LoRA, " + ("bf16" if bf16_native() else "fp32")
+        "cascade": "faster-whisper whisper-base int8, beam 1, language detected -> " + model.config.llm
+                   + " (no LoRA, " + ("bf16" if bf16_native() else "fp32")
                    + (", int8 weights in batch-1 steps" if model.decode_int8 else "") + ")",
         "recordings": {it["id"]: {"seconds": round(it["duration"], 2), "documents": it["documents"],
                                   "last_document_cut": it["cut_last"], "path": p} for it, p in zip(items, paths)},

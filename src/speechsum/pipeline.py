@@ -250,4 +250,5 @@ def run_eval_stage(cfg: PipelineConfig, data: Path, out: Path, folders: dict[str
     log(f"pipeline: eval: {len(specs)} systems on {data / 'test'}")
     evaluate(specs, str(data / "test"), out=str(out / "eval"), limit=cfg.eval.limit,
              batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-             embeddings=cfg.eval.embeddings, compare=compare, repeat_stop=cfg.eval.repeat_stop, int8=cfg.eval.int8, log=log)
+             embeddings=cfg.eval.embeddings, compare=compare, repeat_stop=cfg.eval.repeat_stop, int8=cfg.eval.int8,
+             log=log)
