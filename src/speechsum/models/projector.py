@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-WHISPER_WINDOW_FRAMES = 1500  # encoder frames in one 30 s window
+from speechsum.audio import WINDOW_ENCODER_FRAMES
 
 
 class Projector(nn.Module):
@@ -25,7 +24,7 @@ class Projector(nn.Module):
         self.norm_in = nn.LayerNorm(enc_dim * stack)
         self.fc1 = nn.Linear(enc_dim * stack, hidden)
         self.fc2 = nn.Linear(hidden, llm_dim)
-        self.block = block or self.num_tokens(WHISPER_WINDOW_FRAMES)
+        self.block = block or self.num_tokens(WINDOW_ENCODER_FRAMES)  # one 30 s Whisper window
         heads = next(h for h in (8, 4, 2, 1) if llm_dim % h == 0)
         self.context = nn.ModuleList(
             nn.TransformerEncoderLayer(llm_dim, heads, dim_feedforward=hidden, dropout=0.0, activation="gelu",
