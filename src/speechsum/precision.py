@@ -28,6 +28,12 @@ def bf16_native() -> bool:
 # kernel is slower than bf16 (171 us against 113 at 8 rows), so those keep the bf16 weights.
 
 
+def write_state(tensors) -> tuple:
+    """Changes whenever any of `tensors` is written in place (version counter) or replaced (storage):
+    how a derived copy (an int8 weight, a merged decoding LLM) knows it is stale."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
 class Int8DecodeLinear(nn.Linear):
     """An nn.Linear (same parameters, same state_dict) that multiplies a single bf16 row by an int8
     copy of its weight (absmax scale per output channel) when `int8_on`; every other input goes
@@ -38,10 +44,9 @@ class Int8DecodeLinear(nn.Linear):
     _int8_key: tuple | None = None
 
     def _int8(self) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.weight
-        key = (w.data_ptr(), w._version)
+        key = write_state([self.weight])
         if self._int8_key != key:
-            wf = w.detach().float()
+            wf = self.weight.detach().float()
             scale = wf.abs().amax(1).clamp(min=1e-12) / 127.0
             self._int8_weight = (wf / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8).contiguous()
             self._int8_scale = scale.to(torch.bfloat16)

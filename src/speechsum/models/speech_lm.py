@@ -28,7 +28,7 @@ from speechsum.config import from_dict, to_dict
 from speechsum.models.encoder import EncoderCache, EncoderMode, WhisperEncoder
 from speechsum.models.generation import Generation, decode, stop_token_ids
 from speechsum.models.projector import Projector
-from speechsum.precision import bf16_native, set_int8_decoding
+from speechsum.precision import bf16_native, set_int8_decoding, write_state
 
 AUDIO_PLACEHOLDER = "<|speechsum_audio|>"  # never tokenized: the rendered prompt is split on it
 CONFIG_NAME = "speechlm_config.json"
@@ -477,7 +477,7 @@ class SpeechLM(nn.Module):
         base = self.base_llm
         if not self.decode_bf16 or next(base.parameters()).dtype == torch.bfloat16:
             return set_int8_decoding(base, self.decode_int8 and next(base.parameters()).dtype == torch.bfloat16)
-        key = tuple((p.data_ptr(), p._version) for p in base.parameters())
+        key = write_state(base.parameters())
         if "llm" in self._decode_copy and key == self._decode_copy_key:
             return set_int8_decoding(self._decode_copy["llm"], self.decode_int8)
         if "llm" not in self._decode_copy:
