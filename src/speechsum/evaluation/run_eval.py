@@ -269,7 +269,7 @@ def as_transcription(items: list[dict]) -> list[dict]:
 
 
 def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | None = None, limit: int = 0,
-             batch_size: int = 8, max_new_tokens: int = 128, embeddings: bool = True, task: str = "summarize",
+             batch_size: int = 16, max_new_tokens: int = 128, embeddings: bool = True, task: str = "summarize",
              compare: list[tuple[str, str]] | None = None, repeat_stop: int = 3, int8: bool = True,
              log=print) -> dict:
     """Run and score every system; `compare` pairs (a, b) of system specs get paired differences
