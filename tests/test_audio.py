@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechsum.audio import SAMPLE_RATE, AudioError, encoder_frames, load_audio, split_windows
+from speechsum.audio import SAMPLE_RATE, AudioError, encoder_frames, load_audio, read_blocks, split_windows
 
 
 def _sine(seconds=1.0, sr=16000, channels=1):
@@ -76,3 +76,38 @@ def test_windows_cover_everything():
     w = split_windows(x)
     assert [len(a) for a in w] == [480000, 480000, 80000]
     assert encoder_frames(16000) == 50 and encoder_frames(16001) == 51
+
+
+@pytest.mark.parametrize("sr,channels", [(16000, 1), (22050, 1), (44100, 2)])
+def test_blocks_join_to_the_whole_file(tmp_path, sr, channels):
+    """read_blocks: the same samples as load_audio, a block at a time (streamed resampling may
+    differ from the one-shot resampler in rounding only)."""
+    path = tmp_path / "a.flac"
+    sf.write(path, _sine(7.3, sr, channels), sr)
+    whole = load_audio(path)
+    blocks = list(read_blocks(path, block_seconds=2.0))
+    assert len(blocks) >= 3 and all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
+    joined = np.concatenate(blocks)
+    assert len(joined) == len(whole)
+    if sr == SAMPLE_RATE:
+        assert np.array_equal(joined, whole)
+    else:
+        assert np.abs(joined - whole).max() < 1e-4
+
+
+def test_blocks_check_what_load_audio_checks(tmp_path):
+    sf.write(tmp_path / "silence.wav", np.zeros(3 * 16000, "float32"), 16000)
+    with pytest.raises(AudioError, match=r"silence\.wav: all silence"):
+        list(read_blocks(tmp_path / "silence.wav", block_seconds=1.0))
+    nan = _sine(3.0)
+    nan[40000] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"nan\.wav: contains NaN"):
+        list(read_blocks(tmp_path / "nan.wav", block_seconds=1.0))
+    with pytest.raises(AudioError, match="no such file"):
+        list(read_blocks(tmp_path / "missing.wav"))
+    full = tmp_path / "full.wav"
+    sf.write(full, _sine(2.0), 16000)
+    (tmp_path / "cut.wav").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(AudioError, match=r"cut\.wav: (truncated|not a readable)"):
+        list(read_blocks(tmp_path / "cut.wav", block_seconds=0.5))

@@ -9,7 +9,9 @@ import soundfile as sf
 from tiny import tone
 
 from speechsum.cli import main
-from speechsum.longform import LongSummary, Part, clock, notes_text, quiet_cuts, summarize_long
+from speechsum.audio import load_audio
+from speechsum.longform import (LongSummary, Part, Recording, clock, frame_energy, notes_text, quiet_cuts,
+                                 summarize_long)
 
 SR = 16000
 
@@ -41,13 +43,53 @@ def test_one_part_is_enough_and_bad_windows_are_errors():
         quiet_cuts(tone(3.0), window_s=0)
 
 
+def test_frame_energy_in_blocks_is_the_mean_square_of_each_whole_frame():
+    x = np.random.default_rng(0).standard_normal(1003).astype("float32")
+    naive = np.square(x[:1000].astype(np.float64)).reshape(-1, 10).mean(1)
+    assert np.allclose(frame_energy(x, 10, block_frames=7), naive, rtol=1e-12)
+    assert len(frame_energy(x[:9], 10)) == 0
+
+
+def test_a_file_is_scanned_then_read_part_by_part_never_whole(tmp_path, monkeypatch):
+    """Recording.scan + pieces: the cuts and parts of load_audio's samples, from two passes over
+    the file that hold a block and a part at a time."""
+    import speechsum.audio as audio
+
+    x = with_gaps(30.0, [(9.8, 10.1), (19.9, 20.2)])
+    path = tmp_path / "long.flac"
+    sf.write(path, x, SR)
+    whole = load_audio(path)
+    reads, real = [], audio.read_blocks
+
+    def counting(source, block_seconds=60.0):
+        for block in real(source, block_seconds=3.0):
+            reads.append(len(block))
+            yield block
+
+    monkeypatch.setattr(audio, "read_blocks", counting)
+    rec = Recording.scan(path)
+    assert rec.samples is None and rec.num_samples == len(whole) and len(reads) == 10
+    assert rec.cuts(12.0) == quiet_cuts(whole, 12.0)
+    bounds = [0, *rec.cuts(12.0), rec.num_samples]
+    assert len(bounds) == 4
+    reads.clear()
+    pieces = rec.pieces(bounds)
+    first = next(pieces)
+    assert np.array_equal(first, whole[: bounds[1]]) and sum(reads) < len(whole) / 2  # read only as far as needed
+    rest = list(pieces)
+    assert [len(p) for p in rest] == [b - a for a, b in zip(bounds[1:], bounds[2:])]
+    assert np.array_equal(np.concatenate([first, *rest]), whole)
+    mem = Recording.from_samples(whole)
+    assert mem.num_samples == rec.num_samples and np.allclose(mem.energy, rec.energy)
+
+
 def test_notes_are_labelled_with_their_time_spans():
     parts = [Part(0.0, 65.4, "- budget agreed"), Part(65.4, 3725.0, "- Tina sends the report")]
     assert notes_text(parts) == "Part 1 (0:00-1:05):\n- budget agreed\n\nPart 2 (1:05-1:02:05):\n- Tina sends the report"
     assert clock(59.6) == "1:00"
 
 
-def test_summarize_long_maps_every_part_then_reduces_their_notes(tiny_model):
+def test_summarize_long_maps_every_part_then_reduces_their_notes(tiny_model, tmp_path):
     tiny_model.eval()
     x = with_gaps(3.0, [(0.95, 1.05), (1.95, 2.05)])
     seen = {}
@@ -69,6 +111,12 @@ def test_summarize_long_maps_every_part_then_reduces_their_notes(tiny_model):
     assert tiny_model.summarize(x, instruction="summarize the meeting", max_new_tokens=5, sample_rate=SR,
                                 window_seconds=1.0) == res.text
     del tiny_model.text_items
+    # a file goes through Recording.scan (read part by part): the same parts and answer
+    sf.write(tmp_path / "x.wav", x, SR)
+    assert summarize_long(tiny_model, Recording.scan(tmp_path / "x.wav"), "summarize the meeting", window_s=1.0,
+                          max_new_tokens=5) == res
+    assert tiny_model.summarize(tmp_path / "x.wav", instruction="summarize the meeting", max_new_tokens=5,
+                                window_seconds=1.0) == res.text
     one = tiny_model.generate([x], ["summarize the meeting"], max_new_tokens=5, repeat_stop=3)[0].text
     assert tiny_model.summarize(x, instruction="summarize the meeting", max_new_tokens=5, sample_rate=SR,
                                 window_seconds=0) == one

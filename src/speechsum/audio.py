@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,43 @@ def load_audio(source: str | os.PathLike | np.ndarray, sample_rate: int | None =
         if sample_rate is None:
             raise AudioError("<array>", "sample_rate is required for array input")
         return _finish(np.asarray(source), sample_rate, "<array>")
+    path = _checked_path(source)
+    import soundfile as sf
+
+    _check_riff(path)
+    with _decode_errors(path), _quiet_stderr(), sf.SoundFile(str(path)) as f:
+        expected = f.frames
+        rate = f.samplerate
+        data = f.read(dtype="float32", always_2d=True)
+    _check_complete(path, expected, len(data))
+    return _finish(data, rate, path)
+
+
+@contextlib.contextmanager
+def _decode_errors(path: Path):
+    """A decoder's failure as one AudioError line naming the file."""
+    import soundfile as sf
+
+    try:
+        yield
+    except AudioError:
+        raise
+    except sf.LibsndfileError as e:
+        msg = str(e).split(": ", 1)[-1] if ": " in str(e) else str(e)
+        raise AudioError(path, f"not a readable audio file ({msg.strip()})") from None
+    except (RuntimeError, TypeError, ValueError, EOFError) as e:
+        raise AudioError(path, f"not a readable audio file ({e})") from None
+
+
+def _check_complete(path: Path, expected: int, read: int) -> None:
+    # libsndfile reports the header's frame count; a short read means the file was cut off
+    # (frames may be unknown, 0 or huge for some streamed formats: only compare when plausible).
+    if 0 < expected < 2**62 and read < expected:
+        raise AudioError(path, f"truncated or corrupt: header says {expected} frames, read {read}")
+
+
+def _checked_path(source: str | os.PathLike) -> Path:
+    """The path of an audio file that exists, is a readable, non-empty file (else AudioError)."""
     path = Path(source)
     if not path.exists():
         raise AudioError(path, "no such file")
@@ -52,24 +90,7 @@ def load_audio(source: str | os.PathLike | np.ndarray, sample_rate: int | None =
         raise AudioError(path, "permission denied")
     if path.stat().st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
-    import soundfile as sf
-
-    _check_riff(path)
-    try:
-        with _quiet_stderr(), sf.SoundFile(str(path)) as f:
-            expected = f.frames
-            rate = f.samplerate
-            data = f.read(dtype="float32", always_2d=True)
-    except sf.LibsndfileError as e:
-        msg = str(e).split(": ", 1)[-1] if ": " in str(e) else str(e)
-        raise AudioError(path, f"not a readable audio file ({msg.strip()})") from None
-    except (RuntimeError, TypeError, ValueError, EOFError) as e:
-        raise AudioError(path, f"not a readable audio file ({e})") from None
-    # libsndfile reports the header's frame count; a short read means the file was cut off
-    # (frames may be unknown, 0 or huge for some streamed formats: only compare when plausible).
-    if 0 < expected < 2**62 and len(data) < expected:
-        raise AudioError(path, f"truncated or corrupt: header says {expected} frames, read {len(data)}")
-    return _finish(data, rate, path)
+    return path
 
 
 def _check_riff(path: Path) -> None:
@@ -124,15 +145,64 @@ def _finish(data: np.ndarray, rate: int, source) -> np.ndarray:
         info = np.iinfo(data.dtype)
         data = data.astype(np.float32) / max(abs(info.min), info.max)
     data = data.astype(np.float32, copy=False)
-    if not np.isfinite(data).all():
+    # no full-size temporaries (np.abs, np.isfinite): a 30-min file is 115 MB at 16 kHz
+    if not np.isfinite(data.sum(dtype=np.float64)):  # a float64 sum of finite float32 values cannot overflow
         raise AudioError(source, "contains NaN or infinite samples")
-    if float(np.abs(data).max()) < SILENCE_PEAK:
+    if _peak(data) < SILENCE_PEAK:
         raise AudioError(source, "all silence (peak below -80 dBFS)")
     if rate != SAMPLE_RATE:
         import soxr
 
-        data = soxr.resample(data, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+        data = soxr.resample(data, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
     return np.ascontiguousarray(data)
+
+
+def _peak(data: np.ndarray) -> float:
+    return max(float(data.max()), -float(data.min())) if data.size else 0.0
+
+
+def read_blocks(source: str | os.PathLike, block_seconds: float = 60.0) -> Iterator[np.ndarray]:
+    """16 kHz mono float32 samples of a file in consecutive blocks, decoded and resampled block by
+    block (soxr's streaming resampler), so that memory holds one block however long the file is.
+    The blocks joined are `load_audio(source)` up to the resampler's rounding (the same filter, fed
+    in pieces). The same checks as `load_audio`; the ones that need the whole file (all silence,
+    truncated, zero length) raise after the last block."""
+    path = _checked_path(source)
+    import soundfile as sf
+
+    _check_riff(path)
+    with _decode_errors(path):
+        with _quiet_stderr():  # only around the decoder's calls: the caller runs between blocks
+            f = sf.SoundFile(str(path))
+        with f:
+            expected, rate = f.frames, f.samplerate
+            stream = None
+            if rate != SAMPLE_RATE:
+                import soxr
+
+                stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+            read, peak = 0, 0.0
+            step = max(1, int(block_seconds * rate))
+            while True:
+                with _quiet_stderr():
+                    block = f.read(step, dtype="float32", always_2d=True)
+                last = len(block) < step
+                read += len(block)
+                block = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+                if not np.isfinite(block.sum(dtype=np.float64)):
+                    raise AudioError(path, "contains NaN or infinite samples")
+                peak = max(peak, _peak(block))
+                if stream is not None:
+                    block = stream.resample_chunk(block, last=last)
+                if len(block):
+                    yield np.ascontiguousarray(block, dtype=np.float32)
+                if last:
+                    break
+    _check_complete(path, expected, read)
+    if read == 0:
+        raise AudioError(path, "zero-length audio")
+    if peak < SILENCE_PEAK:
+        raise AudioError(path, "all silence (peak below -80 dBFS)")
 
 
 def split_windows(samples: np.ndarray) -> list[np.ndarray]:

@@ -95,7 +95,7 @@ def load_speechlm(model: str | None):
 
 
 def cmd_summarize(args) -> int:
-    from speechsum.audio import AudioError, load_audio
+    from speechsum.audio import AudioError
     from speechsum.data.styles import instruction_for, style_names
 
     if args.instruction is None and args.style not in style_names():
@@ -112,15 +112,17 @@ def cmd_summarize(args) -> int:
         error(f"--window-seconds {args.window_seconds:g}: expected >= 0 (0: one pass however long)")
         return EXIT_USAGE
     instruction = args.instruction if args.instruction is not None else instruction_for(args.style)
-    clips, names, failed = [], [], 0
+    from speechsum.longform import Recording, num_parts, summarize_long
+
+    recs, names, failed = [], [], 0
     for path in args.audio:  # validate every file first: bad ones are reported, good ones still run
-        try:
-            clips.append(load_audio(path))
+        try:  # one pass over the file, never held whole: a long one is read again part by part
+            recs.append(Recording.scan(path))
             names.append(path)
         except AudioError as e:
             error(str(e))
             failed += 1
-    if not clips:
+    if not recs:
         return EXIT_USAGE
     from speechsum.models.registry import ModelError
 
@@ -131,12 +133,11 @@ def cmd_summarize(args) -> int:
         return EXIT_USAGE
     model.eval()
     model.decode_int8 = args.int8 and model.decode_bf16
-    from speechsum.longform import num_parts, summarize_long
     from speechsum.models.speech_lm import AudioTooLongError
 
-    long = [num_parts(len(c), args.window_seconds) > 1 for c in clips]
+    long = [num_parts(r.num_samples, args.window_seconds) > 1 for r in recs]
     groups: list[list[int]] = []  # short files batched together; a long one alone (in parts)
-    for i in range(len(clips)):
+    for i in range(len(recs)):
         if groups and not long[i] and not long[groups[-1][0]] and len(groups[-1]) < args.batch_size:
             groups[-1].append(i)
         else:
@@ -145,27 +146,31 @@ def cmd_summarize(args) -> int:
         t = time.time()
         try:
             if long[group[0]]:
-                res = summarize_long(model, clips[group[0]], instruction, args.window_seconds, args.max_new_tokens,
+                res = summarize_long(model, recs[group[0]], instruction, args.window_seconds, args.max_new_tokens,
                                      args.repeat_stop)
                 outs = [(res.text, res.finished, res.looped, len(res.parts))]
             else:
-                gens = model.generate([clips[i] for i in group], [instruction] * len(group),
+                gens = model.generate([recs[i].whole() for i in group], [instruction] * len(group),
                                       max_new_tokens=args.max_new_tokens, repeat_stop=args.repeat_stop)
                 outs = [(g.text, g.finished, g.looped, 1) for g in gens]
         except AudioTooLongError as e:
             error(f"{', '.join(names[i] for i in group)}: {e}")
             failed += len(group)
             continue
+        except AudioError as e:  # a file read again (short: whole; long: part by part) that changed since
+            error(str(e))
+            failed += len(group)
+            continue
         dt = time.time() - t
         for i, (text, finished, looped, parts) in zip(group, outs):
-            name, clip = names[i], clips[i]
+            name, seconds = names[i], recs[i].num_samples / 16000
             if args.json:
                 print(json.dumps({"file": name, "style": args.style if args.instruction is None else None,
                                   "instruction": instruction, "summary": text,
-                                  "audio_seconds": round(len(clip) / 16000, 2), "seconds": round(dt / len(group), 2),
+                                  "audio_seconds": round(seconds, 2), "seconds": round(dt / len(group), 2),
                                   "parts": parts, "complete": finished or looped, "looped": looped}))
             else:
-                print(f"== {name} ({len(clip) / 16000:.1f} s audio" + (f", {parts} parts)" if parts > 1 else ")"))
+                print(f"== {name} ({seconds:.1f} s audio" + (f", {parts} parts)" if parts > 1 else ")"))
                 note = " [stopped: the answer began to repeat]" if looped else " [cut at --max-new-tokens]"
                 print(text + ("" if finished else note))
     return EXIT_USAGE if failed else 0

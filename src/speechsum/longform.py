@@ -22,6 +22,7 @@ both modes per audio minute.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,15 +64,31 @@ def quiet_cuts(samples: np.ndarray, window_s: float, search: float = SEARCH, rat
     """Sample indices that cut `samples` into ceil(duration / window_s) parts of about equal length,
     each cut at the quietest frame (lowest mean square; the nearest to the nominal place on ties)
     within `search` x the part length of where it would fall. [] when one part is enough."""
+    frame = max(1, int(frame_s * rate))
+    return cuts_from_energy(frame_energy(samples, frame), len(samples), frame, window_s, search, rate)
+
+
+def frame_energy(samples: np.ndarray, frame: int, block_frames: int = 4096) -> np.ndarray:
+    """Mean square (float64) of every whole `frame` of samples; a trailing partial frame is left
+    out. Computed `block_frames` at a time, so no float64 copy of a long recording is made."""
+    n = len(samples) // frame
+    out = np.empty(n)
+    for f0 in range(0, n, block_frames):
+        f1 = min(n, f0 + block_frames)
+        block = samples[f0 * frame : f1 * frame].astype(np.float64).reshape(-1, frame)
+        out[f0:f1] = np.square(block, out=block).mean(1)
+    return out
+
+
+def cuts_from_energy(energy: np.ndarray, num_samples: int, frame: int, window_s: float, search: float = SEARCH,
+                     rate: int = SAMPLE_RATE) -> list[int]:
+    """`quiet_cuts` from the frame energies of a recording of `num_samples` samples."""
     if window_s <= 0:
         raise ValueError(f"window_s={window_s}: expected > 0")
-    n = len(samples)
-    parts = num_parts(n, window_s, rate)
+    parts = num_parts(num_samples, window_s, rate)
     if parts <= 1:
         return []
-    frame = max(1, int(frame_s * rate))
-    energy = np.square(samples[: n // frame * frame].astype(np.float64)).reshape(-1, frame).mean(1)
-    part_len = n / parts
+    part_len = num_samples / parts
     cuts = []
     for k in range(1, parts):
         nominal = k * part_len
@@ -87,6 +104,73 @@ def quiet_cuts(samples: np.ndarray, window_s: float, search: float = SEARCH, rat
     return cuts
 
 
+@dataclass
+class Recording:
+    """A recording to summarize in parts: its length, the energy of every `FRAME_S` frame (where
+    the cuts go), and its samples - in memory, or a file read block by block twice and never whole
+    (`scan`, then `pieces`), so that a file of hours costs the memory of a few parts."""
+
+    num_samples: int
+    energy: np.ndarray
+    path: str | None = None
+    samples: np.ndarray | None = None
+
+    @classmethod
+    def from_samples(cls, samples: np.ndarray) -> Recording:
+        return cls(len(samples), frame_energy(samples, _frame()), samples=samples)
+
+    @classmethod
+    def scan(cls, path) -> Recording:
+        """First pass over a file: validates it as `load_audio` does (AudioError), counts its 16 kHz
+        samples and measures its frame energies; holds one block at a time."""
+        from speechsum.audio import read_blocks
+
+        frame = _frame()
+        n, energies, rest = 0, [], np.zeros(0, np.float32)
+        for block in read_blocks(path):
+            n += len(block)
+            x = np.concatenate([rest, block])
+            whole = len(x) // frame * frame
+            energies.append(frame_energy(x[:whole], frame))
+            rest = x[whole:]
+        return cls(n, np.concatenate(energies), path=str(path))
+
+    def cuts(self, window_s: float) -> list[int]:
+        return cuts_from_energy(self.energy, self.num_samples, _frame(), window_s)
+
+    def whole(self) -> np.ndarray:
+        """All samples (a file: `load_audio`, the same samples as a short file always got)."""
+        from speechsum.audio import load_audio
+
+        return self.samples if self.samples is not None else load_audio(self.path)
+
+    def pieces(self, bounds: list[int]) -> Iterator[np.ndarray]:
+        """The samples between consecutive `bounds`, in order (a file: a second pass, holding at
+        most one part and one block)."""
+        if self.samples is not None:
+            yield from (self.samples[a:b] for a, b in zip(bounds, bounds[1:]))
+            return
+        from speechsum.audio import read_blocks
+
+        blocks = read_blocks(self.path)
+        pending, offset = np.zeros(0, np.float32), 0  # pending holds samples [offset, offset + len)
+        try:
+            for a, b in zip(bounds, bounds[1:]):
+                chunks, have = [pending], offset + len(pending)
+                while have < b and (block := next(blocks, None)) is not None:
+                    chunks.append(block)
+                    have += len(block)
+                buf = np.concatenate(chunks)
+                yield buf[a - offset : b - offset].copy()  # copies: no part keeps the joined buffer alive
+                pending, offset = buf[b - offset :].copy(), b
+        finally:
+            blocks.close()
+
+
+def _frame() -> int:
+    return int(FRAME_S * SAMPLE_RATE)
+
+
 def clock(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
@@ -98,25 +182,29 @@ def notes_text(parts: list[Part]) -> str:
     return "\n\n".join(f"Part {i + 1} ({clock(p.start_s)}-{clock(p.end_s)}):\n{p.notes}" for i, p in enumerate(parts))
 
 
-def summarize_long(model, samples: np.ndarray, instruction: str, window_s: float = WINDOW_S,
+def summarize_long(model, audio: np.ndarray | Recording, instruction: str, window_s: float = WINDOW_S,
                    max_new_tokens: int = 256, repeat_stop: int = 3, batch_size: int = 8,
                    part_tokens: int = PART_TOKENS) -> LongSummary:
-    """Summary of a recording of any length by `model` (a SpeechLM): parts -> notes -> answer."""
+    """Summary of a recording of any length by `model` (a SpeechLM): parts -> notes -> answer.
+    `audio`: 16 kHz samples, or a `Recording.scan` of a file (read part by part, never whole)."""
     from speechsum.data.styles import instruction_for
 
-    cuts = quiet_cuts(samples, window_s)
-    bounds = [0, *cuts, len(samples)]
-    pieces = [samples[a:b] for a, b in zip(bounds, bounds[1:])]
-    if len(pieces) == 1:
-        g = model.generate([samples], [instruction], max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)[0]
-        return LongSummary(g.text, [Part(0.0, len(samples) / SAMPLE_RATE, g.text)], g.finished, g.looped)
+    rec = audio if isinstance(audio, Recording) else Recording.from_samples(audio)
+    bounds = [0, *rec.cuts(window_s), rec.num_samples]
+    if len(bounds) == 2:
+        g = model.generate([rec.whole()], [instruction], max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)[0]
+        return LongSummary(g.text, [Part(0.0, rec.num_samples / SAMPLE_RATE, g.text)], g.finished, g.looped)
     part_instruction = instruction_for(PART_STYLE)
     notes: list[str] = []
-    for s in range(0, len(pieces), batch_size):
-        chunk = pieces[s : s + batch_size]
-        notes += [g.text for g in model.generate(chunk, [part_instruction] * len(chunk),
-                                                 max_new_tokens=min(part_tokens, max_new_tokens),
-                                                 repeat_stop=repeat_stop)]
+    chunk: list[np.ndarray] = []
+    pieces = rec.pieces(bounds)
+    for i, piece in enumerate(pieces):  # parts are read as they are needed, `batch_size` at a time
+        chunk.append(piece)
+        if len(chunk) == batch_size or i == len(bounds) - 2:
+            notes += [g.text for g in model.generate(chunk, [part_instruction] * len(chunk),
+                                                     max_new_tokens=min(part_tokens, max_new_tokens),
+                                                     repeat_stop=repeat_stop)]
+            chunk = []
     parts = [Part(a / SAMPLE_RATE, b / SAMPLE_RATE, t) for a, b, t in zip(bounds, bounds[1:], notes)]
     item = model.text_items([notes_text(parts)], [instruction])
     g = model.generate_items(item, max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)[0]

@@ -533,13 +533,15 @@ class SpeechLM(nn.Module):
         parts, then from the parts' notes (speechsum/longform.py)."""
         from speechsum.audio import load_audio
         from speechsum.data.styles import instruction_for
-        from speechsum.longform import WINDOW_S, summarize_long
+        from speechsum.longform import WINDOW_S, Recording, summarize_long
 
-        samples = load_audio(audio, sample_rate=sample_rate if isinstance(audio, np.ndarray) else None)
         instr = instruction if instruction is not None else instruction_for(style)
         window = WINDOW_S if window_seconds is None else window_seconds
         if window:  # one part when the recording is short enough: the same single pass
-            return summarize_long(self, samples, instr, window, max_new_tokens, repeat_stop).text
+            # a file is read part by part (Recording), so an hour costs the memory of a few parts
+            rec = load_audio(audio, sample_rate=sample_rate) if isinstance(audio, np.ndarray) else Recording.scan(audio)
+            return summarize_long(self, rec, instr, window, max_new_tokens, repeat_stop).text
+        samples = load_audio(audio, sample_rate=sample_rate if isinstance(audio, np.ndarray) else None)
         return self.generate([samples], [instr], max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)[0].text
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
