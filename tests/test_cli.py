@@ -117,3 +117,15 @@ def test_eval_compare_must_name_two_models(tmp_path, capsys):
                  "--compare", "runs/x/sft:runs/x/kd"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--compare runs/x/sft:runs/x/kd" in err[0]
+
+
+def test_eval_compare_accepts_lists_of_models(tmp_path, capsys):
+    """A1,A2:B1,B2 parses as pooled sides; an entry that is not a --model is still the one-line error."""
+    models = ["runs/s0/sft", "runs/s1/sft", "runs/s0/kd", "runs/s1/kd"]
+    code = main(["eval", "--model", *models, "--data", str(tmp_path / "missing"),
+                 "--compare", "runs/s0/sft,runs/s1/sft:runs/s0/kd,runs/s1/kd"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--compare" not in err[0]  # parsed; the data folder is what fails
+    code = main(["eval", "--model", *models, "--data", str(tmp_path), "--compare", "runs/s0/sft,runs/s2/sft:runs/s0/kd"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--compare runs/s0/sft,runs/s2/sft:runs/s0/kd" in err[0]

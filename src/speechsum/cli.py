@@ -206,12 +206,12 @@ def cmd_eval(args) -> int:
     from speechsum.evaluation.run_eval import evaluate
 
     pairs = []
-    for spec in args.compare:  # A:B where A and B are --model entries (which may hold colons: text:DIR)
-        cuts = [(spec[:i], spec[i + 1:]) for i, ch in enumerate(spec) if ch == ":"]
-        pair = next(((a, b) for a, b in cuts if a in args.model and b in args.model), None)
+    for spec in args.compare:  # A:B, A and B --model entries (which may hold colons: text:DIR) or lists A1,A2
+        cuts = [(spec[:i].split(","), spec[i + 1:].split(",")) for i, ch in enumerate(spec) if ch == ":"]
+        pair = next(((a, b) for a, b in cuts if set(a + b) <= set(args.model)), None)
         if pair is None:
             error(f"--compare {spec}: expected A:B with A and B among the --model entries "
-                  f"(e.g. runs/tiny/sft:runs/tiny/kd)")
+                  f"(e.g. runs/tiny/sft:runs/tiny/kd, or runs/s0/sft,runs/s1/sft:runs/s0/kd,runs/s1/kd)")
             return EXIT_USAGE
         pairs.append(pair)
     try:
@@ -312,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(the alignment gate); readout: the connector's greedy CTC read-out per document, "
                          "no LLM (cascade: the whisper transcript)")
     ev.add_argument("--compare", nargs="*", default=[], metavar="A:B",
-                    help="paired differences B - A of the fact scores with bootstrap intervals (A, B: --model entries)")
+                    help="paired differences B - A of the fact scores with bootstrap intervals (A, B: --model entries, "
+                         "or comma-separated lists of them, e.g. one stage trained with several seeds: each item's "
+                         "score is then the list's mean)")
     ev.set_defaults(func=cmd_eval)
 
     rp = sub.add_parser("report", help="one self-contained HTML page of a run: table, curves, examples")

@@ -234,7 +234,7 @@ def stage_comparisons(systems: list[str]) -> list[tuple[str, str]]:
 def run_eval_stage(cfg: PipelineConfig, data: Path, out: Path, folders: dict[str, str], log) -> None:
     import json
 
-    from speechsum.evaluation.run_eval import evaluate, system_name
+    from speechsum.evaluation.run_eval import evaluate, system_names
 
     specs = eval_system_specs(cfg.eval.systems, folders)
     compare = [(specs[cfg.eval.systems.index(a)], specs[cfg.eval.systems.index(b)])
@@ -242,7 +242,7 @@ def run_eval_stage(cfg: PipelineConfig, data: Path, out: Path, folders: dict[str
     metrics_file = out / "eval" / "metrics.json"
     if metrics_file.is_file():
         done = json.loads(metrics_file.read_text())
-        if ({system_name(s) for s in specs} <= set(done.get("systems", {})) and done.get("table")
+        if (set(system_names(specs)) <= set(done.get("systems", {})) and done.get("table")
                 and len(done.get("deltas", [])) == len(compare)
                 and done.get("repeat_stop", 0) == cfg.eval.repeat_stop
                 and done.get("int8_decoding", False) == cfg.eval.int8):

@@ -61,6 +61,48 @@ def test_paired_deltas_golden():
     assert d["fact_f1"][1:] == pytest.approx([0.0, 0.4])  # items apart: each drawn alone at times
 
 
+def test_pooled_sides_average_each_item_over_seeds_golden():
+    from speechsum.evaluation.run_eval import paired_deltas
+
+    def row(f1):
+        return {"fact_f1": f1, "fact_recall": f1, "invented_per_summary": 0.0}
+
+    rows = {"s0/a": [row(0.0), row(0.2)], "s1/a": [row(0.2), row(None)],
+            "s0/b": [row(0.3), row(0.2)], "s1/b": [row(0.5), row(0.6)]}
+    (d,) = paired_deltas(rows, [(("s0/a", "s1/a"), ("s0/b", "s1/b"))])
+    assert d["from"] == "mean(s0/a, s1/a)" and d["to"] == "mean(s0/b, s1/b)"
+    # item 1: mean b 0.4 - mean a 0.1 = +0.3; item 2: a has no score in s1: left out
+    assert d["fact_f1"] == pytest.approx([0.3, 0.3, 0.3])
+    (d,) = paired_deltas(rows, [("s0/a", ("s0/b", "s1/b"))])  # one side pooled, the other one run
+    assert d["from"] == "s0/a" and d["fact_f1"][0] == pytest.approx((0.4 + 0.2) / 2)
+
+
+def test_system_names_grow_until_unique():
+    from speechsum.evaluation.run_eval import system_names
+
+    assert system_names(["runs/tiny/sft", "runs/tiny/kd", "cascade", "text:checkpoints/tiny-teacher"]) == [
+        "sft", "kd", "cascade", "text:tiny-teacher"]
+    assert system_names(["runs/tiny/sft", "runs/seed1/sft", "runs/seed1/kd"]) == ["tiny/sft", "seed1/sft", "kd"]
+    assert system_names(["a/x/final", "b/x/final"]) == ["a/x/final", "b/x/final"]
+    with pytest.raises(ValueError, match="runs/tiny/sft: given twice"):
+        system_names(["runs/tiny/sft", "runs/tiny/sft"])
+    with pytest.raises(ValueError, match="same system"):
+        system_names(["runs/tiny/sft", "runs/tiny/sft/"])
+
+
+def test_two_runs_of_one_stage_are_two_systems(tmp_path, tiny_dir):
+    """runs/<seed>/sft folders share their last name: both are scored, under longer names, and a
+    pooled comparison names its sides."""
+    data = make_dataset(tmp_path / "data", n_train=1, n_dev=2)
+    for seed in ("s0", "s1"):
+        tiny_speechlm(tiny_dir).save_pretrained(tmp_path / seed / "sft")
+    specs = [str(tmp_path / "s0" / "sft"), str(tmp_path / "s1" / "sft")]
+    m = evaluate(specs, str(data / "dev"), None, max_new_tokens=3, embeddings=False, log=lambda *a: None,
+                 compare=[(specs[0], specs[1]), (specs[:1], specs)])
+    assert list(m["systems"]) == ["s0/sft", "s1/sft"]
+    assert [(d["from"], d["to"]) for d in m["deltas"]] == [("s0/sft", "s1/sft"), ("s0/sft", "mean(s0/sft, s1/sft)")]
+
+
 def test_compare_names_must_be_evaluated(tmp_path, tiny_dir):
     data = make_dataset(tmp_path / "data", n_train=1, n_dev=1)
     tiny_speechlm(tiny_dir).save_pretrained(tmp_path / "ckpt")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +45,34 @@ def load_test_items(data: str | Path, limit: int = 0) -> list[dict]:
 
 
 def system_name(spec: str) -> str:
-    if spec.startswith("text:"):
-        return "text:" + system_name(spec.removeprefix("text:"))
-    p = Path(spec)
-    return f"{p.parent.name}/{p.name}" if p.name == "final" else (p.name or spec)
+    return system_names([spec])[0]
+
+
+def system_names(specs: list[str]) -> list[str]:
+    """The table's name of each system spec: a folder's last part (`runs/tiny/kd` -> kd; a `final`
+    folder with its run's name), with more parts where two would share a name (`runs/tiny/sft` and
+    `runs/seed1/sft` -> tiny/sft, seed1/sft). The same spec twice is an error."""
+    twice = next((s for i, s in enumerate(specs) if s in specs[:i]), None)
+    if twice is not None:
+        raise ValueError(f"{twice}: given twice")
+
+    def parts(spec: str) -> tuple[str, ...]:
+        return Path(spec.removeprefix("text:")).parts or (spec,)
+
+    def name(spec: str, depth: int) -> str:
+        return ("text:" if spec.startswith("text:") else "") + "/".join(parts(spec)[-depth:])
+
+    depth = [2 if parts(s)[-1] == "final" else 1 for s in specs]
+    while True:
+        names = [name(s, d) for s, d in zip(specs, depth)]
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1]
+        if not clash:
+            return names
+        grow = [i for i in clash if depth[i] < len(parts(specs[i]))]
+        if not grow:
+            raise ValueError(f"{specs[clash[0]]} and {specs[clash[1]]} are the same system ({names[clash[0]]})")
+        for i in grow:
+            depth[i] += 1
 
 
 # ------------------------------------------------------------------------------------ systems
@@ -223,14 +248,39 @@ def doc_of(item: dict) -> str:
     return item.get("doc_id") or item["id"]
 
 
-def paired_deltas(rows: dict[str, list[dict]], pairs: list[tuple[str, str]], groups: list | None = None) -> list[dict]:
+def _side(side: str | Sequence[str]) -> tuple[str, ...]:
+    return (side,) if isinstance(side, str) else tuple(side)
+
+
+def pooled_rows(rows: dict[str, list[dict]], names: Sequence[str]) -> list[dict]:
+    """Per item, the mean of each DELTA_KEYS score over `names` (runs of one recipe with different
+    seeds; None where any run has no score)."""
+    out = []
+    for per_run in zip(*(rows[n] for n in names)):
+        rec = {}
+        for _, key in DELTA_KEYS:
+            vals = [r[key] for r in per_run]
+            rec[key] = None if any(v is None for v in vals) else float(np.mean(vals))
+        out.append(rec)
+    return out
+
+
+def side_label(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else "mean(" + ", ".join(names) + ")"
+
+
+def paired_deltas(rows: dict[str, list[dict]], pairs: list[tuple], groups: list | None = None) -> list[dict]:
     """For each (a, b): b - a per DELTA_KEYS score with a paired bootstrap 95 % interval over the
     items both systems were scored on (item difficulty cancels; see metrics.paired_bootstrap_ci).
+    A side may be several systems (the same stage trained with several seeds): its per-item score
+    is their mean, so the interval is over items for the recipe averaged over those runs.
     `groups`: each row's document; the bootstrap then resamples documents."""
     from speechsum.evaluation.metrics import paired_bootstrap_ci
 
     out = []
-    for a, b in pairs:
+    for pair in pairs:
+        a, b = (side_label(_side(x)) for x in pair)
+        rows = {**rows, **{side_label(_side(x)): pooled_rows(rows, _side(x)) for x in pair if len(_side(x)) > 1}}
         rec: dict = {"from": a, "to": b}
         for _, key in DELTA_KEYS:
             keep = [i for i, (ra, rb) in enumerate(zip(rows[a], rows[b])) if ra[key] is not None and rb[key] is not None]
@@ -292,11 +342,11 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
     items = items[:limit] if limit else items
     if not items:
         raise ValueError(f"{data}: no items with targets")
-    compare = [(system_name(a), system_name(b)) for a, b in compare or []]
-    names = {system_name(sp) for sp in systems}
-    unknown = [n for pair in compare for n in pair if n not in names]
+    name_of = dict(zip(systems, system_names(systems)))
+    unknown = [sp for pair in compare or [] for side in pair for sp in _side(side) if sp not in name_of]
     if unknown:
-        raise ValueError(f"compare: {unknown[0]} is not one of the evaluated systems ({', '.join(sorted(names))})")
+        raise ValueError(f"compare: {unknown[0]} is not one of the evaluated systems ({', '.join(systems)})")
+    compare = [tuple(tuple(name_of[sp] for sp in _side(side)) for side in pair) for pair in compare or []]
     out_dir = Path(out) if out else None
     preds_all: dict[str, list[str]] = {}
     rows_all: dict[str, list[dict]] = {}
@@ -321,7 +371,7 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
                                                 repeat_stop=repeat_stop, int8=int8)
             first_llm = first_llm or used_llm
         dt = time.time() - t
-        name = system_name(spec)
+        name = name_of[spec]
         rows = rows_all[name] = score_items(items, preds, embeddings)
         metrics["systems"][name] = {**summarize_scores(rows, items), "seconds_per_item": dt / len(items)}
         if task != "summarize":
