@@ -385,6 +385,14 @@ def seed_everything(seed: int) -> None:
 # ------------------------------------------------------------------------------------ distributed
 
 
+def by_length(step_items: list, length) -> list:
+    """The step's items shortest first (stable), so that the micro-batches `rank_slice` lays out
+    hold similar lengths and pad less. Only for a loss normalized over the whole step (SFT's token
+    sum / the step's token count): the update is then the same, up to float rounding, however the
+    items are grouped. Measured on the demo's SFT data (README: Training)."""
+    return sorted(step_items, key=length)
+
+
 def rank_slice(step_items: list, micro: int, batch_size: int, rank: int, world: int) -> list:
     """This rank's items of micro-batch `micro`: the global step batch is laid out as
     [micro 0: rank 0 | rank 1 | ...][micro 1: ...], so 1 rank x batch 2B == 2 ranks x batch B."""

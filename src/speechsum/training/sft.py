@@ -10,7 +10,9 @@ masked), starting from `init` (the alignment run) or from the untrained assembly
 projector + LoRA (default) or the full LLM; the encoder stays frozen and its outputs are cached
 on disk once per clip. The loss of one optimizer step is the sum of target-token NLLs over
 the whole global batch (all ranks, all micro-batches) divided by its token count, so 2 ranks
-give the same update as 1 rank with the same global batch.
+give the same update as 1 rank with the same global batch, and B x grad_accum 2 the same as 2B x 1.
+The step's items are sorted by length before they are cut into micro-batches, so with
+grad_accum > 1 each forward pads to similar lengths (`common.by_length`).
 """
 
 from __future__ import annotations
@@ -129,7 +131,9 @@ def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
         t0 = time.time()
         lr = cfg.optim.lr * common.lr_at(run.step, cfg.optim, cfg.loop.max_steps)
         common.set_lr(opt, lr)
-        step_items = [train_items[i] for i in order.take(run.per_step)]
+        # micro-batches of similar lengths pad less (with grad_accum > 1); the update does not change
+        step_items = common.by_length([train_items[i] for i in order.take(run.per_step)],
+                                      lambda r: (len(r["transcript"]) if text_mode else r["duration"], len(r["target"])))
         n_tokens = sum(len(model.target_ids(r["target"])) for r in step_items)  # global normaliser
         loss_sum, tokens = 0.0, 0
         for micro in range(cfg.optim.grad_accum):
