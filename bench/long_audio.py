@@ -21,7 +21,9 @@ the final answer are counted; 0 runs the recording in one pass (one prefill over
 Goal (issue 6): flat cost per audio minute. Judged on the marginal cost of a minute between
 consecutive lengths (so fixed costs - the prompt, a padded last window, allocator noise - do not
 count) of the call's time and of the memory the call adds: flat when the largest marginal value
-is at most FLAT_TOLERANCE x the smallest. Averages per minute are in the table too. Prints a
+is at most FLAT_TOLERANCE x the smallest. Memory is also judged as bounded or not: the longest
+length's peak increase within FLAT_TOLERANCE x the shortest's (a file summarized in parts is read
+part by part, so its memory need not grow). Averages per minute are in the table too. Prints a
 table and writes JSON to bench/results/long_audio.json.
 """
 
@@ -60,6 +62,17 @@ def worker(path: str, args) -> dict:
         row = system.run(path, instruction_for(STYLE), args.new_tokens, 0, args.window_seconds)  # no loop stop
     return {**row, "audio_tokens": model.projector.num_tokens(encoder_frames(len(samples))), "model": label,
             "parts": parts_of(len(samples) / SAMPLE_RATE, args.window_seconds), **memory}
+
+
+def bounded(rows: list[dict]) -> dict:
+    """Memory that does not grow with the recording: the longest length's peak increase within
+    FLAT_TOLERANCE x the shortest's. (The marginal criterion above asks for a constant cost per
+    extra minute; for memory that stays put that cost is ~0 and its max/min ratio is noise.)"""
+    if len(rows) < 2:
+        return {"ratio": None, "bounded": None}
+    ratio = rows[-1]["peak_increase_mb"] / rows[0]["peak_increase_mb"]
+    return {"ratio": round(ratio, 2), "bounded": ratio <= FLAT_TOLERANCE,
+            "mb": [rows[0]["peak_increase_mb"], rows[-1]["peak_increase_mb"]]}
 
 
 def flat(values: list[float]) -> dict:
@@ -119,6 +132,7 @@ def main(argv=None) -> int:
              "time": flat([r["marginal_total_s_per_min"] for r in marginal]),
              "memory": flat([r["marginal_peak_increase_mb_per_min"] for r in marginal]),
              "parts": {p: flat([r[f"marginal_{p}_s_per_min"] for r in marginal]) for p in ("encoder", "prefill")},
+             "memory_bounded": bounded(ok),
              "judged_on": "marginal cost of a minute between consecutive lengths: the call's seconds (every part "
                           "of it: in parts each part decodes too), and the peak RSS increase"}
     report(rows, goals)
@@ -155,6 +169,9 @@ def report(rows: list[dict], goals: dict) -> None:
         g = goals[name]
         print(f"{name}: marginal cost per minute max/min {g['max_over_min']:.2f} -> "
               f"{'flat' if g['flat'] else 'NOT flat'} (tolerance {goals['tolerance']}x)")
+    b = goals["memory_bounded"]
+    print(f"memory: peak increase at the longest length / at the shortest {b['ratio']:.2f} -> "
+          f"{'bounded' if b['bounded'] else 'grows with the recording'} (tolerance {goals['tolerance']}x)")
     print("per part, marginal max/min: " + ", ".join(f"{p} {g['max_over_min']:.2f}" for p, g in goals["parts"].items()))
 
 

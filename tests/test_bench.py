@@ -136,3 +136,13 @@ def test_summarize_judges_quality_on_the_mean_over_recordings():
     assert g["speedup"] == 3.0 and g["speedup_over_sets"] == pytest.approx(9.0 / 4.0, abs=0.01)
     quality[2]["invented_per_summary"] = 5  # now more inventions on average
     assert summarize.judge(rows, True, quality)["by_length"]["10s"]["quality_equal_or_better"] is False
+
+
+def test_long_audio_memory_is_bounded_only_when_the_longest_call_adds_no_more():
+    import long_audio
+
+    rows = [{"peak_increase_mb": 60.0}, {"peak_increase_mb": 58.0}, {"peak_increase_mb": 70.0}]
+    assert long_audio.bounded(rows) == {"ratio": 1.17, "bounded": True, "mb": [60.0, 70.0]}
+    rows[-1]["peak_increase_mb"] = 848.0  # +16 MB per minute from 1 to 30 min: grows
+    assert long_audio.bounded(rows)["bounded"] is False
+    assert long_audio.bounded(rows[:1]) == {"ratio": None, "bounded": None}
