@@ -241,3 +241,38 @@ def test_bf16_decoding_copy_has_the_lora_deltas_and_the_models_logits(tiny_dir, 
     assert not any(n.startswith("_decode") for n, _ in m.named_parameters())  # not a submodule
     assert (got - want).abs().max() < 0.1 * (want - no_lora).abs().max()  # LoRA merged, bf16 rounding only
     assert len(m.generate_items(m.audio_items(m.encode_audio(clips[:1]), INSTR[:1]), max_new_tokens=3)) == 1
+
+
+def test_frozen_connector_readout_is_cached_per_clip_and_never_stale(tiny_dir):
+    """readout: vocab through the cache: the same embeddings as without it, computed once per
+    clip, recomputed after the connector changes, bounded by readout_cache_mb, and never used
+    where a gradient must reach a trainable connector."""
+    model = tiny_speechlm(tiny_dir, readout="vocab", readout_blank="<pad>")
+    rng = np.random.default_rng(0)
+    clips = [torch.tensor(rng.standard_normal((40 + 8 * i, model.encoder.dim)), dtype=torch.float32) for i in range(3)]
+    with torch.no_grad():
+        plain = model.project(clips)
+    calls = []
+    readout = model.readout
+    model.readout = lambda e: calls.append(len(e)) or readout(e)
+    model.readout_cache_mb = 64
+    with torch.no_grad():
+        first = model.project(clips)
+        again = model.project([clips[1], clips[0]])
+    assert len(calls) == 3  # the second call hit the cache for both clips
+    for a, b in zip(first, plain):
+        torch.testing.assert_close(a, b)
+    assert again[0] is first[1] and again[1] is first[0]
+    with torch.no_grad():
+        model.projector.fc2.bias.add_(torch.randn_like(model.projector.fc2.bias))  # a changed connector: new keys
+        changed = model.project(clips[:1])
+    assert len(calls) == 4 and not torch.allclose(changed[0][: len(first[0])], first[0][: len(changed[0])])
+    model.readout_cache_mb = 1e-6  # over budget: only the clips of the current call stay
+    with torch.no_grad():
+        model.project(clips[2:])
+    assert len(model._readout_cache) == 1
+    # a trainable connector in a training forward: no cache, the gradient reaches it
+    model.readout_cache_mb = 64
+    assert any(p.requires_grad for p in model.projector.parameters())
+    out = model.project(clips[:1])
+    assert out[0].requires_grad and len(calls) == 6

@@ -91,6 +91,7 @@ def generate_speechlm(spec: str, items: list[dict], batch_size: int, max_new_tok
     model = SpeechLM.from_config(SpeechLMConfig()) if spec == "untrained" else SpeechLM.from_pretrained(resolve_init(spec))
     model.eval()
     model.decode_int8 = int8 and model.decode_bf16
+    model.readout_cache_mb = 256  # a document's clip is read once for all its instructions
     cache_root = Path(items[0]["audio_path"]).parents[2] / "encoder_cache" if items else None
     if cache_root is not None:
         model.encoder_cache = EncoderCache(cache_root)

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
@@ -151,6 +152,11 @@ class SpeechLM(nn.Module):
         self.decode_int8 = self.decode_bf16
         self._decode_copy: dict[str, nn.Module] = {}  # a plain dict: not a registered submodule
         self._decode_copy_key: tuple = ()
+        # `readout: vocab` scores every audio token against the whole vocabulary (~0.3 s per clip
+        # here, fp32): with a frozen connector it is a function of the clip alone, so stages that
+        # read one clip many times (KD, DPO, eval) keep it, up to this many MB (0: off)
+        self.readout_cache_mb = 0.0
+        self._readout_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     # ------------------------------------------------------------------ building and IO
 
@@ -341,8 +347,36 @@ class SpeechLM(nn.Module):
                     f"audio of {seconds:.0f} s is {n} audio tokens, over max_audio_tokens={self.config.max_audio_tokens}; "
                     f"raise the cap (model config max_audio_tokens) or split the recording"
                 )
+        if readout and self.readout_cache_mb > 0 and self.config.readout != "embedding" and (
+                not torch.is_grad_enabled() or not any(p.requires_grad for p in self.projector.parameters())):
+            return self._cached_readouts(frames)  # no gradient can reach the connector
         embeds = self.projector(frames)
         return [self.readout(e) for e in embeds] if readout else embeds
+
+    def _cached_readouts(self, frames: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`project` through the read-out cache: keyed by the clip's frames (a hash of their bytes)
+        and by the write state of the projector and the embedding matrix, so a changed connector
+        never hits an old entry; least recently used entries go past `readout_cache_mb`."""
+        import hashlib
+
+        from speechsum.precision import write_state
+
+        state = write_state([*self.projector.parameters(), self.base_llm.get_input_embeddings().weight])
+        keys = [(state, f.shape, hashlib.blake2b(f.detach().contiguous().view(torch.uint8).numpy(),
+                                                 digest_size=16).digest()) for f in frames]
+        todo = [i for i, k in enumerate(keys) if k not in self._readout_cache]
+        if todo:  # plain tensors even inside inference_mode: a later training forward may read them
+            with torch.inference_mode(False), torch.no_grad():
+                for i, e in zip(todo, self.projector([frames[i] for i in todo])):
+                    self._readout_cache[keys[i]] = self.readout(e)
+        out = []
+        for k in keys:
+            self._readout_cache.move_to_end(k)
+            out.append(self._readout_cache[k])
+        budget = self.readout_cache_mb * 2**20
+        while sum(t.nbytes for t in self._readout_cache.values()) > budget and len(self._readout_cache) > len(keys):
+            self._readout_cache.popitem(last=False)
+        return out
 
     @property
     def readout_blank_id(self) -> int:

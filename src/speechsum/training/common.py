@@ -554,6 +554,7 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
     model.encoder_cache = EncoderCache(cfg.data.encoder_cache or Path(cfg.data.path) / "encoder_cache")
     model.decode_bf16 = bf16  # samples (KD, DPO, dev) from a bf16 copy only where the run is bf16
     model.decode_int8 = False  # and never with int8 weights: the policy is sampled as trained
+    model.readout_cache_mb = 512  # a frozen connector's vocabulary read-out, once per clip (KD, DPO)
     if cfg.loop.activation_checkpointing:
         enable_activation_checkpointing(model)
     if freeze_projector:
