@@ -260,6 +260,11 @@ def test_frozen_connector_readout_is_cached_per_clip_and_never_stale(tiny_dir):
         first = model.project(clips)
         again = model.project([clips[1], clips[0]])
     assert len(calls) == 3  # the second call hit the cache for both clips
+    model._readout_cache.clear()
+    with torch.no_grad():
+        twice = model.project([clips[0], clips[0]])  # one clip twice in a batch: read out once
+    assert len(calls) == 4 and twice[0] is twice[1]
+    calls.pop()
     for a, b in zip(first, plain):
         torch.testing.assert_close(a, b)
     assert again[0] is first[1] and again[1] is first[0]
@@ -267,6 +272,7 @@ def test_frozen_connector_readout_is_cached_per_clip_and_never_stale(tiny_dir):
         model.projector.fc2.bias.add_(torch.randn_like(model.projector.fc2.bias))  # a changed connector: new keys
         changed = model.project(clips[:1])
     assert len(calls) == 4 and not torch.allclose(changed[0][: len(first[0])], first[0][: len(changed[0])])
+    assert len(model._readout_cache) == 1  # the stale entries went with the old connector
     model.readout_cache_mb = 1e-6  # over budget: only the clips of the current call stay
     with torch.no_grad():
         model.project(clips[2:])

@@ -321,10 +321,11 @@ def as_transcription(items: list[dict]) -> list[dict]:
 
 def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | None = None, limit: int = 0,
              batch_size: int = 16, max_new_tokens: int = 128, embeddings: bool = True, task: str = "summarize",
-             compare: list[tuple[str, str]] | None = None, repeat_stop: int = 3, int8: bool = True,
+             compare: list[tuple] | None = None, repeat_stop: int = 3, int8: bool = True,
              log=print) -> dict:
-    """Run and score every system; `compare` pairs (a, b) of system specs get paired differences
-    b - a of the fact scores (`paired_deltas`: is b better than a on the same items?); task 'transcribe' asks each document for a verbatim transcript
+    """Run and score every system; `compare` pairs (a, b) of system specs (or of lists of specs:
+    one stage's runs with several seeds, averaged per item) get paired differences b - a of the
+    fact scores (`paired_deltas`: is b better than a on the same items?); task 'transcribe' asks each document for a verbatim transcript
     and adds WER (the alignment gate); task 'readout' scores the connector's greedy CTC read-out
     of each document (no LLM; `cascade` gives the whisper transcript) the same way. Every system
     decodes greedily with the same `repeat_stop` as `summarize` (a looping answer stops at its

@@ -157,6 +157,7 @@ class SpeechLM(nn.Module):
         # read one clip many times (KD, DPO, eval) keep it, up to this many MB (0: off)
         self.readout_cache_mb = 0.0
         self._readout_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._readout_state: tuple = ()
 
     # ------------------------------------------------------------------ building and IO
 
@@ -362,9 +363,12 @@ class SpeechLM(nn.Module):
         from speechsum.precision import write_state
 
         state = write_state([*self.projector.parameters(), self.base_llm.get_input_embeddings().weight])
-        keys = [(state, f.shape, hashlib.blake2b(f.detach().contiguous().view(torch.uint8).numpy(),
-                                                 digest_size=16).digest()) for f in frames]
-        todo = [i for i, k in enumerate(keys) if k not in self._readout_cache]
+        if state != self._readout_state:  # the connector (or the embeddings) changed: every entry is stale
+            self._readout_cache.clear()
+            self._readout_state = state
+        keys = [(f.shape, hashlib.blake2b(f.detach().contiguous().view(torch.uint8).numpy(), digest_size=16).digest())
+                for f in frames]
+        todo = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in self._readout_cache}.values())
         if todo:  # plain tensors even inside inference_mode: a later training forward may read them
             with torch.inference_mode(False), torch.no_grad():
                 for i, e in zip(todo, self.projector([frames[i] for i in todo])):
