@@ -134,3 +134,26 @@ def test_cli_summarizes_a_long_file_in_parts(tmp_path, tiny_dir, capsys):
     assert code == 0 and [(r["file"].rsplit("/", 1)[-1], r["parts"]) for r in rows] == [("short.wav", 1), ("long.wav", 3)]
     assert main(["summarize", str(tmp_path / "long.wav"), "--window-seconds", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "speechsum: error: --window-seconds -1: expected >= 0 (0: one pass however long)"
+
+
+def test_cli_reports_a_file_that_fails_on_its_second_read_in_one_line(tmp_path, tiny_dir, capsys, monkeypatch):
+    """A long file is read twice (scan, then part by part): if the second read fails (the file
+    changed in between), that file gets one error line and a non-zero exit; the others still run."""
+    from tiny import tiny_speechlm
+
+    from speechsum.audio import AudioError
+
+    tiny_speechlm(tiny_dir).save_pretrained(tmp_path / "ckpt")
+    sf.write(tmp_path / "long.wav", tone(3.0), SR)
+    sf.write(tmp_path / "short.wav", tone(0.8), SR)
+
+    def gone(self, bounds):
+        raise AudioError(self.path, "no such file")
+        yield
+
+    monkeypatch.setattr(Recording, "pieces", gone)
+    code = main(["summarize", str(tmp_path / "long.wav"), str(tmp_path / "short.wav"), "--model", str(tmp_path / "ckpt"),
+                 "--json", "--max-new-tokens", "3", "--window-seconds", "1"])
+    out, err = capsys.readouterr()
+    assert code != 0 and [json.loads(x)["file"] for x in out.strip().splitlines()] == [str(tmp_path / "short.wav")]
+    assert [x for x in err.strip().splitlines() if "error" in x] == [f"speechsum: error: {tmp_path / 'long.wav'}: no such file"]

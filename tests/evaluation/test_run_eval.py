@@ -126,3 +126,13 @@ def test_eval_stops_looping_answers_like_summarize_and_records_it(tmp_path, tiny
     assert sum(len(b) < len(a) for a, b in zip(preds[0], preds[3])) >= 1  # the tiny model loops
     with pytest.raises(ValueError, match="repeat_stop=1"):
         evaluate([str(tmp_path / "ckpt")], str(data / "dev"), repeat_stop=1, log=lambda *a: None)
+
+
+def test_cli_eval_rejects_a_model_given_twice_in_one_line(tmp_path, tiny_dir, capsys):
+    from speechsum.cli import main
+
+    data = make_dataset(tmp_path / "data", n_train=1, n_dev=1)
+    ckpt = str(tmp_path / "ckpt")
+    assert main(["eval", "--model", ckpt, ckpt, "--data", str(data / "dev")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(f"{ckpt}: given twice"), err
