@@ -64,7 +64,7 @@ def quiet_cuts(samples: np.ndarray, window_s: float, search: float = SEARCH, rat
     """Sample indices that cut `samples` into ceil(duration / window_s) parts of about equal length,
     each cut at the quietest frame (lowest mean square; the nearest to the nominal place on ties)
     within `search` x the part length of where it would fall. [] when one part is enough."""
-    frame = max(1, int(frame_s * rate))
+    frame = _frame(frame_s, rate)
     return cuts_from_energy(frame_energy(samples, frame), len(samples), frame, window_s, search, rate)
 
 
@@ -167,8 +167,9 @@ class Recording:
             blocks.close()
 
 
-def _frame() -> int:
-    return int(FRAME_S * SAMPLE_RATE)
+def _frame(frame_s: float = FRAME_S, rate: int = SAMPLE_RATE) -> int:
+    """Samples per energy frame (where a cut may fall)."""
+    return max(1, int(frame_s * rate))
 
 
 def clock(seconds: float) -> str:

@@ -377,9 +377,9 @@ class SpeechLM(nn.Module):
         for k in keys:
             self._readout_cache.move_to_end(k)
             out.append(self._readout_cache[k])
-        budget = self.readout_cache_mb * 2**20
-        while sum(t.nbytes for t in self._readout_cache.values()) > budget and len(self._readout_cache) > len(keys):
-            self._readout_cache.popitem(last=False)
+        held, budget = sum(t.nbytes for t in self._readout_cache.values()), self.readout_cache_mb * 2**20
+        while held > budget and len(self._readout_cache) > len(keys):
+            held -= self._readout_cache.popitem(last=False)[1].nbytes
         return out
 
     @property
