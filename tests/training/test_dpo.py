@@ -55,6 +55,24 @@ def test_dominance_pairs_never_prefer_saying_less():
     assert (c, r) == (1, 0)  # a true fact and nothing invented beats saying nothing
 
 
+def test_chosen_max_invented_never_prefers_an_invention():
+    texts = ["Priya Patel got $2,500 on Friday.",          # 2 facts, 1 invented (Friday)
+             "John Smith got $9,000 on Friday.",            # 0 facts, 3 invented
+             "Priya Patel spoke."]                          # 1 fact, nothing invented
+    f1 = dict(fact_score="f1", pair_rule="dominance")
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(**f1))[:2] == (0, 1)  # the best F1 invents one claim
+    c, r, reason = dpo.pick_pair(ITEM, texts, dpo.DPOConfig(**f1, chosen_max_invented=0))
+    assert (c, r) == (2, 1) and "invented []" in reason.split(" vs ")[0]
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(**f1, chosen_max_invented=1))[:2] == (0, 1)
+    # with the greedy summary as the anchor: when it invents, no sample that invents may replace it
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(**f1, chosen_max_invented=0), anchor=0) is None
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(**f1, chosen_max_invented=0), anchor=1)[:2] == (2, 1)
+    with pytest.raises(ValueError, match="chosen_max_invented"):
+        dpo.DPOConfig(chosen_max_invented=-2)
+    with pytest.raises(ValueError, match="judge='llm' has none"):
+        dpo.DPOConfig(judge="llm", chosen_max_invented=0)
+
+
 def test_length_gap_pairs_only_similar_lengths():
     texts = ["Priya Patel got $2,500 approved on Tuesday.",   # best
              "John Smith got $9,000 on Friday.",             # worst

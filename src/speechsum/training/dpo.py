@@ -95,6 +95,11 @@ class DPOConfig:
     chosen sample was the shorter one in 2 of 3 pairs and rejected ones hit the length cap 3x as
     often. Measured: at 0.25 the DPO model kept KD's answer length but F1 still fell (it dropped
     names instead); README: DPO variants."""
+    chosen_max_invented: int = -1
+    """Fact judge: the chosen summary may state at most this many invented claims (-1: no limit;
+    0: never prefer a summary that invents anything, however much else it gets right). Items
+    whose every better candidate invents give no pair. Under the preset's rules about half the
+    chosen summaries still invented a name, date or amount."""
 
     def __post_init__(self):
         if self.num_samples < 2:
@@ -108,6 +113,11 @@ class DPOConfig:
             raise ValueError(f"llm_min_margin must be >= 0, got {self.llm_min_margin}")
         if not 0.0 <= self.max_length_gap < 1.0:
             raise ValueError(f"max_length_gap must be in [0, 1), got {self.max_length_gap}")
+        if self.chosen_max_invented < -1:
+            raise ValueError(f"chosen_max_invented must be >= 0, or -1 for no limit, got {self.chosen_max_invented}")
+        if self.chosen_max_invented >= 0 and self.judge != "facts":
+            raise ValueError(f"chosen_max_invented counts the fact judge's invented claims; judge={self.judge!r} "
+                             "has none (use judge: facts, or chosen_max_invented: -1)")
 
 
 # ------------------------------------------------------------------------------------ judges
@@ -191,7 +201,8 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, verdict=None,
             rec = [r["recall"] or 0.0 for r in rows]
             cands = [(i, j) for i, j in cands if rec[i] >= rec[j] and rows[i]["n_hallucinated"] <= rows[j]["n_hallucinated"]]
         cands = [(i, j) for i, j in cands if length_matched(lengths, i, j, cfg.max_length_gap)
-                 and (anchor is None or anchor in (i, j))]
+                 and (anchor is None or anchor in (i, j))
+                 and (cfg.chosen_max_invented < 0 or rows[i]["n_hallucinated"] <= cfg.chosen_max_invented)]
         if not cands:
             return None
         best, worst = max(cands, key=lambda p: scores[p[0]] - scores[p[1]])
