@@ -99,7 +99,9 @@ class DPOConfig:
     """Fact judge: the chosen summary may state at most this many invented claims (-1: no limit;
     0: never prefer a summary that invents anything, however much else it gets right). Items
     whose every better candidate invents give no pair. Under the preset's rules about half the
-    chosen summaries still invented a name, date or amount."""
+    chosen summaries still invented a name, date or amount. Measured over 3 seeds (README: DPO and
+    invented facts): at 0 (96 pair items for ~39 pairs) F1 is the preset's and the DPO model
+    invents no less (+0.28 per summary against the preset); it still answers longer than KD."""
 
     def __post_init__(self):
         if self.num_samples < 2:
