@@ -97,6 +97,22 @@ def test_models_list_shows_every_name(capsys):
         assert name in out
 
 
+def test_the_cli_closes_a_process_group_a_command_opened(monkeypatch, capsys):
+    # under `accelerate launch` a stage opens a gloo group; main() must destroy it before exit,
+    # or gloo's threads can abort the finished rank at interpreter teardown
+    import torch.distributed as dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29533")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        assert main(["models", "list"]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_models_fetch_unknown_name(capsys):
     assert main(["models", "fetch", "gpt-7"]) == 1
     assert "gpt-7: unknown model name" in capsys.readouterr().err

@@ -357,6 +357,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted")
         return 130
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Destroy the distributed process group if a stage started one (under `accelerate launch`).
+    Left to interpreter exit, gloo's worker threads can abort a rank whose work is done ("terminate
+    called without an active exception", SIGABRT; it failed the 2-rank SFT test once in CI)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
