@@ -136,3 +136,23 @@ def test_cli_eval_rejects_a_model_given_twice_in_one_line(tmp_path, tiny_dir, ca
     assert main(["eval", "--model", ckpt, ckpt, "--data", str(data / "dev")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith(f"{ckpt}: given twice"), err
+
+
+def test_rows_and_table_carry_answer_length_and_claims():
+    from speechsum.evaluation.run_eval import score_items, summarize_scores, table_cells
+
+    facts = json.dumps([{"id": "f1", "kind": "person", "value": "Priya Patel", "mention": "Priya Patel", "attrs": {}},
+                        {"id": "f2", "kind": "money", "value": "$2,500", "mention": "$2,500", "attrs": {}}])
+    item = {"id": "d-0", "doc_id": "d", "instruction": "Summarize in one line.", "facts": facts, "style": "one_line",
+            "transcript": "Priya Patel said the budget of $2,500 is approved.", "target": "Priya Patel got $2,500.",
+            "genre": "meeting", "language": "en", "voice": "v", "held_out_kind": "", "duration": 10.0}
+    preds = ["Priya Patel got $2,500 on Friday.", "A budget was approved."]
+    rows = score_items([item, item], preds, embeddings=False)
+    # 3 checkable claims (a name, an amount, a day: the day invented) in 6 words; none in 4 words
+    assert [r["words"] for r in rows] == [6, 4]
+    assert [r["claims_per_summary"] for r in rows] == [3, 0] and rows[0]["invented_per_summary"] == 1
+    overall = summarize_scores(rows, [item, item])["overall"]
+    assert overall["words"] == 5.0 and overall["claims_per_summary"] == 1.5
+    header, cells = table_cells({"systems": {"m": {**summarize_scores(rows, [item, item]), "seconds_per_item": 0.5}}})
+    assert header[-3:] == ["style", "words", "s/item"] and "claims/summary" in header
+    assert cells[0][header.index("words")] == "5.0" and cells[0][header.index("claims/summary")].startswith("1.5")

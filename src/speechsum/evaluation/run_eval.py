@@ -180,6 +180,8 @@ def score_items(items: list[dict], preds: list[str], embeddings: bool = True) ->
             "fact_recall": f["recall"] if f else None, "fact_precision": f["precision"] if f else None,
             "fact_f1": f["f1"] if f else None,
             "invented_per_summary": f["n_hallucinated"] if f else None,
+            "claims_per_summary": f["n_claims"] if f else None,
+            "words": len(p.split()),
             "invented": f["hallucinated"] if f else [],
             "compliance": comp["score"],
         })
@@ -192,7 +194,7 @@ def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
     def agg(sel: list[int]) -> dict:
         out = {"n": len(sel)}
         for key in ("rouge_1", "rouge_2", "rouge_l", "similarity", "fact_recall", "fact_precision", "fact_f1",
-                    "invented_per_summary", "compliance"):
+                    "invented_per_summary", "claims_per_summary", "words", "compliance"):
             vals = [rows[i][key] for i in sel if rows[i][key] is not None]
             out[key] = float(np.mean(vals)) if vals else None
         return out
@@ -217,9 +219,13 @@ def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
     return result
 
 
-# (column label, metric key) of the comparison table; WER is put first for the transcription gate
+# (column label, metric key) of the comparison table; WER is put first for the transcription gate.
+# Answer length and checkable claims per summary stand beside the inventions: a stage that answers
+# longer states more claims and can invent more while its share of invented claims falls (README:
+# DPO and invented facts)
 TABLE_COLUMNS = [("fact recall", "fact_recall"), ("fact F1", "fact_f1"), ("invented/summary", "invented_per_summary"),
-                 ("ROUGE-L", "rouge_l"), ("similarity", "similarity"), ("style", "compliance")]
+                 ("claims/summary", "claims_per_summary"), ("ROUGE-L", "rouge_l"), ("similarity", "similarity"),
+                 ("style", "compliance"), ("words", "words")]
 
 
 def table_cells(metrics: dict) -> tuple[list[str], list[list[str]]]:
@@ -233,7 +239,8 @@ def table_cells(metrics: dict) -> tuple[list[str], list[list[str]]]:
         for _, key in cols:
             ci = m["ci"].get(key)
             v = m["overall"].get(key)
-            cells.append("-" if v is None else f"{v:.3f}" + (f" [{ci[1]:.2f}, {ci[2]:.2f}]" if ci else ""))
+            fmt = ".1f" if key in ("words", "claims_per_summary") else ".3f"
+            cells.append("-" if v is None else f"{v:{fmt}}" + (f" [{ci[1]:.2f}, {ci[2]:.2f}]" if ci else ""))
         rows.append([name] + cells + [f"{m['seconds_per_item']:.2f}"])
     return ["system"] + [c for c, _ in cols] + ["s/item"], rows
 
