@@ -97,14 +97,13 @@ def test_models_list_shows_every_name(capsys):
         assert name in out
 
 
-def test_the_cli_closes_a_process_group_a_command_opened(monkeypatch, capsys):
+def test_the_cli_closes_a_process_group_a_command_opened(tmp_path, capsys):
     # under `accelerate launch` a stage opens a gloo group; main() must destroy it before exit,
     # or gloo's threads can abort the finished rank at interpreter teardown
     import torch.distributed as dist
 
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "29533")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    # a file rendezvous: no TCP port that another test or process could hold
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
         assert main(["models", "list"]) == 0
         assert not dist.is_initialized()

@@ -226,6 +226,7 @@ def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
 TABLE_COLUMNS = [("fact recall", "fact_recall"), ("fact F1", "fact_f1"), ("invented/summary", "invented_per_summary"),
                  ("claims/summary", "claims_per_summary"), ("ROUGE-L", "rouge_l"), ("similarity", "similarity"),
                  ("style", "compliance"), ("words", "words")]
+COUNT_COLUMNS = ("claims_per_summary", "words")  # means of counts: one decimal, not three
 
 
 def table_cells(metrics: dict) -> tuple[list[str], list[list[str]]]:
@@ -239,7 +240,7 @@ def table_cells(metrics: dict) -> tuple[list[str], list[list[str]]]:
         for _, key in cols:
             ci = m["ci"].get(key)
             v = m["overall"].get(key)
-            fmt = ".1f" if key in ("words", "claims_per_summary") else ".3f"
+            fmt = ".1f" if key in COUNT_COLUMNS else ".3f"
             cells.append("-" if v is None else f"{v:{fmt}}" + (f" [{ci[1]:.2f}, {ci[2]:.2f}]" if ci else ""))
         rows.append([name] + cells + [f"{m['seconds_per_item']:.2f}"])
     return ["system"] + [c for c, _ in cols] + ["s/item"], rows

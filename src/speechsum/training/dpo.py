@@ -199,14 +199,15 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, verdict=None,
     if cfg.judge == "facts":
         rows = fact_rows(item, texts)  # scored once, for the judge and for the dominance rule
         scores, reasons = fact_judge(item, texts, cfg.hallucination_penalty, cfg.fact_score, rows)
-        n = len(texts)
-        cands = [(i, j) for i in range(n) for j in range(n) if scores[i] > scores[j] and texts[i] != texts[j]]
+        n, inv = len(texts), [r["n_hallucinated"] for r in rows]
+        may_choose = [cfg.chosen_max_invented < 0 or k <= cfg.chosen_max_invented for k in inv]
+        cands = [(i, j) for i in range(n) for j in range(n)
+                 if may_choose[i] and scores[i] > scores[j] and texts[i] != texts[j]]
         if cfg.pair_rule == "dominance":
             rec = [r["recall"] or 0.0 for r in rows]
-            cands = [(i, j) for i, j in cands if rec[i] >= rec[j] and rows[i]["n_hallucinated"] <= rows[j]["n_hallucinated"]]
+            cands = [(i, j) for i, j in cands if rec[i] >= rec[j] and inv[i] <= inv[j]]
         cands = [(i, j) for i, j in cands if length_matched(lengths, i, j, cfg.max_length_gap)
-                 and (anchor is None or anchor in (i, j))
-                 and (cfg.chosen_max_invented < 0 or rows[i]["n_hallucinated"] <= cfg.chosen_max_invented)]
+                 and (anchor is None or anchor in (i, j))]
         if not cands:
             return None
         best, worst = max(cands, key=lambda p: scores[p[0]] - scores[p[1]])
