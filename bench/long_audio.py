@@ -70,7 +70,8 @@ def bounded(rows: list[dict]) -> dict:
     extra minute; for memory that stays put that cost is ~0 and its max/min ratio is noise.)"""
     if len(rows) < 2:
         return {"ratio": None, "bounded": None}
-    ratio = rows[-1]["peak_increase_mb"] / rows[0]["peak_increase_mb"]
+    # a 1-MB floor: a shortest call that adds nothing measurable must not divide by zero
+    ratio = rows[-1]["peak_increase_mb"] / max(rows[0]["peak_increase_mb"], 1.0)
     return {"ratio": round(ratio, 2), "bounded": ratio <= FLAT_TOLERANCE,
             "mb": [rows[0]["peak_increase_mb"], rows[-1]["peak_increase_mb"]]}
 

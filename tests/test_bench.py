@@ -146,3 +146,6 @@ def test_long_audio_memory_is_bounded_only_when_the_longest_call_adds_no_more():
     rows[-1]["peak_increase_mb"] = 848.0  # +16 MB per minute from 1 to 30 min: grows
     assert long_audio.bounded(rows)["bounded"] is False
     assert long_audio.bounded(rows[:1]) == {"ratio": None, "bounded": None}
+    nothing_first = [{"peak_increase_mb": 0.0}, {"peak_increase_mb": 0.5}]
+    assert long_audio.bounded(nothing_first)["bounded"] is True
+    assert long_audio.bounded([{"peak_increase_mb": 0.0}, {"peak_increase_mb": 80.0}])["bounded"] is False

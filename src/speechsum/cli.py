@@ -348,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     _quiet_hf()
     from speechsum.config import ConfigError
+    from speechsum.training import close_process_group
 
     try:
         return args.func(args)
@@ -359,15 +360,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         close_process_group()
-
-
-def close_process_group() -> None:
-    """Destroy the distributed process group if a stage started one (under `accelerate launch`).
-    Left to interpreter exit, gloo's worker threads can abort a rank whose work is done ("terminate
-    called without an active exception", SIGABRT; it failed the 2-rank SFT test once in CI)."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -108,3 +108,22 @@ def test_dpo_two_ranks_equal_one_rank(tmp_path, tiny_data):
     }}) + "\n" for i in range(6)))
     one, two = _one_and_two_ranks(tmp_path, tiny_data, "dpo", pairs=str(pairs), sft_weight=0.5, beta=0.1)
     _assert_same(one, two, "loss", "reward_margin", "reward_accuracy", "reward_chosen", "reward_rejected")
+
+
+def test_a_stage_called_from_python_closes_its_process_group_at_exit(tmp_path):
+    # library use never reaches cli.main's `finally`; start_run registers the same close at exit
+    script = f"""
+import torch.distributed as dist
+from speechsum.training import close_process_group_at_exit
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+real = dist.destroy_process_group
+def destroy(*a, **k):
+    print("destroyed", flush=True)
+    real(*a, **k)
+dist.destroy_process_group = destroy
+close_process_group_at_exit()
+close_process_group_at_exit()  # a second stage in the same process: still one close
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["destroyed"]

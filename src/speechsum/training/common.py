@@ -25,6 +25,7 @@ import torch
 
 from speechsum.config import save_config
 from speechsum.precision import bf16_native  # resolve_bf16 reads it here (tests patch common.bf16_native)
+from speechsum.training import close_process_group_at_exit
 
 
 @dataclass
@@ -548,6 +549,8 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
 
     bf16 = resolve_bf16(cfg.loop, log)
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no")
+    if acc.num_processes > 1:
+        close_process_group_at_exit()
     seed_everything(cfg.loop.seed + acc.process_index)
     model, model_cfg = build_model(cfg.model, cfg.init, log if acc.is_main_process else None)
     cfg.model = model_cfg
