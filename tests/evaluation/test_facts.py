@@ -6,7 +6,7 @@ import random
 import pytest
 
 from speechsum.data.documents import Fact
-from speechsum.evaluation.facts import aggregate, fact_stated, score_summary, _View
+from speechsum.evaluation.facts import _View, aggregate, correct_summary, fact_stated, score_summary
 
 TRANSCRIPT = (
     "Hi, Marta Rossi here from Nakamura Labs. We have twelve engineers on the warehouse move. "
@@ -125,3 +125,25 @@ def test_rendered_targets_state_no_invented_facts():
         core = ("decision", "action", "disagreement", "money", "date", "person")
         r = score_summary(text, doc.facts, doc.transcript, kinds=core)
         assert r["recall"] == 1.0, r["missed"]
+
+
+def test_correct_summary_puts_the_nearest_document_value_in_place_of_each_invention():
+    wrong = (COMPLETE.replace("$2,500", "$3,000").replace("Marta Rossi of", "Marla Rossa of")
+             .replace("10:45 pm", "10:15 pm"))
+    assert score(wrong)["n_hallucinated"] == 3
+    fixed, edits = correct_summary(wrong, FACTS, TRANSCRIPT)
+    # the facts' written forms, not the transcript's spoken ones; the rest of the text untouched
+    assert fixed == COMPLETE
+    assert edits == [("Marla Rossa", "Marta Rossi"), ("$3,000", "$2,500"), ("10:15 pm.", "10:45 pm.")]
+    assert correct_summary(COMPLETE, FACTS, TRANSCRIPT) == (COMPLETE, [])
+
+
+def test_correct_summary_never_maps_two_inventions_onto_one_value():
+    # one amount in the document: it replaces the nearer wrong amount (both mentions of it); the
+    # other stays, as does a kind the document never states (a percentage)
+    summary = "Budget $3,000, later $3,000 again, or $90,000, up 40%."
+    fixed, edits = correct_summary(summary, FACTS, TRANSCRIPT)
+    assert fixed == "Budget $2,500, later $2,500 again, or $90,000, up 40%."
+    assert edits == [("$3,000", "$2,500"), ("$3,000", "$2,500")]
+    # a value the summary already states is not used again for an invented one
+    assert correct_summary("$2,500 now and $3,000 later.", FACTS, TRANSCRIPT)[1] == []

@@ -137,6 +137,18 @@ def _cfg(tmp_path, data, **kw):
         **kw)
 
 
+def test_correction_pair_replaces_the_invented_claims_with_the_documents():
+    fixed, reason = dpo.correction(ITEM, "John Smith got $9,000 on Friday.")
+    assert fixed == "Priya Patel got $2,500 on Tuesday."
+    assert reason.startswith("correction: 'John Smith' -> 'Priya Patel', '$9,000' -> '$2,500', 'Friday' -> 'Tuesday'")
+    assert "invented 3 -> 0, recall 0.00 -> 1.00" in reason
+    assert dpo.correction(ITEM, "Priya Patel got $2,500 approved.") is None  # nothing invented
+    with pytest.raises(ValueError, match="corrections .* greedy: candidate or anchor"):
+        dpo.DPOConfig(judge="facts", corrections=True)
+    with pytest.raises(ValueError, match="need judge: facts"):
+        dpo.DPOConfig(judge="llm", greedy="anchor", corrections=True)
+
+
 def test_dpo_run_writes_pairs_and_trains(tmp_path, tiny_data, monkeypatch):
     # the tiny data has no facts; judge by length so pairs exist, and check the record round-trips
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
@@ -166,3 +178,22 @@ def test_dpo_greedy_anchor_puts_the_greedy_summary_in_every_pair(tmp_path, tiny_
     recs = [json.loads(x) for x in (tmp_path / "run" / "preferences.jsonl").read_text().splitlines()]
     pairs = [r for r in recs if r["pair"]]
     assert pairs and all(r["pair"]["greedy"] in ("chosen", "rejected") for r in pairs)
+
+
+def test_dpo_corrections_add_a_pair_against_the_greedy_summary(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    monkeypatch.setattr(dpo, "correction", lambda item, text: (text + " fixed", "correction: test"))
+    cfg = _cfg(tmp_path, tiny_data, greedy="anchor", corrections=True)
+    cfg.loop.max_steps = 1
+    dpo.train(cfg, log=lambda *a: None)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "preferences.jsonl").read_text().splitlines()]
+    fixes = [r["correction"] for r in recs]
+    assert all(f["chosen"] == f["rejected"] + " fixed" and f["greedy"] == "rejected" for f in fixes)
+    # the rejected side is the greedy summary as the policy wrote it: its own token ids
+    for r in recs:
+        if r["pair"]:
+            side = r["pair"]["greedy"]
+            assert r["correction"]["rejected_ids"] == r["pair"][f"{side}_ids"]
+    assert len(dpo.preference_rows(recs)) == len(fixes) + sum(bool(r["pair"]) for r in recs)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert abs(rows[0]["reward_margin"]) < 1e-4  # correction pairs' reference log-probs match the policy too

@@ -20,11 +20,13 @@ compares systems fairly (all are scored by the same rules) rather than proving t
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from speechsum.data.numbers import MONTHS
+from speechsum.data.numbers import MONTHS, WEEKDAYS
 from speechsum.evaluation.claims import Claim, extract_claims, name_parts, number_claims
 
 SALIENT_KINDS = ("person", "org", "place", "project", "topic", "money", "count", "percent", "date", "time", "year",
@@ -225,6 +227,78 @@ def score_summary(summary: str, facts: Sequence[Any], transcript: str, kinds: Se
         "hallucinated": [c.surface for c in false],
         "hallucinated_spans": [[c.start, c.end] for c in false],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# correction: an invented claim replaced by the document's nearest claim of the same kind
+
+_NAMED_KINDS = ("person", "org", "place", "project")
+
+
+def _distance(kind: str, a: Any, b: Any) -> float:
+    """How far apart two claim values of one kind are: the nearest document value is the likeliest
+    reading of a garbled one (a misheard name, a neighbouring day, an amount off by a digit)."""
+    if kind in _NUMERIC:
+        a, b = float(a), float(b)
+        return abs(math.log(a / b)) if a > 0 and b > 0 else abs(a - b) + 1e9
+    if kind == "date":
+        return abs((a[0] * 31 + a[1]) - (b[0] * 31 + b[1]))
+    if kind == "weekday":
+        d = abs(WEEKDAYS.index(a) - WEEKDAYS.index(b)) if a in WEEKDAYS and b in WEEKDAYS else 7
+        return min(d, 7 - d)
+    if kind == "month":
+        return abs(MONTHS.index(a) - MONTHS.index(b)) if a in MONTHS and b in MONTHS else 12
+    if kind == "time":
+        return abs((a[0] % 12 * 60 + a[1]) - (b[0] % 12 * 60 + b[1])) + (a[2] != b[2]) * 0.5
+    return 1.0 - difflib.SequenceMatcher(None, str(a).lower(), str(b).lower()).ratio()
+
+
+def _value_key(c: Claim) -> tuple:
+    return (c.kind, round(float(c.value), 6) if c.kind in _NUMERIC else str(c.value).lower())
+
+
+def correct_summary(summary: str, facts: Sequence[Any], transcript: str,
+                    context: str = "") -> tuple[str, list[tuple[str, str]]]:
+    """The summary with every invented claim (as `score_summary` counts them) replaced by the
+    document's nearest supported claim of the same kind, as the document writes it: the
+    fine-grained correction of a hallucination (RLHF-V, Yu et al. 2023) made from known facts
+    instead of a human editor. Returns (corrected text, [(invented surface, replacement)]); a claim
+    whose kind the document never states (an amount in a document without amounts), or whose every
+same-kind value already replaced another invented value, stays as it is.
+    The rest of the text is untouched, so the two versions differ only where the claims were."""
+    fields = [_fields(f) for f in facts]
+    allowed_text = "\n".join([transcript, context] + [v for _, _, v, _ in fields])
+    allowed = _View.of(allowed_text)
+    known = frozenset(allowed.words)
+    # what the document states, each as written: the transcript's claims and the named facts
+    # (the facts' values first: where both state a value, the written form "$2,500" wins over a
+    # spoken one, "two and a half thousand dollars")
+    doc = [c for c in extract_claims("\n".join([v for _, _, v, _ in fields] + [transcript]), known_words=known)
+           if _supported(c, allowed)]
+    doc += [Claim("name", v, v, 0, 0) for _, kind, v, _ in fields if kind in _NAMED_KINDS and name_parts(v)]
+    claims = extract_claims(summary, known_words=known)
+    out, edits, pos = [], [], 0
+    fixed: dict[tuple, Claim] = {}  # an invented value -> its replacement, the same at every mention
+    # each document value stands in for one invented value at most, and never for one the summary
+    # already states: three different wrong amounts do not all become the document's one amount
+    used = {_value_key(c) for c in claims if _supported(c, allowed)}
+    for c in claims:
+        if c.start < pos or _supported(c, allowed):
+            continue
+        key = _value_key(c)
+        if key not in fixed:
+            same = [d for d in doc if d.kind == c.kind and _value_key(d) not in used]
+            if not same:
+                continue
+            fixed[key] = min(same, key=lambda d: _distance(c.kind, c.value, d.value))  # first of equals
+            used.add(_value_key(fixed[key]))
+        # a claim read with the full stop after it ("4:10 pm.") keeps the original's punctuation
+        surface = fixed[key].surface.removesuffix(".") + ("." if c.surface.endswith(".") else "")
+        out += [summary[pos:c.start], surface]
+        edits.append((c.surface, surface))
+        pos = c.end
+    out.append(summary[pos:])
+    return "".join(out), edits
 
 
 def aggregate(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ Pairs: for each item the starting policy samples `num_samples` summaries from th
   must agree instead; small local judges answer "1" almost always, bench/judge.py);
 - `openai:URL#MODEL`: the same rubric on any OpenAI-compatible endpoint (GPT-4.1, vLLM), its
   two answers must agree, inconsistent verdicts are dropped.
+With `corrections` (fact judge), an item whose greedy summary invents a claim also gives the pair
+(that summary with the invented claims replaced by the document's own, that summary as written).
 Pairs, with the judge's reason and the reference log-probs, go to `<out_dir>/preferences.jsonl`;
 `pairs: FILE` trains on an existing preference file instead.
 
@@ -104,6 +106,14 @@ class DPOConfig:
     chosen summaries still invented a name, date or amount. Measured over 3 seeds (README: DPO and
     invented facts): at 0 (96 pair items for ~39 pairs) F1 is the preset's and the DPO model
     invents no less (+0.28 per summary against the preset); it still answers longer than KD."""
+    corrections: bool = False
+    """Fact judge with the greedy summary (`greedy` not off): each item whose greedy summary invents
+    a claim also gives a correction pair: chosen = the greedy summary with every invented name,
+    amount, date or time replaced by the document's nearest one of the same kind
+    (`evaluation.facts.correct_summary`), rejected = the greedy summary as the policy wrote it. The
+    two differ only at the invented claims, so the preference is about them, not about length or
+    what else is said (fine-grained correctional feedback, RLHF-V). Kept only when the corrected
+    summary invents fewer claims and recalls no fewer facts; added to the judge's pair of the item."""
 
     def __post_init__(self):
         if self.num_samples < 2:
@@ -119,6 +129,9 @@ class DPOConfig:
             raise ValueError(f"max_length_gap must be in [0, 1), got {self.max_length_gap}")
         if self.chosen_max_invented < -1:
             raise ValueError(f"chosen_max_invented must be >= 0, or -1 for no limit, got {self.chosen_max_invented}")
+        if self.corrections and (self.judge != "facts" or self.greedy == "off"):
+            raise ValueError(f"corrections replace the fact judge's invented claims in the greedy summary; they need "
+                             f"judge: facts (got {self.judge!r}) and greedy: candidate or anchor (got {self.greedy!r})")
         if self.chosen_max_invented >= 0 and self.judge != "facts":
             raise ValueError(f"chosen_max_invented counts the fact judge's invented claims; judge={self.judge!r} "
                              "has none (use judge: facts, or chosen_max_invented: -1)")
@@ -230,6 +243,23 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, verdict=None,
     return (a, b, why) if v == "a" else (b, a, why)
 
 
+def correction(item: dict, text: str) -> tuple[str, str] | None:
+    """(the summary with its invented claims corrected, the reason), or None when no correction
+    makes it invent fewer claims without recalling fewer facts (`corrections`)."""
+    from speechsum.evaluation.facts import correct_summary
+
+    facts = json.loads(item["facts"]) if item.get("facts") else []
+    fixed, edits = correct_summary(text, facts, item["transcript"], context=item["instruction"])
+    if not edits:
+        return None
+    before, after = fact_rows(item, [text, fixed])
+    if after["n_hallucinated"] >= before["n_hallucinated"] or (after["recall"] or 0) < (before["recall"] or 0):
+        return None
+    changes = ", ".join(f"{a!r} -> {b!r}" for a, b in dict(edits).items())
+    return fixed, (f"correction: {changes}; invented {before['n_hallucinated']} -> {after['n_hallucinated']}, "
+                   f"recall {before['recall'] or 0:.2f} -> {after['recall'] or 0:.2f}")
+
+
 def completion_logps(forward, model, frames, instructions: list[str], completions: list[list[int]]):
     """Sum of log p(completion | audio, instruction) per item [B] from one forward (`forward`: the
     model's `target_logits`, or its DDP wrapper in training), and that forward's TargetLogits."""
@@ -254,6 +284,12 @@ def pair_logps(forward, model, frames, pairs: list[dict]):
     return completion_logps(forward, model, frames + frames, instrs, comps)
 
 
+def preference_rows(records) -> list[dict]:
+    """The training rows ({"id", "pair"}) of preferences.jsonl records: an item's judged pair and
+    its correction pair (`corrections`) are two rows."""
+    return [{"id": r["id"], "pair": p} for r in records for p in (r.get("pair"), r.get("correction")) if p]
+
+
 def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, log=None) -> list[dict]:
     """Sample, judge and record pairs with reference log-probs; resumes from a partial file."""
     done = {}
@@ -264,7 +300,7 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
                 done[rec["id"]] = rec
     verdict = make_llm_verdict(cfg) if cfg.judge != "facts" else None
     gen = torch.Generator().manual_seed(cfg.loop.seed)
-    t0, kept, dropped = time.time(), 0, 0
+    t0, kept, dropped, corrected = time.time(), 0, 0, 0
     model.eval()
     with open(out_path, "a") as f:
         for start in range(0, len(items), cfg.loop.batch_size):
@@ -282,6 +318,19 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
             g_idx = cfg.num_samples if greedy else None  # the greedy summary's index among the candidates
             for k, item in enumerate(chunk):
                 cands = gens[k * cfg.num_samples : (k + 1) * cfg.num_samples] + greedy[k : k + 1]
+
+                def record(chosen: str, rejected: str, ids: list[list[int]], reason: str, side) -> dict:
+                    # same precision as the training forward, so step 1 starts at zero margin
+                    with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
+                                        enabled=cfg.loop.bf16):
+                        ref = sequence_logps_of(model, [frames[k], frames[k]], [item["instruction"]] * 2, ids)
+                    return {"instruction": item["instruction"], "chosen": chosen, "rejected": rejected,
+                            "chosen_ids": ids[0], "rejected_ids": ids[1], "ref_chosen": float(ref[0]),
+                            "ref_rejected": float(ref[1]), "reason": reason, "judge": cfg.judge, "greedy": side}
+
+                def with_end(g, ids: list[int]) -> list[int]:
+                    return ids + ([model.end_of_turn_id] if g.finished else [])
+
                 pick = pick_pair(item, [g.text for g in cands], cfg, verdict, [len(g.ids) for g in cands],
                                  anchor=g_idx if cfg.greedy == "anchor" else None)
                 rec = {"id": item["id"], "pair": None}
@@ -289,26 +338,27 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
                     dropped += 1
                 else:
                     c, r, reason = pick
-                    ids = [cands[i].ids + ([model.end_of_turn_id] if cands[i].finished else []) for i in (c, r)]
-                    # same precision as the training forward, so step 1 starts at zero margin
-                    with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
-                                        enabled=cfg.loop.bf16):
-                        ref = sequence_logps_of(model, [frames[k], frames[k]], [item["instruction"]] * 2, ids)
-                    rec["pair"] = {"instruction": item["instruction"], "chosen": cands[c].text,
-                                   "rejected": cands[r].text, "chosen_ids": ids[0], "rejected_ids": ids[1],
-                                   "ref_chosen": float(ref[0]), "ref_rejected": float(ref[1]), "reason": reason,
-                                   "judge": cfg.judge,
-                                   "greedy": {c: "chosen", r: "rejected"}.get(g_idx)}
+                    rec["pair"] = record(cands[c].text, cands[r].text, [with_end(cands[i], cands[i].ids) for i in (c, r)],
+                                         reason, {c: "chosen", r: "rejected"}.get(g_idx))
                     kept += 1
+                fix = correction(item, cands[g_idx].text) if cfg.corrections else None
+                if fix is not None:
+                    g = cands[g_idx]
+                    # the corrected text is tokenized afresh; the rejected side keeps the policy's own ids
+                    fixed_ids = model.tokenizer(fix[0], add_special_tokens=False)["input_ids"]
+                    rec["correction"] = record(fix[0], g.text, [with_end(g, fixed_ids), with_end(g, g.ids)],
+                                               fix[1], "rejected")
+                    corrected += 1
                 done[item["id"]] = rec
                 f.write(json.dumps(rec) + "\n")
             f.flush()
-    pairs = [r for r in done.values() if r["pair"] is not None]
+    pairs = preference_rows(done.values())
     if log:
         lc = [len(r["pair"]["chosen_ids"]) for r in pairs]
         lr = [len(r["pair"]["rejected_ids"]) for r in pairs]
         sides = Counter(r["pair"].get("greedy") for r in pairs)
-        log(f"dpo: {kept} pairs, {dropped} ties/inconsistent dropped, {time.time() - t0:.0f} s; "
+        log(f"dpo: {kept} pairs, {dropped} ties/inconsistent dropped"
+            + (f", {corrected} correction pairs" if cfg.corrections else "") + f", {time.time() - t0:.0f} s; "
             f"chosen shorter in {sum(c < r for c, r in zip(lc, lr))} of {len(pairs)} pairs, mean tokens "
             f"chosen {sum(lc) / max(len(lc), 1):.1f} / rejected {sum(lr) / max(len(lr), 1):.1f}"
             + (f"; the greedy summary chosen in {sides['chosen']}, rejected in {sides['rejected']}"
@@ -337,7 +387,7 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
             build_preferences(model, train_items[: cfg.pair_items] if cfg.pair_items else train_items, cfg,
                               pref_file, log)
         acc.wait_for_everyone()
-    pairs = [r for r in (json.loads(x) for x in pref_file.read_text().splitlines() if x.strip()) if r.get("pair")]
+    pairs = preference_rows(json.loads(x) for x in pref_file.read_text().splitlines() if x.strip())
     missing = [r["id"] for r in pairs if r["id"] not in by_id]
     if missing:
         raise ValueError(f"preference pairs name items not in {cfg.data.path}/{cfg.data.train_split}: {missing[:3]}")
