@@ -113,7 +113,10 @@ class DPOConfig:
     (`evaluation.facts.correct_summary`), rejected = the greedy summary as the policy wrote it. The
     two differ only at the invented claims, so the preference is about them, not about length or
     what else is said (fine-grained correctional feedback, RLHF-V). Kept only when the corrected
-    summary invents fewer claims and recalls no fewer facts; added to the judge's pair of the item."""
+    summary invents fewer claims and recalls no fewer facts; added to the judge's pair of the item.
+    Measured over 3 seeds (README: correction pairs): with `sft_weight: 1.0` DPO invents 0.21-0.26
+    fewer claims per summary than KD and still states more facts; without the SFT term it cuts
+    inventions mostly by answering shorter."""
 
     def __post_init__(self):
         if self.num_samples < 2:
