@@ -264,8 +264,8 @@ def correct_summary(summary: str, facts: Sequence[Any], transcript: str,
     fine-grained correction of a hallucination (RLHF-V, Yu et al. 2023) made from known facts
     instead of a human editor. Returns (corrected text, [(invented surface, replacement)]); a claim
     whose kind the document never states (an amount in a document without amounts), or whose every
-same-kind value already replaced another invented value, stays as it is.
-    The rest of the text is untouched, so the two versions differ only where the claims were."""
+    same-kind value already replaced another invented value, stays as it is. The rest of the text
+    is untouched, so the two versions differ only where the claims were."""
     fields = [_fields(f) for f in facts]
     allowed_text = "\n".join([transcript, context] + [v for _, _, v, _ in fields])
     allowed = _View.of(allowed_text)

@@ -304,6 +304,19 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
     verdict = make_llm_verdict(cfg) if cfg.judge != "facts" else None
     gen = torch.Generator().manual_seed(cfg.loop.seed)
     t0, kept, dropped, corrected = time.time(), 0, 0, 0
+
+    def with_end(g, ids: list[int]) -> list[int]:
+        return ids + ([model.end_of_turn_id] if g.finished else [])
+
+    def record(frame, item: dict, chosen: str, rejected: str, ids: list[list[int]], reason: str, side) -> dict:
+        # same precision as the training forward, so step 1 starts at zero margin
+        with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
+                            enabled=cfg.loop.bf16):
+            ref = sequence_logps_of(model, [frame, frame], [item["instruction"]] * 2, ids)
+        return {"instruction": item["instruction"], "chosen": chosen, "rejected": rejected,
+                "chosen_ids": ids[0], "rejected_ids": ids[1], "ref_chosen": float(ref[0]),
+                "ref_rejected": float(ref[1]), "reason": reason, "judge": cfg.judge, "greedy": side}
+
     model.eval()
     with open(out_path, "a") as f:
         for start in range(0, len(items), cfg.loop.batch_size):
@@ -321,19 +334,6 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
             g_idx = cfg.num_samples if greedy else None  # the greedy summary's index among the candidates
             for k, item in enumerate(chunk):
                 cands = gens[k * cfg.num_samples : (k + 1) * cfg.num_samples] + greedy[k : k + 1]
-
-                def record(chosen: str, rejected: str, ids: list[list[int]], reason: str, side) -> dict:
-                    # same precision as the training forward, so step 1 starts at zero margin
-                    with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
-                                        enabled=cfg.loop.bf16):
-                        ref = sequence_logps_of(model, [frames[k], frames[k]], [item["instruction"]] * 2, ids)
-                    return {"instruction": item["instruction"], "chosen": chosen, "rejected": rejected,
-                            "chosen_ids": ids[0], "rejected_ids": ids[1], "ref_chosen": float(ref[0]),
-                            "ref_rejected": float(ref[1]), "reason": reason, "judge": cfg.judge, "greedy": side}
-
-                def with_end(g, ids: list[int]) -> list[int]:
-                    return ids + ([model.end_of_turn_id] if g.finished else [])
-
                 pick = pick_pair(item, [g.text for g in cands], cfg, verdict, [len(g.ids) for g in cands],
                                  anchor=g_idx if cfg.greedy == "anchor" else None)
                 rec = {"id": item["id"], "pair": None}
@@ -341,16 +341,17 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
                     dropped += 1
                 else:
                     c, r, reason = pick
-                    rec["pair"] = record(cands[c].text, cands[r].text, [with_end(cands[i], cands[i].ids) for i in (c, r)],
-                                         reason, {c: "chosen", r: "rejected"}.get(g_idx))
+                    ids = [with_end(cands[i], cands[i].ids) for i in (c, r)]
+                    rec["pair"] = record(frames[k], item, cands[c].text, cands[r].text, ids, reason,
+                                         {c: "chosen", r: "rejected"}.get(g_idx))
                     kept += 1
                 fix = correction(item, cands[g_idx].text) if cfg.corrections else None
                 if fix is not None:
                     g = cands[g_idx]
                     # the corrected text is tokenized afresh; the rejected side keeps the policy's own ids
                     fixed_ids = model.tokenizer(fix[0], add_special_tokens=False)["input_ids"]
-                    rec["correction"] = record(fix[0], g.text, [with_end(g, fixed_ids), with_end(g, g.ids)],
-                                               fix[1], "rejected")
+                    rec["correction"] = record(frames[k], item, fix[0], g.text,
+                                               [with_end(g, fixed_ids), with_end(g, g.ids)], fix[1], "rejected")
                     corrected += 1
                 done[item["id"]] = rec
                 f.write(json.dumps(rec) + "\n")
