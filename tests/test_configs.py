@@ -47,6 +47,12 @@ def test_unknown_key_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="greedy: 'bogus' is not one of 'off', 'candidate', 'anchor'"):
         load_config(DPOConfig, None, ["greedy=bogus"])
     assert load_config(DPOConfig, None, ["greedy=anchor"]).greedy == "anchor"
+    # YAML reads a bare `off` as false; the option spelled that way is meant, in a file or an override
+    assert load_config(DPOConfig, None, ["greedy=anchor", "greedy=off"]).greedy == "off"
+    p.write_text("greedy: off\n")
+    assert load_config(DPOConfig, p).greedy == "off"
+    with pytest.raises(ConfigError, match="greedy: True is not one of"):
+        load_config(DPOConfig, None, ["greedy=on"])  # no option is spelled "on"
     with pytest.raises(ConfigError, match="llm_min_margin must be >= 0, got -1.0"):
         load_config(DPOConfig, None, ["judge=llm", "llm_min_margin=-1"])
     with pytest.raises(ConfigError, match="llm_verdict=logprobs needs a local judge"):
