@@ -132,3 +132,13 @@ def test_int8_decoding_of_the_real_teacher_keeps_the_facts_and_is_used():
     assert len(layers) == 7 * lm.llm.config.num_hidden_layers + 1  # q k v o gate up down per layer + the head
     assert all(m._int8_key is not None for m in layers)
     assert "Marcus" in text and "Thursday" in text, text
+
+
+def test_cascade_asr_transcribes_the_bundled_clip_the_same_twice():
+    from speechsum.evaluation.run_eval import load_asr, transcribe
+
+    real_model_dir("whisper-base")
+    asr = load_asr("whisper-base")
+    first, second = transcribe(asr, str(CLIP)), transcribe(asr, str(CLIP))
+    assert first == second
+    assert "budget" in first.lower() and "thursday" in first.lower()

@@ -156,3 +156,21 @@ def test_rows_and_table_carry_answer_length_and_claims():
     header, cells = table_cells({"systems": {"m": {**summarize_scores(rows, [item, item]), "seconds_per_item": 0.5}}})
     assert header[-3:] == ["style", "words", "s/item"] and "claims/summary" in header
     assert cells[0][header.index("words")] == "5.0" and cells[0][header.index("claims/summary")].startswith("1.5")
+
+
+def test_cascade_asr_is_greedy_without_the_sampling_fallback():
+    # faster-whisper's default temperatures (0, 0.2, ..., 1) sample unseeded on windows it judges
+    # repetitive, which made the cascade differ run to run; one temperature of 0 turns that off
+    from speechsum.evaluation.run_eval import transcribe
+
+    class Segment:
+        text = " hello there "
+
+    class Recorder:
+        def transcribe(self, audio, **kw):
+            self.kw = kw
+            return iter([Segment(), Segment()]), None
+
+    asr = Recorder()
+    assert transcribe(asr, "clip.wav") == "hello there hello there"
+    assert asr.kw["temperature"] == 0.0 and asr.kw["beam_size"] == 1

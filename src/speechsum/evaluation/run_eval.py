@@ -123,8 +123,11 @@ def load_asr(model: str = "whisper-base", cpu_threads: int = 2):
 
 
 def transcribe(asr, audio) -> str:
-    """Greedy transcript of one audio file (or 16 kHz array), language detected, windows independent."""
-    segs, _ = asr.transcribe(audio, beam_size=1, language=None, condition_on_previous_text=False)
+    """Greedy transcript of one audio file (or 16 kHz array), language detected, windows independent.
+    One temperature, 0: faster-whisper's default falls back to sampling at 0.2 ... 1.0 when a window
+    looks repetitive or unlikely, unseeded, so the cascade's transcripts (3 of the demo's 24
+    documents) and, through batch padding, its summaries changed from run to run."""
+    segs, _ = asr.transcribe(audio, beam_size=1, language=None, condition_on_previous_text=False, temperature=0.0)
     return " ".join(s.text.strip() for s in segs)  # segs is lazy: decoding happens here
 
 
