@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -191,6 +192,25 @@ def _supported(claim: Claim, allowed: _View) -> bool:
     return _has(allowed, claim.kind, claim.value)
 
 
+def item_facts(item: Mapping[str, Any]) -> list[dict]:
+    """A dataset item's known facts (its manifest's JSON `facts`; none for items without)."""
+    return json.loads(item["facts"]) if item.get("facts") else []
+
+
+def score_item(item: Mapping[str, Any], summary: str) -> dict[str, Any] | None:
+    """`score_summary` of a summary of a dataset item (its facts, transcript and instruction, as
+    eval and the report read them); None when the item has no known facts."""
+    facts = item_facts(item)
+    return score_summary(summary, facts, item["transcript"], context=item["instruction"]) if facts else None
+
+
+def _allowed(fields: list[tuple], transcript: str, context: str) -> tuple[_View, frozenset[str]]:
+    """What a summary may claim (the transcript, the context, the facts' values) and the document's
+    vocabulary: one definition of "invented" for scoring and for correcting."""
+    allowed = _View.of("\n".join([transcript, context] + [v for _, _, v, _ in fields]))
+    return allowed, frozenset(allowed.words)
+
+
 def score_summary(summary: str, facts: Sequence[Any], transcript: str, kinds: Sequence[str] = SALIENT_KINDS,
                   context: str = "") -> dict[str, Any]:
     """Fact recall/precision/F1 and hallucinated claims of one summary.
@@ -204,9 +224,7 @@ def score_summary(summary: str, facts: Sequence[Any], transcript: str, kinds: Se
     view = _View.of(summary)
     stated = [fid for fid, kind, value in salient if fact_stated(kind, value, view)]
 
-    allowed_text = "\n".join([transcript, context] + [v for _, _, v, _ in fields])
-    allowed = _View.of(allowed_text)
-    doc_words = frozenset(allowed.words)
+    allowed, doc_words = _allowed(fields, transcript, context)
     claims = extract_claims(summary, known_words=doc_words)
     unique: dict[tuple, Claim] = {}
     for c in claims:
@@ -267,9 +285,7 @@ def correct_summary(summary: str, facts: Sequence[Any], transcript: str,
     same-kind value already replaced another invented value, stays as it is. The rest of the text
     is untouched, so the two versions differ only where the claims were."""
     fields = [_fields(f) for f in facts]
-    allowed_text = "\n".join([transcript, context] + [v for _, _, v, _ in fields])
-    allowed = _View.of(allowed_text)
-    known = frozenset(allowed.words)
+    allowed, known = _allowed(fields, transcript, context)
     # what the document states, each as written: the transcript's claims and the named facts
     # (the facts' values first: where both state a value, the written form "$2,500" wins over a
     # spoken one, "two and a half thousand dollars")

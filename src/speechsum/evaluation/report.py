@@ -249,14 +249,6 @@ def audio_html(path: str) -> str:
     return f'<audio controls preload="metadata" src="data:{mime};base64,{data}"></audio>'
 
 
-def invented_check(item: dict, summary: str) -> dict | None:
-    """facts.score_summary of one summary, with run_eval's arguments; None without known facts."""
-    from speechsum.evaluation.facts import score_summary
-
-    facts = json.loads(item["facts"]) if item.get("facts") else []
-    return score_summary(summary, facts, item["transcript"], context=item["instruction"]) if facts else None
-
-
 def marked_html(text: str, spans: list[list[int]]) -> str:
     """text with each [start, end) span in a <mark>, everything escaped."""
     out, pos = [], 0
@@ -269,7 +261,9 @@ def marked_html(text: str, spans: list[list[int]]) -> str:
 
 
 def summary_html(system: str, item: dict, summary: str) -> str:
-    score = invented_check(item, summary)
+    from speechsum.evaluation.facts import score_item
+
+    score = score_item(item, summary)
     if score is None:
         badge, body = "facts unknown: not checked", html.escape(summary)
     else:

@@ -167,14 +167,13 @@ def generate_text(llm: str, transcripts: list[str], items: list[dict], batch_siz
 
 def score_items(items: list[dict], preds: list[str], embeddings: bool = True) -> list[dict]:
     from speechsum.evaluation.compliance import style_compliance
-    from speechsum.evaluation.facts import score_summary
+    from speechsum.evaluation.facts import score_item
     from speechsum.evaluation.metrics import embedding_similarity, rouge
 
     sims = embedding_similarity(preds, [r["target"] for r in items]) if embeddings else [None] * len(items)
     rows = []
     for r, p, sim in zip(items, preds, sims):
-        facts = json.loads(r["facts"]) if r.get("facts") else []
-        f = score_summary(p, facts, r["transcript"], context=r["instruction"]) if facts else None
+        f = score_item(r, p)
         rg = rouge(p, r["target"])
         comp = style_compliance(r["style"], p, r["instruction"])
         rows.append({
