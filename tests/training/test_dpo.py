@@ -147,6 +147,8 @@ def test_correction_pair_replaces_the_invented_claims_with_the_documents():
         dpo.DPOConfig(judge="facts", corrections=True)
     with pytest.raises(ValueError, match="need judge: facts"):
         dpo.DPOConfig(judge="llm", greedy="anchor", corrections=True)
+    with pytest.raises(ValueError, match="correct_chosen .* judge='llm'"):
+        dpo.DPOConfig(judge="llm", correct_chosen=True)
 
 
 def test_dpo_run_writes_pairs_and_trains(tmp_path, tiny_data, monkeypatch):
@@ -197,3 +199,24 @@ def test_dpo_corrections_add_a_pair_against_the_greedy_summary(tmp_path, tiny_da
     assert len(dpo.preference_rows(recs)) == len(fixes) + sum(bool(r["pair"]) for r in recs)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert abs(rows[0]["reward_margin"]) < 1e-4  # correction pairs' reference log-probs match the policy too
+
+
+def test_dpo_correct_chosen_corrects_the_judged_pairs_chosen_side(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    monkeypatch.setattr(dpo, "correction", lambda item, text: (text + " fixed", "correction: test"))
+    cfg = _cfg(tmp_path, tiny_data, correct_chosen=True)
+    cfg.loop.max_steps = 1
+    dpo.train(cfg, log=lambda *a: None)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "preferences.jsonl").read_text().splitlines()]
+    pairs = [r["pair"] for r in recs if r["pair"]]
+    assert pairs and all(p["chosen"].endswith(" fixed") and not p["rejected"].endswith(" fixed") for p in pairs)
+    assert all(p["reason"].endswith("; chosen correction: test") for p in pairs)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cfg.model.llm)
+    for p in pairs:  # the corrected text is tokenized afresh (plus the end of turn if the sample ended)
+        ids = tok(p["chosen"], add_special_tokens=False)["input_ids"]
+        assert p["chosen_ids"][: len(ids)] == ids and len(p["chosen_ids"]) - len(ids) in (0, 1)
+    assert not any("correction" in r for r in recs)  # no separate correction pairs without `corrections`
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert abs(rows[0]["reward_margin"]) < 1e-4  # the corrected chosen's reference log-probs match the policy

@@ -119,6 +119,13 @@ class DPOConfig:
     -0.02 to +0.03 per run instead of the judged pairs' +0.04; without the SFT term it cuts
     inventions mostly by answering shorter."""
 
+    correct_chosen: bool = False
+    """Fact judge: when the judged pair's chosen summary invents a claim, replace it by its
+    corrected text (as `corrections` does for the greedy summary, and kept under the same rule:
+    fewer invented claims, no less recall). The judge's pair then prefers a summary that states
+    more of the document's facts *and* invents none of the checked kinds, where its chosen side
+    otherwise still invented a claim in about half the pairs."""
+
     def __post_init__(self):
         if self.num_samples < 2:
             raise ValueError(f"num_samples must be >= 2, got {self.num_samples}")
@@ -136,6 +143,9 @@ class DPOConfig:
         if self.corrections and (self.judge != "facts" or self.greedy == "off"):
             raise ValueError(f"corrections replace the fact judge's invented claims in the greedy summary; they need "
                              f"judge: facts (got {self.judge!r}) and greedy: candidate or anchor (got {self.greedy!r})")
+        if self.correct_chosen and self.judge != "facts":
+            raise ValueError(f"correct_chosen replaces the fact judge's invented claims; judge={self.judge!r} "
+                             "has none (use judge: facts, or correct_chosen: false)")
         if self.chosen_max_invented >= 0 and self.judge != "facts":
             raise ValueError(f"chosen_max_invented counts the fact judge's invented claims; judge={self.judge!r} "
                              "has none (use judge: facts, or chosen_max_invented: -1)")
@@ -342,7 +352,12 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
                 else:
                     c, r, reason = pick
                     ids = [with_end(cands[i], cands[i].ids) for i in (c, r)]
-                    rec["pair"] = record(frames[k], item, cands[c].text, cands[r].text, ids, reason,
+                    chosen = cands[c].text
+                    fix = correction(item, chosen) if cfg.correct_chosen else None
+                    if fix is not None:
+                        chosen, reason = fix[0], f"{reason}; chosen {fix[1]}"
+                        ids[0] = with_end(cands[c], model.tokenizer(chosen, add_special_tokens=False)["input_ids"])
+                    rec["pair"] = record(frames[k], item, chosen, cands[r].text, ids, reason,
                                          {c: "chosen", r: "rejected"}.get(g_idx))
                     kept += 1
                 fix = correction(item, cands[g_idx].text) if cfg.corrections else None
