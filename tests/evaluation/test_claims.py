@@ -53,6 +53,12 @@ def test_list_numbering_and_ordinals_are_not_claims():
     assert values("1. We hired 5 people.\n2) The 3rd item") == [("number", 5.0)]
 
 
+def test_a_number_glued_to_a_name_by_a_hyphen_is_not_a_claim():
+    # a correction pair once turned "COVID-19" into "COVID-6": the 19 is part of the name
+    assert values("COVID-19 cost 40 jobs in room B-12") == [("number", 40.0)]
+    assert values("between 10-20 people") == [("number", 10.0), ("number", 20.0)]
+
+
 def test_surface_and_span_point_into_the_original_text():
     text = "They spent two and a half thousand dollars on it."
     (claim,) = number_claims(text)

@@ -257,8 +257,9 @@ _PATTERNS: list[tuple[str, re.Pattern, Callable[[re.Match], Hashable]]] = [
                          r"(?:dollars?|euros?|pounds?|bucks|usd|eur|gbp)\b", re.I),
      lambda m: _num(m["n"]) * _mult(m["mult"] or m["mult2"])),
     ("percent", re.compile(rf"\b(?P<n>{_NUM})\s*(?:%|percent\b|per cent\b)", re.I), lambda m: _num(m["n"])),
-    # plain numbers; ordinals ("3rd item") are not claims unless a date pattern took them
-    ("number", re.compile(rf"(?<![\w.,])(?P<n>{_NUM})(?:(?P<mult>k)\b|\s+(?P<mult2>thousand|million|billion)\b)?"
+    # plain numbers; ordinals ("3rd item") are not claims unless a date pattern took them, nor is the
+    # number of a name glued to it by a hyphen ("COVID-19", "B-12"); a range ("10-20") is two numbers
+    ("number", re.compile(rf"(?<![\w.,])(?<![^\W\d_]-)(?P<n>{_NUM})(?:(?P<mult>k)\b|\s+(?P<mult2>thousand|million|billion)\b)?"
                           r"(?!\d|st\b|nd\b|rd\b|th\b)", re.I),
      lambda m: _num(m["n"]) * _mult(m["mult"] or m["mult2"])),
 ]
