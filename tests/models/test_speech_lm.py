@@ -193,6 +193,32 @@ def test_vocab_readout_drops_blanks_collapses_runs_and_reads_as_embeddings():
         assert torch.allclose(vocab_readout(audio.detach(), emb, 0, 0.5, chunk=chunk), soft)
 
 
+def test_vocab_readout_matches_the_dense_definition():
+    # the definition, written out densely: every token's soft embedding, then keep + collapse
+    from speechsum.models.projector import vocab_readout
+
+    g = torch.Generator().manual_seed(0)
+    emb, audio = torch.randn(50, 8, generator=g), torch.randn(40, 8, generator=g)
+    audio[::3] = emb[0] * 2  # every third token reads as the blank
+    audio[10:14] = emb[7]  # a run of one token
+    cos = torch.nn.functional.normalize(audio, dim=-1) @ torch.nn.functional.normalize(emb, dim=-1).T / 0.3
+    best = cos.argmax(-1)
+    soft = cos.masked_fill(torch.arange(50) == 0, float("-inf")).softmax(-1) @ emb
+    runs, prev = [], None
+    for k in range(40):
+        if best[k] == 0:
+            prev = None
+            continue
+        if prev is not None and best[k] == prev:
+            runs[-1].append(soft[k])
+        else:
+            runs.append([soft[k]])
+        prev = best[k]
+    want = torch.stack([torch.stack(r).mean(0) for r in runs])
+    for chunk in (0, 7):
+        assert torch.allclose(vocab_readout(audio, emb, 0, 0.3, chunk=chunk), want, atol=1e-6)
+
+
 def test_speechlm_vocab_readout_config(tiny_model):
     import dataclasses
 

@@ -67,10 +67,13 @@ class Projector(nn.Module):
 READOUT_CHUNK = 512  # audio tokens per [chunk, vocab] score block of the read-outs (~100 MB fp32 for 49k tokens)
 
 
-def readout_logits(audio: torch.Tensor, embedding: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def readout_logits(audio: torch.Tensor, embedding: torch.Tensor, temperature: float = 1.0,
+                   unit_embedding: torch.Tensor | None = None) -> torch.Tensor:
     """Cosine of each audio token [A, D] to every LLM input embedding [V, D] / temperature -> [A, V]
-    (the scores the embedding-space CTC term trains)."""
-    return nn.functional.normalize(audio, dim=-1) @ nn.functional.normalize(embedding, dim=-1).T / temperature
+    (the scores the embedding-space CTC term trains). `unit_embedding`: the embedding already
+    normalized, for callers that score many chunks against it."""
+    unit = nn.functional.normalize(embedding, dim=-1) if unit_embedding is None else unit_embedding
+    return nn.functional.normalize(audio, dim=-1) @ unit.T / temperature
 
 
 def greedy_readout_ids(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int) -> list[int]:
@@ -97,13 +100,18 @@ def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, t
     vocabulary, three fp32 copies) took ~6.6 GB.
     """
     e = embedding.to(audio.dtype)
+    unit = nn.functional.normalize(e, dim=-1)  # once per call, not per chunk
     is_blank = torch.arange(len(e)) == blank_id
     best_parts, soft_parts = [], []
     for a in audio.split(chunk or READOUT_CHUNK):
-        logits = readout_logits(a, e, temperature)  # chunk, V
-        best_parts.append(logits.argmax(-1))
-        soft_parts.append(logits.masked_fill(is_blank, float("-inf")).softmax(-1) @ e)  # chunk, D
-    best, soft = torch.cat(best_parts), torch.cat(soft_parts)  # A; A, D
+        logits = readout_logits(a, e, temperature, unit)  # chunk, V
+        best = logits.argmax(-1)
+        best_parts.append(best)
+        # the soft embedding only of the tokens kept (best not the blank): the dropped ones never
+        # reach the output, and about half the tokens of speech are blanks
+        kept = logits[best != blank_id]
+        soft_parts.append(kept.masked_fill(is_blank, float("-inf")).softmax(-1) @ e)  # kept, D
+    best, soft = torch.cat(best_parts), torch.cat(soft_parts)  # A; kept, D
     keep = best != blank_id
     if not bool(keep.any()):
         return audio[:0]
@@ -114,6 +122,6 @@ def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, t
     new_run[1:] = (b[1:] != b[:-1]) | (idx[1:] != idx[:-1] + 1)
     run_id = new_run.cumsum(0) - 1
     n = int(run_id[-1]) + 1
-    sums = torch.zeros(n, soft.shape[1], dtype=soft.dtype).index_add(0, run_id, soft[idx])
+    sums = torch.zeros(n, soft.shape[1], dtype=soft.dtype).index_add(0, run_id, soft)
     counts = torch.zeros(n, dtype=soft.dtype).index_add(0, run_id, torch.ones_like(run_id, dtype=soft.dtype))
     return sums / counts[:, None]
