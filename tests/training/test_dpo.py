@@ -220,3 +220,21 @@ def test_dpo_correct_chosen_corrects_the_judged_pairs_chosen_side(tmp_path, tiny
     assert not any("correction" in r for r in recs)  # no separate correction pairs without `corrections`
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert abs(rows[0]["reward_margin"]) < 1e-4  # the corrected chosen's reference log-probs match the policy
+
+
+def test_dpo_samples_several_items_per_batch(tmp_path, tiny_data, monkeypatch):
+    # sample_items=3 with batch_size 2: chunks of 3 items, references in forwards of 2 pairs
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    monkeypatch.setattr(dpo, "correction", lambda item, text: (text + " fixed", "correction: test"))
+    cfg = _cfg(tmp_path, tiny_data, greedy="anchor", corrections=True, sample_items=3)
+    cfg.loop.max_steps = 1
+    dpo.train(cfg, log=lambda *a: None)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "preferences.jsonl").read_text().splitlines()]
+    train_ids = [r["id"] for r in dpo.load_items(cfg.data, cfg.data.train_split)]
+    assert [r["id"] for r in recs] == train_ids  # every item once, in order
+    rows = dpo.preference_rows(recs)
+    assert len(rows) > 3 and all(r["pair"]["ref_chosen"] < 0 and r["pair"]["ref_rejected"] < 0 for r in rows)
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert abs(metrics[0]["reward_margin"]) < 1e-4 and abs(metrics[0]["reward_chosen"]) < 1e-4
+    with pytest.raises(ValueError, match="sample_items must be >= 0"):
+        dpo.DPOConfig(sample_items=-1)
