@@ -130,7 +130,9 @@ class DPOConfig:
     corrected text (as `corrections` does for the greedy summary, and kept under the same rule:
     fewer invented claims, no less recall). The judge's pair then prefers a summary that states
     more of the document's facts *and* invents none of the checked kinds, where its chosen side
-    otherwise still invented a claim in about half the pairs."""
+    otherwise still invented a claim in about half the pairs. Measured with the tiny preset over 3
+    seeds (README: correction pairs): 0.16 fewer invented claims per summary than the preset, clear,
+    for 0.010 less recall; F1 over KD +0.014 instead of +0.021. Off in the preset."""
 
     def __post_init__(self):
         if self.num_samples < 2:
