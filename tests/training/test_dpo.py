@@ -143,6 +143,12 @@ def test_correction_pair_replaces_the_invented_claims_with_the_documents():
     assert reason.startswith("correction: 'John Smith' -> 'Priya Patel', '$9,000' -> '$2,500', 'Friday' -> 'Tuesday'")
     assert "invented 3 -> 0, recall 0.00 -> 1.00" in reason
     assert dpo.correction(ITEM, "Priya Patel got $2,500 approved.") is None  # nothing invented
+    # only the kinds asked for: the invented name stays, the amount and the day are corrected
+    fixed, reason = dpo.correction(ITEM, "John Smith got $9,000 on Friday.", kinds=["money", "weekday"])
+    assert fixed == "John Smith got $2,500 on Tuesday." and "invented 3 -> 1" in reason
+    assert dpo.correction(ITEM, "John Smith got $2,500 on Tuesday.", kinds=["money", "weekday"]) is None
+    with pytest.raises(ValueError, match="correction_kinds: unknown claim kind.*'names'"):
+        dpo.DPOConfig(correction_kinds=["names"])
     with pytest.raises(ValueError, match="corrections .* greedy: candidate or anchor"):
         dpo.DPOConfig(judge="facts", corrections=True)
     with pytest.raises(ValueError, match="need judge: facts"):
@@ -184,7 +190,7 @@ def test_dpo_greedy_anchor_puts_the_greedy_summary_in_every_pair(tmp_path, tiny_
 
 def test_dpo_corrections_add_a_pair_against_the_greedy_summary(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
-    monkeypatch.setattr(dpo, "correction", lambda item, text: (text + " fixed", "correction: test"))
+    monkeypatch.setattr(dpo, "correction", lambda item, text, kinds=None: (text + " fixed", "correction: test"))
     cfg = _cfg(tmp_path, tiny_data, greedy="anchor", corrections=True)
     cfg.loop.max_steps = 1
     dpo.train(cfg, log=lambda *a: None)
@@ -203,7 +209,7 @@ def test_dpo_corrections_add_a_pair_against_the_greedy_summary(tmp_path, tiny_da
 
 def test_dpo_correct_chosen_corrects_the_judged_pairs_chosen_side(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
-    monkeypatch.setattr(dpo, "correction", lambda item, text: (text + " fixed", "correction: test"))
+    monkeypatch.setattr(dpo, "correction", lambda item, text, kinds=None: (text + " fixed", "correction: test"))
     cfg = _cfg(tmp_path, tiny_data, correct_chosen=True)
     cfg.loop.max_steps = 1
     dpo.train(cfg, log=lambda *a: None)
@@ -225,7 +231,7 @@ def test_dpo_correct_chosen_corrects_the_judged_pairs_chosen_side(tmp_path, tiny
 def test_dpo_samples_several_items_per_batch(tmp_path, tiny_data, monkeypatch):
     # sample_items=3 with batch_size 2: chunks of 3 items, references in forwards of 2 pairs
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
-    monkeypatch.setattr(dpo, "correction", lambda item, text: (text + " fixed", "correction: test"))
+    monkeypatch.setattr(dpo, "correction", lambda item, text, kinds=None: (text + " fixed", "correction: test"))
     cfg = _cfg(tmp_path, tiny_data, greedy="anchor", corrections=True, sample_items=3)
     cfg.loop.max_steps = 1
     dpo.train(cfg, log=lambda *a: None)

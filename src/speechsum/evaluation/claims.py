@@ -279,6 +279,10 @@ def _line_start(text: str, pos: int) -> bool:
     return not text[text.rfind("\n", 0, pos) + 1:pos].strip()
 
 
+CLAIM_KINDS = ("name", "phone", "time", "date", "weekday", "month", "money", "percent", "number")
+"""Every kind of claim `extract_claims` makes."""
+
+
 def number_claims(text: str) -> list[Claim]:
     """Phone, time, date, weekday, month, money, percent and number claims, in text order."""
     rw = rewrite_number_words(text)

@@ -275,15 +275,16 @@ def _value_key(c: Claim) -> tuple:
     return (c.kind, round(float(c.value), 6) if c.kind in _NUMERIC else str(c.value).lower())
 
 
-def correct_summary(summary: str, facts: Sequence[Any], transcript: str,
-                    context: str = "") -> tuple[str, list[tuple[str, str]]]:
+def correct_summary(summary: str, facts: Sequence[Any], transcript: str, context: str = "",
+                    kinds: Sequence[str] | None = None) -> tuple[str, list[tuple[str, str]]]:
     """The summary with every invented claim (as `score_summary` counts them) replaced by the
     document's nearest supported claim of the same kind, as the document writes it: the
     fine-grained correction of a hallucination (RLHF-V, Yu et al. 2023) made from known facts
     instead of a human editor. Returns (corrected text, [(invented surface, replacement)]); a claim
     whose kind the document never states (an amount in a document without amounts), or whose every
     same-kind value already replaced another invented value, stays as it is. The rest of the text
-    is untouched, so the two versions differ only where the claims were."""
+    is untouched, so the two versions differ only where the claims were. `kinds`: correct only
+    claims of these kinds (`claims.CLAIM_KINDS`; None: all)."""
     fields = [_fields(f) for f in facts]
     allowed, known = _allowed(fields, transcript, context)
     # what the document states, each as written: the transcript's claims and the named facts
@@ -299,7 +300,7 @@ def correct_summary(summary: str, facts: Sequence[Any], transcript: str,
     # already states: three different wrong amounts do not all become the document's one amount
     used = {_value_key(c) for c in claims if _supported(c, allowed)}
     for c in claims:
-        if c.start < pos or _supported(c, allowed):
+        if c.start < pos or _supported(c, allowed) or (kinds is not None and c.kind not in kinds):
             continue
         key = _value_key(c)
         if key not in fixed:
