@@ -129,7 +129,10 @@ class DPOConfig:
     """Claim kinds the corrections replace (`evaluation.claims.CLAIM_KINDS`: name, phone, time,
     date, weekday, month, money, percent, number; empty: all). The tiny model hears almost no
     name right (KD: 0.32 of its 0.35 names per summary invented); judged pairs teach it to drop
-    them, while a name corrected to the document's teaches it to keep naming."""
+    them, while a name corrected to the document's teaches it to keep naming. Measured without
+    names over 3 seeds (README: correction pairs): F1 +0.026 over KD against the preset's +0.021,
+    inventions -0.15 against -0.21 (both differences inside the noise); from the demo's KD model
+    +0.35 inventions against the preset on the same samples. Empty (all kinds) in the preset."""
     correct_chosen: bool = False
     """Fact judge: when the judged pair's chosen summary invents a claim, replace it by its
     corrected text (as `corrections` does for the greedy summary, and kept under the same rule:
