@@ -108,9 +108,12 @@ def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, t
         best = logits.argmax(-1)
         best_parts.append(best)
         # the soft embedding only of the tokens kept (best not the blank): the dropped ones never
-        # reach the output, and about half the tokens of speech are blanks
+        # reach the output, and about half the tokens of speech are blanks. The [chunk, V] blocks
+        # go as soon as they are used (the blank masked in place): peak memory, not only time
         kept = logits[best != blank_id]
-        soft_parts.append(kept.masked_fill(is_blank, float("-inf")).softmax(-1) @ e)  # kept, D
+        del logits
+        soft_parts.append(kept.masked_fill_(is_blank, float("-inf")).softmax(-1) @ e)  # kept, D
+        del kept
     best, soft = torch.cat(best_parts), torch.cat(soft_parts)  # A; kept, D
     keep = best != blank_id
     if not bool(keep.any()):
