@@ -279,8 +279,8 @@ def _line_start(text: str, pos: int) -> bool:
     return not text[text.rfind("\n", 0, pos) + 1:pos].strip()
 
 
-CLAIM_KINDS = ("name", "phone", "time", "date", "weekday", "month", "money", "percent", "number")
-"""Every kind of claim `extract_claims` makes."""
+CLAIM_KINDS = ("name",) + tuple(dict.fromkeys(kind for kind, _, _ in _PATTERNS))
+"""Every kind of claim `extract_claims` makes: names and the kinds of the number patterns."""
 
 
 def number_claims(text: str) -> list[Claim]:
