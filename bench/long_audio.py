@@ -1,13 +1,14 @@
 """Long recordings: time and peak memory of `summarize` per audio minute, 1 to 30 minutes.
 
-    .venv/bin/python bench/long_audio.py [--minutes 1 2 5 10 20 30] [--model RUN/final] [--new-tokens 32]
+    .venv/bin/python bench/long_audio.py [--minutes 1 2 5 10 20 30] [--model RUN/final] [--new-tokens 32] [--repeats 3]
     .venv/bin/python bench/long_audio.py --threads 1 --clock cpu   # when other processes share the CPU
 
 Each length runs `SpeechLM.summarize(path)` (bench/summarize.py's timed `SpeechSystem`) once in
-its own process, after the model is loaded and warmed up on 10 s: time per part (encoder,
+each of `--repeats` fresh processes (the row keeps the medians), after the model is loaded and warmed up on 10 s: time per part (encoder,
 projector, LLM prefill, decoding) and memory - the resident set before the call and its peak
 during the call (the kernel's high-water mark `VmHWM`, reset through /proc/self/clear_refs just
-before the call, so model loading does not count). Decoding is fixed at `--new-tokens` (stop
+before the call, so model loading does not count; the allocator's free heap is handed back first,
+so the resident set before the call does not depend on what loading left cached). Decoding is fixed at `--new-tokens` (stop
 tokens disabled): the answer's length is not a function of the audio, so it would only add noise.
 
 Recordings come from bench/summarize.py's builder (procedural documents spoken by espeak-ng with
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -64,6 +66,26 @@ def worker(path: str, args) -> dict:
             "parts": parts_of(len(samples) / SAMPLE_RATE, args.window_seconds), **memory}
 
 
+MEDIAN_KEYS = ("total_s", "encoder_s", "projector_s", "prefill_s", "decode_s", "rss_before_mb", "peak_rss_mb",
+               "peak_increase_mb")
+
+
+def median_row(runs: list[dict]) -> dict:
+    """One length's row from its repeated processes: each timing and memory figure is the median
+    over the runs (identical runs here differ by up to ~0.2 GB in peak and ~15 % in time), and the
+    runs' own totals and peak increases are kept beside it. An error in any run is the row's error."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    row = dict(runs[0])
+    if len(runs) > 1:
+        for key in MEDIAN_KEYS:
+            row[key] = round(statistics.median(r[key] for r in runs), 4)
+        row["runs_total_s"] = [round(r["total_s"], 3) for r in runs]
+        row["runs_peak_increase_mb"] = [r["peak_increase_mb"] for r in runs]
+    return row
+
+
 def bounded(rows: list[dict]) -> dict:
     """Memory that does not grow with the recording: the longest length's peak increase within
     FLAT_TOLERANCE x the shortest's. (The marginal criterion above asks for a constant cost per
@@ -90,6 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32, help="tokens decoded per call (fixed)")
     ap.add_argument("--window-seconds", type=float, default=WINDOW_S,
                     help="as `speechsum summarize`: longer recordings go in parts (0: one pass however long)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="processes per length; the row keeps the median of each time and memory figure")
     ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. what else ran on the machine)")
     add_machine_args(ap)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -111,7 +135,8 @@ def main(argv=None) -> int:
               flush=True)
         argv = (["--new-tokens", str(args.new_tokens), "--window-seconds", str(args.window_seconds)]
                 + machine_argv(args) + (["--model", args.model] if args.model else []))
-        row = run_worker(__file__, path, argv, {"minutes": minutes, "audio_seconds": round(item["duration"], 2)})
+        row = median_row([run_worker(__file__, path, argv, {"minutes": minutes, "audio_seconds": round(item["duration"], 2)})
+                          for _ in range(args.repeats)])
         if "error" not in row:
             m = row["audio_seconds"] / 60
             row["audio_part_s"] = round(row["encoder_s"] + row["projector_s"] + row["prefill_s"], 4)
@@ -140,7 +165,8 @@ def main(argv=None) -> int:
     result = {
         "model": ok[0]["model"] if ok else args.model, "trained": args.model is not None,
         "new_tokens": args.new_tokens, "window_seconds": args.window_seconds, "clock": "process CPU time (1 thread)" if args.clock == "cpu" else "wall time",
-        "memory": "VmRSS before the call, VmHWM (reset just before) at its end; one process per length",
+        "memory": "VmRSS before the call (after gc and malloc_trim), VmHWM (reset just before) at its end; "
+                  "one process per run", "repeats": args.repeats,
         "note": args.note, "goals": goals, "machine": machine_info(),
         "bench_seconds": round(time.perf_counter() - t_start, 1),
         "rows": [{k: v for k, v in r.items() if k != "model"} for r in rows],

@@ -149,3 +149,33 @@ def test_long_audio_memory_is_bounded_only_when_the_longest_call_adds_no_more():
     nothing_first = [{"peak_increase_mb": 0.0}, {"peak_increase_mb": 0.5}]
     assert long_audio.bounded(nothing_first)["bounded"] is True
     assert long_audio.bounded([{"peak_increase_mb": 0.0}, {"peak_increase_mb": 80.0}])["bounded"] is False
+
+
+def test_long_audio_row_is_the_median_of_its_runs_and_an_error_wins():
+    import long_audio
+
+    runs = [{k: v for k in long_audio.MEDIAN_KEYS} | {"minutes": 5, "parts": 3} for v in (3.0, 1.0, 2.0)]
+    row = long_audio.median_row(runs)
+    assert all(row[k] == 2.0 for k in long_audio.MEDIAN_KEYS) and row["parts"] == 3
+    assert row["runs_total_s"] == [3.0, 1.0, 2.0] and row["runs_peak_increase_mb"] == [3.0, 1.0, 2.0]
+    assert long_audio.median_row(runs[:1]) == runs[0]  # one run: as it was, no lists
+    failed = {"minutes": 5, "error": "boom"}
+    assert long_audio.median_row([runs[0], failed]) == failed
+
+
+def test_release_free_heap_hands_freed_small_blocks_back():
+    import ctypes.util
+
+    from common import proc_status_mb, release_free_heap
+
+    if not ctypes.util.find_library("c"):
+        pytest.skip("no C library to trim")
+    # 96 MB in 64-kB blocks (below glibc's mmap threshold: on the heap), every other one freed: the
+    # holes stay resident (only free space at the top of the heap is returned by itself) until trimmed
+    blocks = [ctypes.create_string_buffer(64 * 1024) for _ in range(1536)]
+    kept = blocks[1::2]
+    del blocks
+    held = proc_status_mb("VmRSS")
+    assert release_free_heap() is True
+    assert proc_status_mb("VmRSS") < held - 32
+    assert len(kept) == 768
