@@ -1,14 +1,16 @@
 """Long recordings: time and peak memory of `summarize` per audio minute, 1 to 30 minutes.
 
-    .venv/bin/python bench/long_audio.py [--minutes 1 2 5 10 20 30] [--model RUN/final] [--new-tokens 32] [--repeats 3]
+    .venv/bin/python bench/long_audio.py [--minutes 1 2 5 10 20 30] [--model RUN/final] [--new-tokens 32]
+                                         [--repeats 3]
     .venv/bin/python bench/long_audio.py --threads 1 --clock cpu   # when other processes share the CPU
 
 Each length runs `SpeechLM.summarize(path)` (bench/summarize.py's timed `SpeechSystem`) once in
-each of `--repeats` fresh processes (the row keeps the medians), after the model is loaded and warmed up on 10 s: time per part (encoder,
-projector, LLM prefill, decoding) and memory - the resident set before the call and its peak
-during the call (the kernel's high-water mark `VmHWM`, reset through /proc/self/clear_refs just
-before the call, so model loading does not count; the allocator's free heap is handed back first,
-so the resident set before the call does not depend on what loading left cached). Decoding is fixed at `--new-tokens` (stop
+each of `--repeats` fresh processes (the row keeps the medians), after the model is loaded and
+warmed up on 10 s: time per part (encoder, projector, LLM prefill, decoding) and memory - the
+resident set before the call and its peak during the call (the kernel's high-water mark `VmHWM`,
+reset through /proc/self/clear_refs just before the call, so model loading does not count; the
+allocator's free heap is handed back first, so the resident set before the call does not depend on
+what loading left cached). Decoding is fixed at `--new-tokens` (stop
 tokens disabled): the answer's length is not a function of the audio, so it would only add noise.
 
 Recordings come from bench/summarize.py's builder (procedural documents spoken by espeak-ng with
@@ -120,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "long_audio.json"))
     args = ap.parse_args(argv)
     apply_machine_args(ap, args)
+    if args.repeats < 1:
+        ap.error(f"--repeats {args.repeats}: must be at least 1")
     if args.worker:
         print(json.dumps(worker(args.worker, args)))
         return 0
@@ -135,8 +139,8 @@ def main(argv=None) -> int:
               flush=True)
         argv = (["--new-tokens", str(args.new_tokens), "--window-seconds", str(args.window_seconds)]
                 + machine_argv(args) + (["--model", args.model] if args.model else []))
-        row = median_row([run_worker(__file__, path, argv, {"minutes": minutes, "audio_seconds": round(item["duration"], 2)})
-                          for _ in range(args.repeats)])
+        first = {"minutes": minutes, "audio_seconds": round(item["duration"], 2)}
+        row = median_row([run_worker(__file__, path, argv, first) for _ in range(args.repeats)])
         if "error" not in row:
             m = row["audio_seconds"] / 60
             row["audio_part_s"] = round(row["encoder_s"] + row["projector_s"] + row["prefill_s"], 4)

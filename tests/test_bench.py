@@ -179,3 +179,11 @@ def test_release_free_heap_hands_freed_small_blocks_back():
     assert release_free_heap() is True
     assert proc_status_mb("VmRSS") < held - 32
     assert len(kept) == 768
+
+
+def test_long_audio_refuses_zero_repeats(capsys):
+    import long_audio
+
+    with pytest.raises(SystemExit) as e:
+        long_audio.main(["--repeats", "0"])
+    assert e.value.code == 2 and "--repeats 0: must be at least 1" in capsys.readouterr().err
