@@ -123,7 +123,9 @@ class DPOConfig:
     Measured (README: correction pairs): with `sft_weight: 1.0` DPO invents 0.21-0.26 fewer claims
     per summary than KD over 3 seeds (0.47 fewer from the demo's KD model), and its fact F1 moves by
     -0.02 to +0.03 per run instead of the judged pairs' +0.04; without the SFT term it cuts
-    inventions mostly by answering shorter."""
+    inventions mostly by answering shorter. Off in the preset since 2026-12-05: over 3 seeds of
+    that day's recipe, from the same samples, the judged pairs alone (SFT term 0.1) cut inventions
+    as much (-0.40 against -0.27 per summary) and kept their F1 gain (+0.027 against +0.001)."""
 
     correction_kinds: list[str] = field(default_factory=list)
     """Claim kinds the corrections replace (`evaluation.claims.CLAIM_KINDS`: name, phone, time,
@@ -132,7 +134,7 @@ class DPOConfig:
     them, while a name corrected to the document's teaches it to keep naming. Measured without
     names over 3 seeds (README: correction pairs): F1 +0.026 over KD against the preset's +0.021,
     inventions -0.15 against -0.21 (both differences inside the noise); from the demo's KD model
-    +0.35 inventions against the preset on the same samples. Empty (all kinds) in the preset."""
+    +0.35 inventions against the preset on the same samples (both with `corrections` on)."""
     correct_chosen: bool = False
     """Fact judge: when the judged pair's chosen summary invents a claim, replace it by its
     corrected text (as `corrections` does for the greedy summary, and kept under the same rule:
@@ -140,7 +142,8 @@ class DPOConfig:
     more of the document's facts *and* invents none of the checked kinds, where its chosen side
     otherwise still invented a claim in about half the pairs. Measured with the tiny preset over 3
     seeds (README: correction pairs): 0.16 fewer invented claims per summary than the preset, clear,
-    for 0.010 less recall; F1 over KD +0.014 instead of +0.021. Off in the preset."""
+    for 0.010 less recall; F1 over KD +0.014 instead of +0.021 (with `corrections` on, the preset
+    then). Off in the preset."""
 
     def __post_init__(self):
         if self.num_samples < 2:
