@@ -223,7 +223,7 @@ def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
 
 # (column label, metric key) of the comparison table; WER is put first for the transcription gate.
 # Answer length and checkable claims per summary stand beside the inventions: a stage that answers
-# longer states more claims and can invent more while its share of invented claims falls (README:
+# longer states more claims and can invent more while its share of invented claims falls (docs/experiments.md:
 # DPO and invented facts)
 TABLE_COLUMNS = [("fact recall", "fact_recall"), ("fact F1", "fact_f1"), ("invented/summary", "invented_per_summary"),
                  ("claims/summary", "claims_per_summary"), ("ROUGE-L", "rouge_l"), ("similarity", "similarity"),

@@ -91,7 +91,7 @@ class DPOConfig:
     """Fact judge: which two candidates form the pair. best_worst: the highest and lowest score.
     dominance: the largest score gap among pairs whose chosen states at least the rejected's
     recall with no more invented claims, so no pair prefers a summary for saying less. (Measured
-    on the demo's KD model: it did not stop DPO from writing shorter summaries; README.)"""
+    on the demo's KD model: it did not stop DPO from writing shorter summaries; docs/experiments.md.)"""
     greedy: Literal["off", "candidate", "anchor"] = "off"
     """The policy's greedy summary (what eval and `summarize` decode) in the pairs. candidate: it
     joins the `num_samples` samples as one more candidate; anchor: also, every pair contains it
@@ -104,12 +104,12 @@ class DPOConfig:
     often. Measured: with the old recall-minus-penalty judge, at 0.25 the DPO model kept KD's
     answer length but F1 still fell (it dropped names instead); with F1 dominance and the greedy
     anchor (the tiny preset), over 3 seeds, F1 rose as much as without it and answers grew less
-    (README: DPO variants; DPO and invented facts)."""
+    (docs/experiments.md: DPO variants; DPO and invented facts)."""
     chosen_max_invented: int = -1
     """Fact judge: the chosen summary may state at most this many invented claims (-1: no limit;
     0: never prefer a summary that invents anything, however much else it gets right). Items
     whose every better candidate invents give no pair. Under the preset's rules about half the
-    chosen summaries still invented a name, date or amount. Measured over 3 seeds (README: DPO and
+    chosen summaries still invented a name, date or amount. Measured over 3 seeds (docs/experiments.md: DPO and
     invented facts): at 0 (96 pair items for ~39 pairs) F1 is the preset's and the DPO model
     invents no less (+0.28 per summary against the preset); it still answers longer than KD."""
     corrections: bool = False
@@ -120,7 +120,7 @@ class DPOConfig:
     two differ only at the invented claims, so the preference is about them, not about length or
     what else is said (fine-grained correctional feedback, RLHF-V). Kept only when the corrected
     summary invents fewer claims and recalls no fewer facts; added to the judge's pair of the item.
-    Measured (README: correction pairs): with `sft_weight: 1.0` DPO invents 0.21-0.26 fewer claims
+    Measured (docs/experiments.md: correction pairs): with `sft_weight: 1.0` DPO invents 0.21-0.26 fewer claims
     per summary than KD over 3 seeds (0.47 fewer from the demo's KD model), and its fact F1 moves by
     -0.02 to +0.03 per run instead of the judged pairs' +0.04; without the SFT term it cuts
     inventions mostly by answering shorter. Off in the preset since 2026-12-05: over 3 seeds of
@@ -132,7 +132,7 @@ class DPOConfig:
     date, weekday, month, money, percent, number; empty: all). The tiny model hears almost no
     name right (KD: 0.32 of its 0.35 names per summary invented); judged pairs teach it to drop
     them, while a name corrected to the document's teaches it to keep naming. Measured without
-    names over 3 seeds (README: correction pairs): F1 +0.026 over KD against the preset's +0.021,
+    names over 3 seeds (docs/experiments.md: correction pairs): F1 +0.026 over KD against the preset's +0.021,
     inventions -0.15 against -0.21 (both differences inside the noise); from the demo's KD model
     +0.35 inventions against the preset on the same samples (both with `corrections` on)."""
     correct_chosen: bool = False
@@ -141,7 +141,7 @@ class DPOConfig:
     fewer invented claims, no less recall). The judge's pair then prefers a summary that states
     more of the document's facts *and* invents none of the checked kinds, where its chosen side
     otherwise still invented a claim in about half the pairs. Measured with the tiny preset over 3
-    seeds (README: correction pairs): 0.16 fewer invented claims per summary than the preset, clear,
+    seeds (docs/experiments.md: correction pairs): 0.16 fewer invented claims per summary than the preset, clear,
     for 0.010 less recall; F1 over KD +0.014 instead of +0.021 (with `corrections` on, the preset
     then). Off in the preset."""
 
