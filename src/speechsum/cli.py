@@ -203,12 +203,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from speechsum.evaluation.run_eval import evaluate
+    from speechsum.evaluation.run_eval import evaluate, split_pair
 
     pairs = []
     for spec in args.compare:  # A:B, A and B --model entries (which may hold colons: text:DIR) or lists A1,A2
-        cuts = [(spec[:i].split(","), spec[i + 1:].split(",")) for i, ch in enumerate(spec) if ch == ":"]
-        pair = next(((a, b) for a, b in cuts if set(a + b) <= set(args.model)), None)
+        pair = split_pair(spec, args.model)
         if pair is None:
             error(f"--compare {spec}: expected A:B with A and B among the --model entries "
                   f"(e.g. runs/tiny/sft:runs/tiny/kd, or runs/s0/sft,runs/s1/sft:runs/s0/kd,runs/s1/kd)")
@@ -218,6 +217,17 @@ def cmd_eval(args) -> int:
         evaluate(args.model, args.data, args.out, llm=args.llm, limit=args.limit, batch_size=args.batch_size,
                  max_new_tokens=args.max_new_tokens, task=args.task, compare=pairs, repeat_stop=args.repeat_stop,
                  int8=args.int8)
+    except (FileNotFoundError, ValueError) as e:
+        error(str(e))
+        return EXIT_USAGE
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from speechsum.evaluation.run_eval import compare_saved
+
+    try:
+        compare_saved(args.eval_dirs, args.compare, out=args.out)
     except (FileNotFoundError, ValueError) as e:
         error(str(e))
         return EXIT_USAGE
@@ -316,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "or comma-separated lists of them, e.g. one stage trained with several seeds: each item's "
                          "score is then the list's mean)")
     ev.set_defaults(func=cmd_eval)
+
+    cp = sub.add_parser("compare", help="paired differences between systems of saved evaluations (no decoding)")
+    cp.add_argument("eval_dirs", nargs="+", help="`eval --out` folders of the same items and settings")
+    cp.add_argument("--compare", nargs="+", required=True, metavar="A:B",
+                    help="as eval's, with systems named FOLDER/NAME (FOLDER: the eval folder's last part) or NAME "
+                         "where one folder has it, e.g. confirm-a/kd,confirm-b/kd:confirm-a/dpo,confirm-b/dpo")
+    cp.add_argument("--out", default=None, help="write the table and the differences as JSON")
+    cp.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="one self-contained HTML page of a run: table, curves, examples")
     rp.add_argument("run_dir", help="run folder (stage folders with metrics.jsonl, eval/ with metrics.json)")

@@ -174,3 +174,109 @@ def test_cascade_asr_is_greedy_without_the_sampling_fallback():
     asr = Recorder()
     assert transcribe(asr, "clip.wav") == "hello there hello there"
     assert asr.kw["temperature"] == 0.0 and asr.kw["beam_size"] == 1
+
+
+# ------------------------------------------------------------------ `speechsum compare` (saved evaluations)
+
+FACT = [{"id": "person:0", "kind": "person", "value": "Anna", "mention": "Anna", "attrs": {}}]
+
+
+def _fact_dataset(root, n=4):
+    """`n` one-item documents whose one fact is the name Anna."""
+    from speechsum.data.dataset import read_manifest, write_manifest
+
+    data = make_dataset(root, n_train=1, n_dev=n) / "dev"
+    rows = read_manifest(data)
+    for r in rows:
+        r["transcript"] = r["target"] = "Anna called about friday"
+        r["facts"] = json.dumps(FACT)
+    write_manifest(data, rows)
+    return data, [r["id"] for r in rows]
+
+
+def _saved_eval(out, data, ids, preds: dict[str, list[str]], **settings):
+    """An eval folder as `evaluate(..., out=...)` writes it, with these predictions."""
+    from speechsum.evaluation.run_eval import _write, load_test_items
+
+    items = {r["id"]: r for r in load_test_items(data)}
+    metrics = {"data": str(data), "n_items": len(ids), "max_new_tokens": 96, "repeat_stop": 3, "int8_decoding": True,
+               "systems": {}, **settings}
+    _write(out, [items[i] for i in ids], preds, metrics, None)
+    return out
+
+
+def test_compare_saved_pairs_systems_of_several_folders_golden(tmp_path):
+    from speechsum.evaluation.run_eval import compare_saved
+
+    data, ids = _fact_dataset(tmp_path / "data")
+    says, silent = ["Anna called."] * 4, ["Someone called."] * 4
+    a = _saved_eval(tmp_path / "day1", data, ids, {"sft": silent, "kd": says})
+    b = _saved_eval(tmp_path / "day2", data, ids, {"sft": silent, "kd": silent})
+    m = compare_saved([a, b], ["day1/sft:day1/kd", "day1/sft,day2/sft:day1/kd,day2/kd"], out=tmp_path / "c.json",
+                      log=lambda *x: None)
+    one, pooled = m["deltas"]
+    assert (one["from"], one["to"]) == ("day1/sft", "day1/kd")
+    assert one["fact_recall"][0] == pytest.approx(1.0) and one["fact_f1"][0] == pytest.approx(1.0)
+    assert pooled["fact_recall"][0] == pytest.approx(0.5)  # each item: mean(1, 0) - mean(0, 0)
+    assert pooled["runs"]["fact_recall"]["differences"] == pytest.approx([1.0, 0.0])
+    assert m["systems"]["day1/kd"]["fact_recall"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "c.json").read_text())["deltas"][0]["to"] == "day1/kd"
+
+
+def test_compare_saved_matches_evaluate_in_one_call(tmp_path, tiny_dir):
+    """Two systems evaluated apart and compared from their folders give eval's own paired deltas."""
+    from speechsum.evaluation.run_eval import compare_saved
+
+    import torch
+
+    data, _ = _fact_dataset(tmp_path / "data", n=3)
+    for k in (0, 1):
+        torch.manual_seed(k)
+        tiny_speechlm(tiny_dir).save_pretrained(tmp_path / f"s{k}" / "sft")
+    specs = [str(tmp_path / "s0" / "sft"), str(tmp_path / "s1" / "sft")]
+    kw = dict(max_new_tokens=4, embeddings=False, log=lambda *a: None)
+    together = evaluate(specs, str(data), compare=[(specs[0], specs[1])], **kw)
+    evaluate(specs[:1], str(data), str(tmp_path / "e0"), **kw)
+    evaluate(specs[1:], str(data), str(tmp_path / "e1"), **kw)
+    apart = compare_saved([tmp_path / "e0", tmp_path / "e1"], ["e0/sft:e1/sft"], log=lambda *a: None)
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("from", "to")}  # noqa: E731
+    assert "fact_f1" in together["deltas"][0]
+    assert strip(apart["deltas"][0]) == strip(together["deltas"][0])
+
+
+def test_compare_saved_refuses_what_does_not_pair(tmp_path):
+    from speechsum.evaluation.run_eval import compare_saved
+
+    data, ids = _fact_dataset(tmp_path / "data")
+    a = _saved_eval(tmp_path / "a", data, ids, {"kd": ["x"] * 4})
+    quiet = dict(log=lambda *x: None)
+    with pytest.raises(ValueError, match=r"max_new_tokens is 64 but .*a has 96"):
+        compare_saved([a, _saved_eval(tmp_path / "b", data, ids, {"kd": ["x"] * 4}, max_new_tokens=64)],
+                      ["a/kd:b/kd"], **quiet)
+    with pytest.raises(ValueError, match="not those of"):
+        compare_saved([a, _saved_eval(tmp_path / "c", data, ids[::-1], {"kd": ["x"] * 4})], ["a/kd:c/kd"], **quiet)
+    d = _saved_eval(tmp_path / "d", data, ids, {"kd": ["x"] * 4})
+    with pytest.raises(ValueError, match="expected A:B"):  # kd is in both folders: it needs its folder's name
+        compare_saved([a, d], ["kd:d/kd"], **quiet)
+    with pytest.raises(FileNotFoundError, match="not an eval folder"):
+        compare_saved([a, tmp_path / "nowhere"], ["a/kd:a/kd"], **quiet)
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ValueError, match="also named 'a'"):
+        compare_saved([a, _saved_eval(tmp_path / "x" / "a", data, ids, {"kd": ["x"] * 4})], ["a/kd:a/kd"], **quiet)
+
+
+def test_across_runs_golden():
+    from speechsum.evaluation.run_eval import across_runs
+
+    r = across_runs([0.01, 0.03])  # mean 0.02, sd 0.01414, se 0.01, t(0.975, 1) = 12.706
+    assert r["mean"] == pytest.approx(0.02) and r["ci"] == pytest.approx([0.02 - 0.127062, 0.02 + 0.127062], abs=1e-5)
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        across_runs([0.1])
+
+
+def test_cli_compare_bad_folder_is_one_line_error(tmp_path, capsys):
+    from speechsum.cli import main
+
+    assert main(["compare", str(tmp_path / "nowhere"), "--compare", "a:b"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an eval folder" in err[0], err

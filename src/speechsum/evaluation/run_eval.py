@@ -317,6 +317,117 @@ def markdown_deltas(deltas: list[dict]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def split_pair(spec: str, known: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """`A:B` of `--compare` as two lists of names, each side one name or a comma-separated list
+    (one stage's runs with several seeds); the cut is the colon that leaves every name in `known`
+    (names may hold colons themselves: text:DIR). None when no colon does."""
+    cuts = [(spec[:i].split(","), spec[i + 1:].split(",")) for i, ch in enumerate(spec) if ch == ":"]
+    return next(((a, b) for a, b in cuts if set(a + b) <= set(known)), None)
+
+
+# ------------------------------------------------------------------- comparing saved evaluations
+
+SAVED_SETTINGS = ("data", "n_items", "max_new_tokens", "repeat_stop", "int8_decoding")
+
+
+def load_saved(eval_dirs: Sequence[str | Path]) -> tuple[list[dict], dict[str, list[str]], dict[str, str]]:
+    """The test items and every system's predictions of several `eval --out` folders, which must have
+    decoded the same items with the same settings (SAVED_SETTINGS). Returns (items, predictions by
+    FOLDER/NAME, NAME -> FOLDER/NAME for the names only one folder has)."""
+    import pandas as pd
+
+    dirs = [Path(d) for d in eval_dirs]
+    metas, frames = [], []
+    for d in dirs:
+        if not (d / "metrics.json").is_file() or not (d / "predictions.parquet").is_file():
+            raise FileNotFoundError(f"{d}: not an eval folder (no metrics.json and predictions.parquet, "
+                                    f"which `speechsum eval --out DIR` writes)")
+        metas.append(json.loads((d / "metrics.json").read_text()))
+        frames.append(pd.read_parquet(d / "predictions.parquet"))
+    names = [d.name for d in dirs]
+    twice = next((d for i, d in enumerate(dirs) if d.name in names[:i]), None)
+    if twice is not None:
+        raise ValueError(f"{twice}: another eval folder is also named {twice.name!r} (rename or copy one)")
+    for d, m, df in zip(dirs[1:], metas[1:], frames[1:]):
+        for k in SAVED_SETTINGS:
+            if m.get(k) != metas[0].get(k):
+                raise ValueError(f"{d}: {k} is {m.get(k)!r} but {dirs[0]} has {metas[0].get(k)!r} "
+                                 f"(only evaluations of the same items with the same settings pair up)")
+        if list(df["id"]) != list(frames[0]["id"]):
+            raise ValueError(f"{d}: its items are not those of {dirs[0]} in the same order")
+    by_id = {r["id"]: r for r in load_test_items(metas[0]["data"])}
+    missing = next((i for i in frames[0]["id"] if i not in by_id), None)
+    if missing is not None:
+        raise ValueError(f"{dirs[0]}: item {missing} is not in {metas[0]['data']} (a transcription run, or "
+                         f"the data changed since)")
+    items = [by_id[i] for i in frames[0]["id"]]
+    preds, owners = {}, {}
+    for d, df in zip(dirs, frames):
+        for col in df.columns:
+            if col.startswith("pred:"):
+                name = col.removeprefix("pred:")
+                preds[f"{d.name}/{name}"] = df[col].tolist()
+                owners.setdefault(name, []).append(f"{d.name}/{name}")
+    return items, preds, {n: full[0] for n, full in owners.items() if len(full) == 1}
+
+
+def across_runs(differences: Sequence[float], level: float = 0.95) -> dict:
+    """Mean of per-run differences (run i of one recipe against run i of another, e.g. the same seed
+    before and after a stage) with a Student-t interval over runs: the test of a seed study, in which
+    the runs, not only the items, vary."""
+    from scipy import stats
+
+    x = np.asarray(differences, dtype=float)
+    if len(x) < 2:
+        raise ValueError(f"across_runs: {len(x)} difference(s); at least 2 runs are needed")
+    mean, se = float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * se
+    return {"differences": [float(v) for v in x], "mean": mean, "ci": [mean - half, mean + half]}
+
+
+def compare_saved(eval_dirs: Sequence[str | Path], compare: Sequence[str], out: str | Path | None = None,
+                  log=print) -> dict:
+    """Paired differences B - A (`paired_deltas`) between systems of several saved evaluations,
+    without decoding again: e.g. one stage's runs with several seeds evaluated on different days.
+    `compare`: `A:B` specs as `eval --compare`'s, with systems named FOLDER/NAME (FOLDER: the eval
+    folder's last part) or NAME alone where one folder has it. Writes `out` (JSON) if given."""
+    items, preds, alias = load_saved(eval_dirs)
+    known = list(preds) + list(alias)
+    pairs = []
+    for spec in compare:
+        pair = split_pair(spec, known)
+        if pair is None:
+            raise ValueError(f"--compare {spec}: expected A:B with A and B among the saved systems ({', '.join(known)})")
+        pairs.append(tuple(tuple(alias.get(n, n) for n in side) for side in pair))
+    used = list(dict.fromkeys(n for pair in pairs for side in pair for n in side))
+    rows = {n: score_items(items, preds[n], embeddings=False) for n in used}
+    deltas = paired_deltas(rows, pairs, [doc_of(r) for r in items])
+    means = {n: summarize_scores(rows[n], items)["overall"] for n in used}
+    for d, (a, b) in zip(deltas, pairs):
+        if len(a) == len(b) > 1:  # run i of A against run i of B: the spread between runs, not items
+            d["runs"] = {k: across_runs([means[y][k] - means[x][k] for x, y in zip(a, b)]) for _, k in DELTA_KEYS
+                         if all(means[n][k] is not None for n in a + b)}
+    lines = ["| system | " + " | ".join(label for label, _ in DELTA_KEYS) + " |", "|---|" + "---|" * len(DELTA_KEYS)]
+    lines += ["| " + n + " | " + " | ".join("-" if means[n][k] is None else f"{means[n][k]:.3f}" for _, k in DELTA_KEYS)
+              + " |" for n in used]
+    table = "\n".join(lines) + "\n\n" + markdown_deltas(deltas)
+    by_run = [d for d in deltas if "runs" in d]
+    if by_run:
+        table += ("\n\nRun by run (A's i-th system against B's i-th; a t-interval over runs):\n\n| change | "
+                  + " | ".join(label for label, _ in DELTA_KEYS) + " |\n|---|" + "---|" * len(DELTA_KEYS))
+        for d in by_run:
+            cells = [f"{r['mean']:+.3f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] ({', '.join(f'{x:+.3f}' for x in r['differences'])})"
+                     if (r := d["runs"].get(k)) else "-" for _, k in DELTA_KEYS]
+            table += f"\n| {d['from']} -> {d['to']} | " + " | ".join(cells) + " |"
+    result = {"eval_dirs": [str(d) for d in eval_dirs], "n_items": len(items), "systems": means, "deltas": deltas,
+              "table": table}
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1))
+    log(table)
+    return result
+
+
 # ------------------------------------------------------------------------------------ the command
 
 
