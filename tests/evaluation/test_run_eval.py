@@ -73,8 +73,11 @@ def test_pooled_sides_average_each_item_over_seeds_golden():
     assert d["from"] == "mean(s0/a, s1/a)" and d["to"] == "mean(s0/b, s1/b)"
     # item 1: mean b 0.4 - mean a 0.1 = +0.3; item 2: a has no score in s1: left out
     assert d["fact_f1"] == pytest.approx([0.3, 0.3, 0.3])
+    # run by run, over the items every run has a score on (item 1): s0 0.3 - 0.0, s1 0.5 - 0.2
+    assert d["runs"]["fact_f1"]["differences"] == pytest.approx([0.3, 0.3])
+    assert d["runs"]["fact_f1"]["mean"] == pytest.approx(0.3)
     (d,) = paired_deltas(rows, [("s0/a", ("s0/b", "s1/b"))])  # one side pooled, the other one run
-    assert d["from"] == "s0/a" and d["fact_f1"][0] == pytest.approx((0.4 + 0.2) / 2)
+    assert d["from"] == "s0/a" and d["fact_f1"][0] == pytest.approx((0.4 + 0.2) / 2) and "runs" not in d
 
 
 def test_system_names_grow_until_unique():

@@ -197,8 +197,7 @@ def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
         out = {"n": len(sel)}
         for key in ("rouge_1", "rouge_2", "rouge_l", "similarity", "fact_recall", "fact_precision", "fact_f1",
                     "invented_per_summary", "claims_per_summary", "words", "compliance"):
-            vals = [rows[i][key] for i in sel if rows[i][key] is not None]
-            out[key] = float(np.mean(vals)) if vals else None
+            out[key] = _mean([rows[i][key] for i in sel])
         return out
 
     everything = list(range(len(rows)))
@@ -285,7 +284,9 @@ def paired_deltas(rows: dict[str, list[dict]], pairs: list[tuple], groups: list 
     items both systems were scored on (item difficulty cancels; see metrics.paired_bootstrap_ci).
     A side may be several systems (the same stage trained with several seeds): its per-item score
     is their mean, so the interval is over items for the recipe averaged over those runs.
-    `groups`: each row's document; the bootstrap then resamples documents."""
+    `groups`: each row's document; the bootstrap then resamples documents. When both sides list the
+    same number (> 1) of systems, `runs` adds run i of A against run i of B (`across_runs`): the
+    bootstrap holds the systems fixed, this interval lets the runs vary."""
     from speechsum.evaluation.metrics import paired_bootstrap_ci
 
     out = []
@@ -298,8 +299,21 @@ def paired_deltas(rows: dict[str, list[dict]], pairs: list[tuple], groups: list 
             if keep:
                 rec[key] = list(paired_bootstrap_ci([rows[b][i][key] for i in keep], [rows[a][i][key] for i in keep],
                                                     groups=[groups[i] for i in keep] if groups else None))
+        sa, sb = _side(pair[0]), _side(pair[1])
+        if len(sa) == len(sb) > 1:  # run i of A against run i of B, over the items every run has a score on
+            rec["runs"] = {}
+            for _, key in DELTA_KEYS:
+                keep = [i for i in range(len(rows[sa[0]])) if all(rows[n][i][key] is not None for n in sa + sb)]
+                if keep:
+                    mean = {n: float(np.mean([rows[n][i][key] for i in keep])) for n in sa + sb}
+                    rec["runs"][key] = across_runs([mean[y] - mean[x] for x, y in zip(sa, sb)])
         out.append(rec)
     return out
+
+
+def _mean(values: list) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
 
 
 def deltas_cells(deltas: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -314,7 +328,16 @@ def deltas_cells(deltas: list[dict]) -> tuple[list[str], list[list[str]]]:
 def markdown_deltas(deltas: list[dict]) -> str:
     header, rows = deltas_cells(deltas)
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    by_run = [d for d in deltas if "runs" in d]
+    if by_run:
+        lines += ["", "Run by run (A's i-th system against B's i-th; a t-interval over runs):", "",
+                  "| change | " + " | ".join(label for label, _ in DELTA_KEYS) + " |", "|---|" + "---|" * len(DELTA_KEYS)]
+        for d in by_run:
+            cells = [f"{r['mean']:+.3f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] ({', '.join(f'{x:+.3f}' for x in r['differences'])})"
+                     if (r := d["runs"].get(k)) else "-" for _, k in DELTA_KEYS]
+            lines.append(f"| {d['from']} -> {d['to']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def split_pair(spec: str, known: Sequence[str]) -> tuple[list[str], list[str]] | None:
@@ -403,22 +426,10 @@ def compare_saved(eval_dirs: Sequence[str | Path], compare: Sequence[str], out: 
     rows = {n: score_items(items, preds[n], embeddings=False) for n in used}
     deltas = paired_deltas(rows, pairs, [doc_of(r) for r in items])
     means = {n: summarize_scores(rows[n], items)["overall"] for n in used}
-    for d, (a, b) in zip(deltas, pairs):
-        if len(a) == len(b) > 1:  # run i of A against run i of B: the spread between runs, not items
-            d["runs"] = {k: across_runs([means[y][k] - means[x][k] for x, y in zip(a, b)]) for _, k in DELTA_KEYS
-                         if all(means[n][k] is not None for n in a + b)}
     lines = ["| system | " + " | ".join(label for label, _ in DELTA_KEYS) + " |", "|---|" + "---|" * len(DELTA_KEYS)]
     lines += ["| " + n + " | " + " | ".join("-" if means[n][k] is None else f"{means[n][k]:.3f}" for _, k in DELTA_KEYS)
               + " |" for n in used]
     table = "\n".join(lines) + "\n\n" + markdown_deltas(deltas)
-    by_run = [d for d in deltas if "runs" in d]
-    if by_run:
-        table += ("\n\nRun by run (A's i-th system against B's i-th; a t-interval over runs):\n\n| change | "
-                  + " | ".join(label for label, _ in DELTA_KEYS) + " |\n|---|" + "---|" * len(DELTA_KEYS))
-        for d in by_run:
-            cells = [f"{r['mean']:+.3f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] ({', '.join(f'{x:+.3f}' for x in r['differences'])})"
-                     if (r := d["runs"].get(k)) else "-" for _, k in DELTA_KEYS]
-            table += f"\n| {d['from']} -> {d['to']} | " + " | ".join(cells) + " |"
     result = {"eval_dirs": [str(d) for d in eval_dirs], "n_items": len(items), "systems": means, "deltas": deltas,
               "table": table}
     if out is not None:
