@@ -391,7 +391,8 @@ def load_saved(eval_dirs: Sequence[str | Path]) -> tuple[list[dict], dict[str, l
                 name = col.removeprefix("pred:")
                 preds[f"{d.name}/{name}"] = df[col].tolist()
                 owners.setdefault(name, []).append(f"{d.name}/{name}")
-    return items, preds, {n: full[0] for n, full in owners.items() if len(full) == 1}
+    # a bare NAME stands for FOLDER/NAME where one folder has it and no FOLDER/NAME spells it already
+    return items, preds, {n: full[0] for n, full in owners.items() if len(full) == 1 and n not in preds}
 
 
 def across_runs(differences: Sequence[float], level: float = 0.95) -> dict:
