@@ -263,6 +263,10 @@ def test_compare_saved_refuses_what_does_not_pair(tmp_path):
         compare_saved([a, d], ["kd:d/kd"], **quiet)
     with pytest.raises(FileNotFoundError, match="not an eval folder"):
         compare_saved([a, tmp_path / "nowhere"], ["a/kd:a/kd"], **quiet)
+    e = _saved_eval(tmp_path / "e", data, ids, {"kd": ["x"] * 4})
+    (e / "metrics.json").write_text('{"data": ')  # cut off mid-write
+    with pytest.raises(ValueError, match=r"e: unreadable eval folder \(JSONDecodeError"):
+        compare_saved([a, e], ["a/kd:e/kd"], **quiet)
     (tmp_path / "x").mkdir()
     with pytest.raises(ValueError, match="also named 'a'"):
         compare_saved([a, _saved_eval(tmp_path / "x" / "a", data, ids, {"kd": ["x"] * 4})], ["a/kd:a/kd"], **quiet)

@@ -365,8 +365,11 @@ def load_saved(eval_dirs: Sequence[str | Path]) -> tuple[list[dict], dict[str, l
         if not (d / "metrics.json").is_file() or not (d / "predictions.parquet").is_file():
             raise FileNotFoundError(f"{d}: not an eval folder (no metrics.json and predictions.parquet, "
                                     f"which `speechsum eval --out DIR` writes)")
-        metas.append(json.loads((d / "metrics.json").read_text()))
-        frames.append(pd.read_parquet(d / "predictions.parquet"))
+        try:
+            metas.append(json.loads((d / "metrics.json").read_text()))
+            frames.append(pd.read_parquet(d / "predictions.parquet"))
+        except Exception as e:  # a truncated or foreign file: name the folder, not a parser's traceback
+            raise ValueError(f"{d}: unreadable eval folder ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     names = [d.name for d in dirs]
     twice = next((d for i, d in enumerate(dirs) if d.name in names[:i]), None)
     if twice is not None:
