@@ -247,10 +247,14 @@ def table_cells(metrics: dict) -> tuple[list[str], list[list[str]]]:
     return ["system"] + [c for c, _ in cols] + ["s/item"], rows
 
 
-def markdown_table(metrics: dict) -> str:
-    header, rows = table_cells(metrics)
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table (the first column left as a label)."""
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def markdown_table(metrics: dict) -> str:
+    return markdown(*table_cells(metrics))
 
 
 def doc_of(item: dict) -> str:
@@ -326,18 +330,20 @@ def deltas_cells(deltas: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def markdown_deltas(deltas: list[dict]) -> str:
-    header, rows = deltas_cells(deltas)
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    table = markdown(*deltas_cells(deltas))
     by_run = [d for d in deltas if "runs" in d]
-    if by_run:
-        lines += ["", "Run by run (A's i-th system against B's i-th; a t-interval over runs):", "",
-                  "| change | " + " | ".join(label for label, _ in DELTA_KEYS) + " |", "|---|" + "---|" * len(DELTA_KEYS)]
-        for d in by_run:
-            cells = [f"{r['mean']:+.3f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] ({', '.join(f'{x:+.3f}' for x in r['differences'])})"
-                     if (r := d["runs"].get(k)) else "-" for _, k in DELTA_KEYS]
-            lines.append(f"| {d['from']} -> {d['to']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    if not by_run:
+        return table
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        each = ", ".join(f"{x:+.3f}" for x in r["differences"])
+        return f"{r['mean']:+.3f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] ({each})"
+
+    rows = [[f"{d['from']} -> {d['to']}"] + [cell(d["runs"].get(k)) for _, k in DELTA_KEYS] for d in by_run]
+    return (table + "\n\nRun by run (A's i-th system against B's i-th; a t-interval over runs):\n\n"
+            + markdown(["change"] + [label for label, _ in DELTA_KEYS], rows))
 
 
 def split_pair(spec: str, known: Sequence[str]) -> tuple[list[str], list[str]] | None:
@@ -369,7 +375,8 @@ def load_saved(eval_dirs: Sequence[str | Path]) -> tuple[list[dict], dict[str, l
             metas.append(json.loads((d / "metrics.json").read_text()))
             frames.append(pd.read_parquet(d / "predictions.parquet"))
         except Exception as e:  # a truncated or foreign file: name the folder, not a parser's traceback
-            raise ValueError(f"{d}: unreadable eval folder ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+            first_line = (str(e).splitlines() or [""])[0]
+            raise ValueError(f"{d}: unreadable eval folder ({type(e).__name__}: {first_line})") from e
     names = [d.name for d in dirs]
     twice = next((d for i, d in enumerate(dirs) if d.name in names[:i]), None)
     if twice is not None:
@@ -424,16 +431,15 @@ def compare_saved(eval_dirs: Sequence[str | Path], compare: Sequence[str], out: 
     for spec in compare:
         pair = split_pair(spec, known)
         if pair is None:
-            raise ValueError(f"--compare {spec}: expected A:B with A and B among the saved systems ({', '.join(known)})")
+            raise ValueError(f"--compare {spec}: expected A:B with A and B among the saved systems "
+                             f"({', '.join(known)})")
         pairs.append(tuple(tuple(alias.get(n, n) for n in side) for side in pair))
     used = list(dict.fromkeys(n for pair in pairs for side in pair for n in side))
     rows = {n: score_items(items, preds[n], embeddings=False) for n in used}
     deltas = paired_deltas(rows, pairs, [doc_of(r) for r in items])
     means = {n: summarize_scores(rows[n], items)["overall"] for n in used}
-    lines = ["| system | " + " | ".join(label for label, _ in DELTA_KEYS) + " |", "|---|" + "---|" * len(DELTA_KEYS)]
-    lines += ["| " + n + " | " + " | ".join("-" if means[n][k] is None else f"{means[n][k]:.3f}" for _, k in DELTA_KEYS)
-              + " |" for n in used]
-    table = "\n".join(lines) + "\n\n" + markdown_deltas(deltas)
+    rows = [[n] + ["-" if means[n][k] is None else f"{means[n][k]:.3f}" for _, k in DELTA_KEYS] for n in used]
+    table = markdown(["system"] + [label for label, _ in DELTA_KEYS], rows) + "\n\n" + markdown_deltas(deltas)
     result = {"eval_dirs": [str(d) for d in eval_dirs], "n_items": len(items), "systems": means, "deltas": deltas,
               "table": table}
     if out is not None:
