@@ -1,8 +1,10 @@
 """`speechsum pipeline` chains the stages in one run folder and resumes finished ones."""
 
+import pytest
 import yaml
 from tiny import save_tiny_models
 
+from speechsum.config import ConfigError
 from speechsum.pipeline import EvalStage, PipelineConfig, run
 
 
@@ -73,6 +75,53 @@ def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypa
     run(cfg, log=logs.append)
     assert not any("pipeline: eval: done earlier" in line for line in logs)
     assert json.loads((run_dir / "eval" / "metrics.json").read_text())["int8_decoding"] is False
+    # a finished stage of another recipe is an error naming the key, before any work; nothing is removed
+    cfg.overrides = {"kd": ["loop.max_steps=2"]}
+    with pytest.raises(ConfigError, match=r"^loop\.max_steps: .*kd was trained with a different config"):
+        run(cfg, log=logs.append)
+    assert (run_dir / "kd" / "final" / "speechlm_config.json").is_file()
+    cfg.overrides = {"kd": ["loop.max_steps=1"]}  # the key as it was: the run stands again
+    logs.clear()
+    run(cfg, log=logs.append)
+    assert sum("done earlier" in line for line in logs) == 6
+
+
+def test_check_stage_dir_compares_only_the_model_keys_a_stage_sets_over_its_init(tmp_path):
+    from speechsum.config import from_dict, save_config
+    from speechsum.pipeline import check_stage_dir
+    from speechsum.training.kd import KDConfig
+
+    # as a stage saves it: the model section is the init checkpoint's config, with the stage's keys on top
+    saved = from_dict(KDConfig, {"init": "runs/x/sft", "teacher": "t", "model": {"stack": 8, "train_projector": False}})
+    save_config(saved, tmp_path / "config.yaml")
+    check_stage_dir(tmp_path, from_dict(KDConfig, {"init": "runs/x/sft", "teacher": "t",
+                                                   "model": {"train_projector": False}}))
+    check_stage_dir(tmp_path, from_dict(KDConfig, {"init": "runs/x/sft", "teacher": "t"}))  # inherits it all
+    with pytest.raises(ConfigError, match=r"^model\.train_projector: "):
+        check_stage_dir(tmp_path, from_dict(KDConfig, {"init": "runs/x/sft", "teacher": "t",
+                                                       "model": {"train_projector": True}}))
+    with pytest.raises(ConfigError, match=r"^teacher: "):
+        check_stage_dir(tmp_path, from_dict(KDConfig, {"init": "runs/x/sft", "teacher": "u"}))
+    check_stage_dir(tmp_path / "none", saved)  # no folder yet: nothing to compare
+
+
+def test_pipeline_refuses_a_finished_dataset_of_another_synth_preset(tmp_path, capsys):
+    from speechsum.cli import main
+
+    synth = tmp_path / "synth.yaml"
+    synth.write_text(yaml.safe_dump({"train": {"documents": 2, "voices": ["espeak:en-us"]}}))
+    data = tmp_path / "run" / "data"
+    for split in ("train", "test"):
+        (data / split).mkdir(parents=True)
+        (data / split / "manifest.parquet").write_bytes(b"")  # finished, as far as the pipeline looks
+    (data / "synth_config.yaml").write_text(yaml.safe_dump({"train": {"documents": 1, "voices": ["espeak:en-us"]}}))
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "run"), "synth": str(synth), "align": "", "sft": "",
+                                    "kd": "", "dpo": "", "report": False}))
+    assert main(["pipeline", "--config", str(pipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.documents" in err[0] and "different config" in err[0], err
+    assert (data / "synth_config.yaml").is_file()  # nothing removed
 
 
 def test_stage_comparisons_follow_the_recipe():

@@ -178,6 +178,22 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def first_difference(saved: Any, wanted: Any, where: str = "") -> str | None:
+    """The dotted key of the first value of `saved` (a config as written to YAML) that `wanted`
+    (`to_dict` of a config) does not equal; None when they agree. Only keys both have are
+    compared: a field added or removed since the run was saved is not a difference."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        for k, v in saved.items():
+            if k not in wanted:
+                continue
+            key = f"{where}.{k}" if where else str(k)
+            found = first_difference(v, wanted[k], key)
+            if found:
+                return found
+        return None
+    return None if saved == wanted else (where or "(top level)")
+
+
 def save_config(obj: Any, path: str | Path) -> None:
     """Write the resolved config as YAML."""
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -105,10 +105,13 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
     data = Path(cfg.data) if cfg.data else out / "data"
     t = time.time()
     if cfg.synth and not cfg.data:
-        from speechsum.data.synth import SynthConfig, synthesize
+        from speechsum.data.synth import SynthConfig, check_out_dir, synthesize
 
+        synth_cfg = load_config(SynthConfig, cfg.synth, cfg.overrides.get("synth", []))
         if not (data / "train" / "manifest.parquet").is_file() or not (data / "test" / "manifest.parquet").is_file():
-            synthesize(load_config(SynthConfig, cfg.synth, cfg.overrides.get("synth", [])), data)
+            synthesize(synth_cfg, data)
+        else:  # a finished dataset of another synth preset is an error, not silently reused
+            check_out_dir(synth_cfg, data)
     times["synth"] = time.time() - t
     t = time.time()
     first_model = model_config_of(cfg)
@@ -139,6 +142,7 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
         if stage == "kd" and "teacher" in folders:
             wired.append(f"teacher={folders['teacher']}")
         stage_cfg = load_config(getattr(module, cls_name), path, wired + cfg.overrides.get(stage, []))
+        check_stage_dir(stage_dir, stage_cfg)
         t = time.time()
         if (stage_dir / "final" / "speechlm_config.json").is_file():
             log(f"pipeline: {stage}: done earlier ({stage_dir / 'final'})")
@@ -201,6 +205,28 @@ def encode_dataset(data: Path, model_cfg, log, batch: int = 8) -> None:
     for s in tqdm(range(0, len(todo), batch), desc="encode", unit="batch", dynamic_ncols=True):
         cache.encode(encoder, [load_audio(p) for p in todo[s : s + batch]])
     log(f"pipeline: encode: {len(todo)} clips through {encoder.identity} in {time.time() - t:.0f} s")
+
+
+def check_stage_dir(stage_dir: Path, stage_cfg) -> None:
+    """A stage folder trained (or begun) with another config is an error naming the first key
+    that differs: resuming it, or taking its final model as done, would mix two recipes."""
+    saved_path = stage_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    import yaml
+
+    from speechsum.config import ConfigError, explicit_keys, first_difference, to_dict
+
+    wanted = to_dict(stage_cfg)
+    if stage_cfg.init:  # the saved model section is the init's, with the keys the stage sets on top (build_model)
+        given = explicit_keys(stage_cfg.model)
+        defaults = to_dict(type(stage_cfg.model)())
+        wanted["model"] = {k: v for k, v in wanted["model"].items()
+                           if (k in given if given is not None else v != defaults[k])}
+    key = first_difference(yaml.safe_load(saved_path.read_text()) or {}, wanted)
+    if key:
+        raise ConfigError(f"{key}: {stage_dir} was trained with a different config; remove it (and the stages "
+                          f"after it) or set another out_dir")
 
 
 def eval_system_specs(systems: list[str], folders: dict[str, str]) -> list[str]:

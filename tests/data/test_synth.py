@@ -143,6 +143,17 @@ def test_rerun_with_a_different_config_is_refused(made):
         synthesize(tiny_config(out.parent / "cache", seed=5), out)
 
 
+def test_a_finished_folder_of_another_config_is_refused_naming_the_split_key(made):
+    from speechsum.data.synth import check_out_dir
+
+    out, _, _ = made
+    check_out_dir(tiny_config(out.parent / "cache"), out)  # the same config: fine
+    cfg = tiny_config(out.parent / "cache")
+    cfg.train.documents = 9
+    with pytest.raises(ConfigError, match=r"^train\.documents: .* different config"):
+        check_out_dir(cfg, out)  # what `pipeline` calls before using a finished dataset
+
+
 def test_a_folder_made_before_the_teacher_fields_still_resumes(made):
     out, _, full = made
     path = out / "synth_config.yaml"

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from speechsum.config import ConfigError, load_config, to_dict
+from speechsum.config import ConfigError, first_difference, load_config, to_dict
 from speechsum.data import aclsum, dataset, documents, multilingual, styles, teacher, tts
 from speechsum.data.documents import Document
 from speechsum.data.factcheck import check_target
@@ -440,8 +440,10 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _claim_out_dir(cfg: SynthConfig, out_dir: Path) -> None:
-    """Record the config; refuse to resume a folder made with a different one."""
+def check_out_dir(cfg: SynthConfig, out_dir: str | Path) -> None:
+    """ConfigError when `out_dir` holds a dataset made with another config (`pipeline` calls it
+    before using a finished dataset, so a changed synth preset is not silently ignored)."""
+    out_dir = Path(out_dir)
     wanted = {k: v for k, v in to_dict(cfg).items() if k not in _RUN_ONLY}
     path = out_dir / "synth_config.yaml"
     if path.is_file():
@@ -449,9 +451,16 @@ def _claim_out_dir(cfg: SynthConfig, out_dir: Path) -> None:
         have = {k: v for k, v in saved.items() if k not in _RUN_ONLY}
         if have != wanted:
             key = next((k for k in sorted(set(have) | set(wanted)) if have.get(k) != wanted.get(k)), "?")
-            raise ConfigError(f"{key}: {out_dir} was made with a different config; use a new --out folder")
+            if isinstance(have.get(key), dict) and isinstance(wanted.get(key), dict):
+                key = f"{key}.{first_difference(have[key], wanted[key]) or '?'}"
+            raise ConfigError(f"{key}: {out_dir} was made with a different config; remove it or write to another folder")
+
+
+def _claim_out_dir(cfg: SynthConfig, out_dir: Path) -> None:
+    """Record the config; refuse to resume a folder made with a different one."""
+    check_out_dir(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset.atomic_write(path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+    dataset.atomic_write(out_dir / "synth_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
     # temp files left by a killed run (atomic_write names them ".<final name>.<random>")
     stale = list(out_dir.glob(".*.*")) + [p for split in dataset.SPLITS for p in (out_dir / split).rglob(".*.*")]
     for tmp in stale:
