@@ -215,14 +215,12 @@ def check_stage_dir(stage_dir: Path, stage_cfg) -> None:
         return
     import yaml
 
-    from speechsum.config import ConfigError, explicit_keys, first_difference, to_dict
+    from speechsum.config import ConfigError, first_difference, to_dict
+    from speechsum.training.common import stage_model_keys
 
     wanted = to_dict(stage_cfg)
     if stage_cfg.init:  # the saved model section is the init's, with the keys the stage sets on top (build_model)
-        given = explicit_keys(stage_cfg.model)
-        defaults = to_dict(type(stage_cfg.model)())
-        wanted["model"] = {k: v for k, v in wanted["model"].items()
-                           if (k in given if given is not None else v != defaults[k])}
+        wanted["model"] = to_dict(stage_model_keys(stage_cfg.model))
     key = first_difference(yaml.safe_load(saved_path.read_text()) or {}, wanted)
     if key:
         raise ConfigError(f"{key}: {stage_dir} was trained with a different config; remove it (and the stages "

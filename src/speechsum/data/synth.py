@@ -450,9 +450,7 @@ def check_out_dir(cfg: SynthConfig, out_dir: str | Path) -> None:
         saved = _with_defaults(yaml.safe_load(path.read_text()) or {})
         have = {k: v for k, v in saved.items() if k not in _RUN_ONLY}
         if have != wanted:
-            key = next((k for k in sorted(set(have) | set(wanted)) if have.get(k) != wanted.get(k)), "?")
-            if isinstance(have.get(key), dict) and isinstance(wanted.get(key), dict):
-                key = f"{key}.{first_difference(have[key], wanted[key]) or '?'}"
+            key = first_difference(have, wanted) or next(iter(sorted(set(have) ^ set(wanted))), "?")
             raise ConfigError(f"{key}: {out_dir} was made with a different config; remove it or write to another folder")
 
 

@@ -349,24 +349,34 @@ def resolve_init(init: str) -> Path:
     raise FileNotFoundError(f"init={init}: not a SpeechLM folder, nor a run folder with final/ or a checkpoint")
 
 
+def stage_model_keys(cfg_model) -> dict:
+    """The model fields a stage sets over its init checkpoint's config: those given explicitly in
+    its YAML or overrides (for configs built in code: those not at their default)."""
+    import dataclasses
+
+    from speechsum.config import explicit_keys
+
+    given = explicit_keys(cfg_model)
+    defaults = dataclasses.asdict(type(cfg_model)())
+    return {k: v for k, v in dataclasses.asdict(cfg_model).items()
+            if (k in given if given is not None else v != defaults[k])}
+
+
 def build_model(cfg_model, init: str, log=None):
     """(model, effective config). With `init`, the saved model config is inherited and any field
     the stage config sets explicitly (or, for configs built in code, to a non-default value)
     overrides it (printed); shape-defining fields cannot change."""
     import dataclasses
 
-    from speechsum.config import explicit_keys, from_dict
+    from speechsum.config import from_dict
     from speechsum.models.speech_lm import CONFIG_NAME, SpeechLM, SpeechLMConfig
 
     if not init:
         return SpeechLM.from_config(cfg_model), cfg_model
     path = resolve_init(init)
     saved = json.loads((path / CONFIG_NAME).read_text())["config"]
-    defaults = dataclasses.asdict(SpeechLMConfig())
     wanted = dataclasses.asdict(cfg_model)
-    given = explicit_keys(cfg_model)
-    overrides = {k: v for k, v in wanted.items()
-                 if (k in given if given is not None else v != defaults[k]) and v != saved.get(k)}
+    overrides = {k: v for k, v in stage_model_keys(cfg_model).items() if v != saved.get(k)}
     bad = [k for k in overrides if k in STRUCTURAL]
     if bad:
         raise ValueError(f"model.{bad[0]}={wanted[bad[0]]!r} differs from the init checkpoint's "
