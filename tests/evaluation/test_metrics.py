@@ -10,6 +10,7 @@ from speechsum.evaluation.metrics import (
     cosine,
     greedy_match,
     paired_bootstrap_ci,
+    repeated_ngrams,
     rouge,
     rouge_lsum,
     rouge_n,
@@ -132,3 +133,16 @@ def test_bootstrap_rejects_bad_input():
         bootstrap_ci([1.0, float("nan")])
     with pytest.raises(ValueError, match="equal lengths"):
         paired_bootstrap_ci([1.0], [1.0, 2.0])
+
+
+def test_repeated_ngrams_golden():
+    # "a b c d a b c d": 4-grams abcd bcda cdab dabc abcd -> 5, of which 1 came before
+    assert repeated_ngrams("a b c d a b c d") == pytest.approx(1 / 5)
+    assert repeated_ngrams("The budget is $12,500 and the move is on Thursday.") == 0.0
+    assert repeated_ngrams("too short") == 0.0 and repeated_ngrams("") == 0.0
+    # a near-repeat the decoder's exact loop stop lets through: the date changes, the phrase does not
+    near = ("Agreed to run the backlog by the library on Sunday 6 June. "
+            "Agreed to run the backlog by the library on Sunday 14 June.")
+    # 24 tokens -> 21 4-grams; of the second sentence's 9, the 7 that do not reach its date came before
+    assert repeated_ngrams(near) == pytest.approx(7 / 21)
+    assert repeated_ngrams("A B C D a b c d") == pytest.approx(1 / 5)  # case-blind, as ROUGE's tokens

@@ -157,7 +157,8 @@ def test_rows_and_table_carry_answer_length_and_claims():
     overall = summarize_scores(rows, [item, item])["overall"]
     assert overall["words"] == 5.0 and overall["claims_per_summary"] == 1.5
     header, cells = table_cells({"systems": {"m": {**summarize_scores(rows, [item, item]), "seconds_per_item": 0.5}}})
-    assert header[-3:] == ["style", "words", "s/item"] and "claims/summary" in header
+    assert header[-4:] == ["style", "words", "repeated 4-grams", "s/item"] and "claims/summary" in header
+    assert [r["repeated_4grams"] for r in rows] == [0.0, 0.0]  # no phrase said twice
     assert cells[0][header.index("words")] == "5.0" and cells[0][header.index("claims/summary")].startswith("1.5")
 
 

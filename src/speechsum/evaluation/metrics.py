@@ -52,6 +52,16 @@ def _ngrams(tokens: list[str], n: int) -> Counter:
     return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
 
 
+def repeated_ngrams(text: str, n: int = 4) -> float:
+    """Share of the answer's word n-grams that already occurred earlier in it (0: no phrase of n
+    words comes twice; an answer shorter than n words scores 0). Near-repeating answers ("Agreed to
+    run X by Sunday 14 June. Agreed to run X by Sunday 6 June. ...") score high though no whole
+    span repeats exactly, which is all the decoder's loop stop catches."""
+    grams = _ngrams(rouge_tokens(text), n)
+    total = sum(grams.values())
+    return (total - len(grams)) / total if total else 0.0
+
+
 def rouge_n(prediction: str, reference: str, n: int) -> float:
     """ROUGE-N F1: clipped n-gram overlap (an n-gram counts at most as often as on either side)."""
     pred, ref = _ngrams(rouge_tokens(prediction), n), _ngrams(rouge_tokens(reference), n)

@@ -168,7 +168,7 @@ def generate_text(llm: str, transcripts: list[str], items: list[dict], batch_siz
 def score_items(items: list[dict], preds: list[str], embeddings: bool = True) -> list[dict]:
     from speechsum.evaluation.compliance import style_compliance
     from speechsum.evaluation.facts import score_item
-    from speechsum.evaluation.metrics import embedding_similarity, rouge
+    from speechsum.evaluation.metrics import embedding_similarity, repeated_ngrams, rouge
 
     sims = embedding_similarity(preds, [r["target"] for r in items]) if embeddings else [None] * len(items)
     rows = []
@@ -184,6 +184,7 @@ def score_items(items: list[dict], preds: list[str], embeddings: bool = True) ->
             "invented_per_summary": f["n_hallucinated"] if f else None,
             "claims_per_summary": f["n_claims"] if f else None,
             "words": len(p.split()),
+            "repeated_4grams": repeated_ngrams(p, 4),
             "invented": f["hallucinated"] if f else [],
             "compliance": comp["score"],
         })
@@ -196,8 +197,8 @@ def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
     def agg(sel: list[int]) -> dict:
         out = {"n": len(sel)}
         for key in ("rouge_1", "rouge_2", "rouge_l", "similarity", "fact_recall", "fact_precision", "fact_f1",
-                    "invented_per_summary", "claims_per_summary", "words", "compliance"):
-            out[key] = _mean([rows[i][key] for i in sel])
+                    "invented_per_summary", "claims_per_summary", "words", "repeated_4grams", "compliance"):
+            out[key] = _mean([rows[i].get(key) for i in sel])  # .get: scores saved before a key existed
         return out
 
     everything = list(range(len(rows)))
@@ -226,7 +227,7 @@ def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
 # DPO and invented facts)
 TABLE_COLUMNS = [("fact recall", "fact_recall"), ("fact F1", "fact_f1"), ("invented/summary", "invented_per_summary"),
                  ("claims/summary", "claims_per_summary"), ("ROUGE-L", "rouge_l"), ("similarity", "similarity"),
-                 ("style", "compliance"), ("words", "words")]
+                 ("style", "compliance"), ("words", "words"), ("repeated 4-grams", "repeated_4grams")]
 COUNT_COLUMNS = ("claims_per_summary", "words")  # means of counts: one decimal, not three
 
 
