@@ -366,8 +366,6 @@ def build_model(cfg_model, init: str, log=None):
     """(model, effective config). With `init`, the saved model config is inherited and any field
     the stage config sets explicitly (or, for configs built in code, to a non-default value)
     overrides it (printed); shape-defining fields cannot change."""
-    import dataclasses
-
     from speechsum.config import from_dict
     from speechsum.models.speech_lm import CONFIG_NAME, SpeechLM, SpeechLMConfig
 
@@ -375,11 +373,10 @@ def build_model(cfg_model, init: str, log=None):
         return SpeechLM.from_config(cfg_model), cfg_model
     path = resolve_init(init)
     saved = json.loads((path / CONFIG_NAME).read_text())["config"]
-    wanted = dataclasses.asdict(cfg_model)
     overrides = {k: v for k, v in stage_model_keys(cfg_model).items() if v != saved.get(k)}
     bad = [k for k in overrides if k in STRUCTURAL]
     if bad:
-        raise ValueError(f"model.{bad[0]}={wanted[bad[0]]!r} differs from the init checkpoint's "
+        raise ValueError(f"model.{bad[0]}={overrides[bad[0]]!r} differs from the init checkpoint's "
                          f"{saved.get(bad[0])!r}; a later stage cannot change it (remove it from the config)")
     if log:
         log(f"init: {path}" + (f"; overrides: {overrides}" if overrides else "; model config inherited"))
