@@ -84,6 +84,13 @@ def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypa
     logs.clear()
     run(cfg, log=logs.append)
     assert sum("done earlier" in line for line in logs) == 6
+    # ... and refused up front: with SFT to re-run first, the stale KD folder stops the run before SFT trains
+    shutil.rmtree(run_dir / "sft")
+    cfg.overrides = {"kd": ["loop.max_steps=2"]}
+    logs.clear()
+    with pytest.raises(ConfigError, match=r"^loop\.max_steps: .*kd was trained"):
+        run(cfg, log=logs.append)
+    assert not (run_dir / "sft").exists() and not logs
 
 
 def test_check_stage_dir_compares_only_the_model_keys_a_stage_sets_over_its_init(tmp_path):

@@ -103,6 +103,10 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     data = Path(cfg.data) if cfg.data else out / "data"
+    plan = plan_stages(cfg, out, data)
+    for st in plan:  # a stale stage folder is refused before the stages ahead of it run, not after
+        if not st.shipped:
+            check_stage_dir(Path(st.folder), st.cfg)
     t = time.time()
     if cfg.synth and not cfg.data:
         from speechsum.data.synth import SynthConfig, check_out_dir, synthesize
@@ -118,41 +122,20 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
     if first_model is not None:  # every stage and the eval read these: encode each clip once, up front
         encode_dataset(data, first_model, log)
     times["encode"] = time.time() - t
-    prev = ""
     folders: dict[str, str] = {}
-    for stage in TRAIN_STAGES:
-        path = getattr(cfg, stage)
-        if path == "shipped":
-            folders[stage] = getattr(cfg, SHIPPED[stage])
-            if stage != "teacher":
-                prev = folders[stage]
-            log(f"pipeline: {stage}: using the shipped {folders[stage]}")
-            times[stage] = 0.0
+    for st in plan:
+        folders[st.name] = st.folder
+        if st.shipped:
+            log(f"pipeline: {st.name}: using the shipped {st.folder}")
+            times[st.name] = 0.0
             continue
-        if not path:
-            continue
-        module_name, cls_name = STAGE_CLASSES[stage]
-        module = importlib.import_module(module_name)
-        stage_dir = out / stage
-        wired = [f"loop.out_dir={stage_dir}", f"data.path={data}"]
-        if stage == "teacher":  # the student's LLM in text mode, from the plain LLM (not the chain)
-            wired.append("data.input=transcript")
-        elif prev:
-            wired.append(f"init={prev}")
-        if stage == "kd" and "teacher" in folders:
-            wired.append(f"teacher={folders['teacher']}")
-        stage_cfg = load_config(getattr(module, cls_name), path, wired + cfg.overrides.get(stage, []))
-        check_stage_dir(stage_dir, stage_cfg)
         t = time.time()
-        if (stage_dir / "final" / "speechlm_config.json").is_file():
-            log(f"pipeline: {stage}: done earlier ({stage_dir / 'final'})")
+        if (Path(st.folder) / "final" / "speechlm_config.json").is_file():
+            log(f"pipeline: {st.name}: done earlier ({Path(st.folder) / 'final'})")
         else:
-            log(f"pipeline: {stage}: running ({path})")
-            module.train(stage_cfg, resume=(stage_dir / "checkpoints" / "latest").is_file(), log=log)
-        times[stage] = time.time() - t
-        folders[stage] = str(stage_dir)
-        if stage != "teacher":
-            prev = str(stage_dir)
+            log(f"pipeline: {st.name}: running ({getattr(cfg, st.name)})")
+            st.module.train(st.cfg, resume=(Path(st.folder) / "checkpoints" / "latest").is_file(), log=log)
+        times[st.name] = time.time() - t
     if cfg.eval.systems:
         t = time.time()
         run_eval_stage(cfg, data, out, folders, log)
@@ -166,6 +149,48 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
         log(f"pipeline: report: {page}")
     log("pipeline: seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     return times
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    folder: str
+    """The stage's run folder (`<out_dir>/<stage>`), or the committed folder when shipped."""
+    shipped: bool
+    cfg: object = None
+    """The resolved stage config, wired into the chain (None when shipped)."""
+    module: object = None
+    """The stage's module (its `train`)."""
+
+
+def plan_stages(cfg: PipelineConfig, out: Path, data: Path) -> list[PlannedStage]:
+    """Every configured training stage with its resolved config, wired so the stages chain inside
+    `out`: each writes `<out>/<stage>` and starts from the previous stage's folder; the teacher
+    starts from the plain LLM in text mode and becomes KD's teacher. Reads only the presets."""
+    plan: list[PlannedStage] = []
+    prev, folders = "", {}
+    for stage in TRAIN_STAGES:
+        path = getattr(cfg, stage)
+        if not path:
+            continue
+        if path == "shipped":
+            plan.append(PlannedStage(stage, getattr(cfg, SHIPPED[stage]), shipped=True))
+        else:
+            module_name, cls_name = STAGE_CLASSES[stage]
+            module = importlib.import_module(module_name)
+            wired = [f"loop.out_dir={out / stage}", f"data.path={data}"]
+            if stage == "teacher":  # the student's LLM in text mode, from the plain LLM (not the chain)
+                wired.append("data.input=transcript")
+            elif prev:
+                wired.append(f"init={prev}")
+            if stage == "kd" and "teacher" in folders:
+                wired.append(f"teacher={folders['teacher']}")
+            stage_cfg = load_config(getattr(module, cls_name), path, wired + cfg.overrides.get(stage, []))
+            plan.append(PlannedStage(stage, str(out / stage), shipped=False, cfg=stage_cfg, module=module))
+        folders[stage] = plan[-1].folder
+        if stage != "teacher":
+            prev = plan[-1].folder
+    return plan
 
 
 def model_config_of(cfg: PipelineConfig):
