@@ -244,3 +244,68 @@ def test_dpo_samples_several_items_per_batch(tmp_path, tiny_data, monkeypatch):
     assert abs(metrics[0]["reward_margin"]) < 1e-4 and abs(metrics[0]["reward_chosen"]) < 1e-4
     with pytest.raises(ValueError, match="sample_items must be >= 0"):
         dpo.DPOConfig(sample_items=-1)
+
+
+def test_repetition_penalty_prefers_the_summary_that_does_not_go_round():
+    once = "Priya Patel got $2,500 approved on Tuesday."
+    twice = once + " Priya Patel got $2,500 approved on Tuesday, so Priya Patel got $2,500 approved on Tuesday."
+    f1 = dict(fact_score="f1", pair_rule="dominance")
+    assert dpo.pick_pair(ITEM, [twice, once], dpo.DPOConfig(**f1)) is None  # the same facts: a tie
+    c, r, reason = dpo.pick_pair(ITEM, [twice, once], dpo.DPOConfig(**f1, repetition_penalty=1.0))
+    assert (c, r) == (1, 0) and "repeated 4-grams 0.00" in reason.split(" vs ")[0]
+    scores, _ = dpo.fact_judge(ITEM, [twice], 0.5, "f1", repetition_penalty=1.0)
+    # F1 1 minus the repeated share: 25 words ($2,500 is two) make 22 4-grams, 10 of them said before
+    assert scores[0] == pytest.approx(1.0 - 10 / 22)
+    with pytest.raises(ValueError, match="repetition_penalty must be >= 0"):
+        dpo.DPOConfig(repetition_penalty=-0.1)
+    with pytest.raises(ValueError, match="repetition_penalty .* judge='llm'"):
+        dpo.DPOConfig(judge="llm", repetition_penalty=1.0)
+
+
+def test_chosen_must_finish_never_prefers_a_cut_off_summary():
+    texts = ["Priya Patel got $2,500 approved on Tuesday.",   # best, but cut off at the cap
+             "John Smith got $9,000 on Friday.",             # worst
+             "A budget was approved."]
+    cut = [False, True, True]
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(), finished=cut)[:2] == (0, 1)
+    must = dpo.DPOConfig(chosen_must_finish=True)
+    assert dpo.pick_pair(ITEM, texts, must, finished=cut)[:2] == (2, 1)
+    assert dpo.pick_pair(ITEM, texts, must, finished=[False, True, False]) is None  # only the worst finished
+    assert dpo.pick_pair(ITEM, texts, must, finished=[True, False, True])[:2] == (0, 1)  # may still be rejected
+    llm = dpo.DPOConfig(judge="llm", chosen_must_finish=True)
+    prefers_long = lambda instr, tr, a, b: "a" if len(a) > len(b) else "b"  # noqa: E731
+    assert dpo.pick_pair(ITEM, texts, llm, prefers_long, finished=[True, True, True])[:2] == (0, 2)
+    assert dpo.pick_pair(ITEM, texts, llm, prefers_long, finished=cut) is None
+
+
+def test_dpo_chosen_must_finish_passes_each_candidates_end(tmp_path, tiny_data, monkeypatch):
+    # the tiny random model never ends on its own; mark every other candidate as ended. Judged by
+    # length, the longest candidate wins; with chosen_must_finish only an ended one may be chosen,
+    # and an ended candidate's ids get the end-of-turn token appended in the pair record
+    from speechsum.models.speech_lm import SpeechLM
+
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    real = SpeechLM.generate_items
+
+    def some_end(self, *a, **kw):
+        ends.add(self.end_of_turn_id)
+        gens = real(self, *a, **kw)
+        for k, g in enumerate(gens):
+            g.finished = k % 2 == 0
+        return gens
+
+    monkeypatch.setattr(SpeechLM, "generate_items", some_end)
+    ends = set()
+
+    def run(name, **kw):
+        cfg = _cfg(tmp_path / name, tiny_data, **kw)
+        cfg.loop.max_steps = 1
+        dpo.train(cfg, log=lambda *a: None)
+        recs = [json.loads(x) for x in (tmp_path / name / "run" / "preferences.jsonl").read_text().splitlines()]
+        return [r["pair"] for r in recs if r["pair"]]
+
+    free, must = run("free"), run("must", chosen_must_finish=True)
+    (end,) = ends
+    ended = lambda ids: ids[-1] == end  # noqa: E731
+    assert must and all(ended(p["chosen_ids"]) for p in must)
+    assert any(not ended(p["chosen_ids"]) for p in free)  # without it a cut-off sample is chosen

@@ -135,6 +135,17 @@ class DPOConfig:
     names over 3 seeds (docs/experiments.md: correction pairs): F1 +0.026 over KD against the preset's +0.021,
     inventions -0.15 against -0.21 (both differences inside the noise); from the demo's KD model
     +0.35 inventions against the preset on the same samples (both with `corrections` on)."""
+    chosen_must_finish: bool = False
+    """Never prefer a candidate that did not finish (it hit `max_new_tokens`, or the decoder's loop
+    stop cut it): it may still be the rejected side. Without it about a quarter of the chosen
+    summaries were cut off at the cap; DPO raising their likelihood over finished rejected ones
+    teaches the policy not to stop, and the demo's DPO model answered twice as long as KD in
+    near-repeats (repeated 4-grams 0.26 against KD's 0.09)."""
+    repetition_penalty: float = 0.0
+    """Fact judge: subtract this times the candidate's repeated-4-gram share
+    (`evaluation.metrics.repeated_ngrams`: the share of its word 4-grams it already said) from its
+    score, so that of two summaries with the same facts the one that goes round the same claims
+    loses (the paper names repetitive phrases as one of the failures DPO is for)."""
     correct_chosen: bool = False
     """Fact judge: when the judged pair's chosen summary invents a claim, replace it by its
     corrected text (as `corrections` does for the greedy summary, and kept under the same rule:
@@ -172,6 +183,11 @@ class DPOConfig:
         if self.correct_chosen and self.judge != "facts":
             raise ValueError(f"correct_chosen replaces the fact judge's invented claims; judge={self.judge!r} "
                              "has none (use judge: facts, or correct_chosen: false)")
+        if self.repetition_penalty < 0:
+            raise ValueError(f"repetition_penalty must be >= 0, got {self.repetition_penalty}")
+        if self.repetition_penalty > 0 and self.judge != "facts":
+            raise ValueError(f"repetition_penalty is a term of the fact judge's score; judge={self.judge!r} "
+                             "has no score (use judge: facts, or repetition_penalty: 0)")
         if self.chosen_max_invented >= 0 and self.judge != "facts":
             raise ValueError(f"chosen_max_invented counts the fact judge's invented claims; judge={self.judge!r} "
                              "has none (use judge: facts, or chosen_max_invented: -1)")
@@ -189,18 +205,26 @@ def fact_rows(item: dict, texts: list[str]) -> list[dict]:
 
 
 def fact_judge(item: dict, texts: list[str], penalty: float, score: str = "recall_penalty",
-               rows: list[dict] | None = None) -> tuple[list[float], list[str]]:
-    """Score each candidate by fact recall minus a penalty per invented claim (or by fact F1);
-    reasons for the record."""
+               rows: list[dict] | None = None, repetition_penalty: float = 0.0) -> tuple[list[float], list[str]]:
+    """Score each candidate by fact recall minus a penalty per invented claim (or by fact F1),
+    minus `repetition_penalty` x its repeated-4-gram share; reasons for the record."""
+    from speechsum.evaluation.metrics import repeated_ngrams
+
     scores, reasons = [], []
-    for r in rows if rows is not None else fact_rows(item, texts):
+    for text, r in zip(texts, rows if rows is not None else fact_rows(item, texts)):
         recall = r["recall"] if r["recall"] is not None else 0.0
         if score == "f1":
-            scores.append(r["f1"] if r["f1"] is not None else 0.0)
-            reasons.append(f"F1 {scores[-1]:.2f}, recall {recall:.2f}, invented {r['hallucinated'][:4]}")
+            value = r["f1"] if r["f1"] is not None else 0.0
+            why = f"F1 {value:.2f}, recall {recall:.2f}, invented {r['hallucinated'][:4]}"
         else:
-            scores.append(recall - penalty * r["n_hallucinated"])
-            reasons.append(f"recall {recall:.2f}, invented {r['hallucinated'][:4]}")
+            value = recall - penalty * r["n_hallucinated"]
+            why = f"recall {recall:.2f}, invented {r['hallucinated'][:4]}"
+        if repetition_penalty:
+            rep = repeated_ngrams(text)
+            value -= repetition_penalty * rep
+            why += f", repeated 4-grams {rep:.2f}"
+        scores.append(value)
+        reasons.append(why)
     return scores, reasons
 
 
@@ -243,17 +267,23 @@ def length_matched(lengths: list[int], i: int, j: int, gap: float) -> bool:
 
 
 def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, verdict=None,
-              lengths: list[int] | None = None, anchor: int | None = None) -> tuple[int, int, str] | None:
+              lengths: list[int] | None = None, anchor: int | None = None,
+              finished: list[bool] | None = None) -> tuple[int, int, str] | None:
     """(chosen index, rejected index, reason) or None for a tie / inconsistent judge.
     `verdict`: the LLM judge's (instruction, transcript, a, b) -> "a" | "b" | None (`make_llm_verdict`);
     `lengths`: token counts of the candidates (default: word counts), for `max_length_gap`;
-    `anchor`: a candidate index every pair must contain (the greedy summary, `greedy: anchor`)."""
+    `anchor`: a candidate index every pair must contain (the greedy summary, `greedy: anchor`);
+    `finished`: whether each candidate ended on its own (default: all did), for `chosen_must_finish`."""
     lengths = lengths or [len(t.split()) for t in texts]
+    finished = finished or [True] * len(texts)
+    may_finish = [f or not cfg.chosen_must_finish for f in finished]
     if cfg.judge == "facts":
         rows = fact_rows(item, texts)  # scored once, for the judge and for the dominance rule
-        scores, reasons = fact_judge(item, texts, cfg.hallucination_penalty, cfg.fact_score, rows)
+        scores, reasons = fact_judge(item, texts, cfg.hallucination_penalty, cfg.fact_score, rows,
+                                     cfg.repetition_penalty)
         n, inv = len(texts), [r["n_hallucinated"] for r in rows]
-        may_choose = [cfg.chosen_max_invented < 0 or k <= cfg.chosen_max_invented for k in inv]
+        may_choose = [(cfg.chosen_max_invented < 0 or k <= cfg.chosen_max_invented) and ok
+                      for k, ok in zip(inv, may_finish)]
         cands = [(i, j) for i in range(n) for j in range(n)
                  if may_choose[i] and scores[i] > scores[j] and texts[i] != texts[j]]
         if cfg.pair_rule == "dominance":
@@ -280,7 +310,8 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, verdict=None,
         return None
     why = f"{cfg.judge}: " + ("preferred in both orders" if verdict_mode(cfg) == "answers"
                               else "preferred by its log-odds summed over both orders")
-    return (a, b, why) if v == "a" else (b, a, why)
+    chosen, rejected = (a, b) if v == "a" else (b, a)
+    return (chosen, rejected, why) if may_finish[chosen] else None
 
 
 def correction(item: dict, text: str, kinds: list[str] | None = None) -> tuple[str, str] | None:
@@ -383,7 +414,8 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
             for k, item in enumerate(chunk):
                 cands = gens[k * cfg.num_samples : (k + 1) * cfg.num_samples] + greedy[k : k + 1]
                 pick = pick_pair(item, [g.text for g in cands], cfg, verdict, [len(g.ids) for g in cands],
-                                 anchor=g_idx if cfg.greedy == "anchor" else None)
+                                 anchor=g_idx if cfg.greedy == "anchor" else None,
+                                 finished=[g.finished for g in cands])
                 rec = {"id": item["id"], "pair": None}
                 if pick is None:
                     dropped += 1
@@ -455,7 +487,9 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
     if missing:
         raise ValueError(f"preference pairs name items not in {cfg.data.path}/{cfg.data.train_split}: {missing[:3]}")
     if not pairs:
-        raise ValueError("no preference pairs: every item's samples tied (raise num_samples or sample_temperature)")
+        raise ValueError("no preference pairs: every item's candidates tied or were refused by the pair rules "
+                         "(max_length_gap, chosen_max_invented, chosen_must_finish); raise num_samples or "
+                         "sample_temperature, or loosen the rules")
     order = common.DataOrder(len(pairs), cfg.loop.seed)
     common.resume_or_begin(run, order, resume)
 
