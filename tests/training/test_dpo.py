@@ -309,3 +309,33 @@ def test_dpo_chosen_must_finish_passes_each_candidates_end(tmp_path, tiny_data, 
     ended = lambda ids: ids[-1] == end  # noqa: E731
     assert must and all(ended(p["chosen_ids"]) for p in must)
     assert any(not ended(p["chosen_ids"]) for p in free)  # without it a cut-off sample is chosen
+
+
+def test_pairs_per_item_ranks_an_items_pairs_by_score_gap():
+    texts = ["Priya Patel got $2,500 approved on Tuesday.",   # 1.0
+             "John Smith got $9,000 on Friday.",             # -1.5
+             "A budget was approved.",                       # 0 (the anchor below)
+             "Priya Patel spoke."]                           # 1/3
+    assert len(dpo.pick_pairs(ITEM, texts, dpo.DPOConfig())) == 1
+    pairs = dpo.pick_pairs(ITEM, texts, dpo.DPOConfig(pairs_per_item=3))
+    assert [p[:2] for p in pairs] == [(0, 1), (3, 1), (2, 1)]  # gaps 2.5, 1.83, 1.5
+    # with the anchor every pair contains it, against a different sample
+    pairs = dpo.pick_pairs(ITEM, texts, dpo.DPOConfig(pairs_per_item=3), anchor=2)
+    assert [p[:2] for p in pairs] == [(2, 1), (0, 2), (3, 2)]
+    assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(pairs_per_item=3), anchor=2)[:2] == (2, 1)
+    with pytest.raises(ValueError, match="pairs_per_item must be >= 1"):
+        dpo.DPOConfig(pairs_per_item=0)
+    with pytest.raises(ValueError, match="pairs_per_item > 1 .* judge='llm'"):
+        dpo.DPOConfig(judge="llm", pairs_per_item=2)
+
+
+def test_dpo_pairs_per_item_trains_on_every_recorded_pair(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    cfg = _cfg(tmp_path, tiny_data, greedy="anchor", pairs_per_item=3)
+    cfg.loop.max_steps = 1
+    dpo.train(cfg, log=lambda *a: None)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "preferences.jsonl").read_text().splitlines()]
+    more = [p for r in recs for p in r.get("more", [])]
+    assert more and all(p["greedy"] in ("chosen", "rejected") and p["ref_chosen"] < 0 for p in more)
+    assert all(len(r.get("more", [])) <= 2 and (r["pair"] or not r.get("more")) for r in recs)
+    assert len(dpo.preference_rows(recs)) == sum(1 + len(r.get("more", [])) for r in recs if r["pair"])

@@ -135,6 +135,10 @@ class DPOConfig:
     names over 3 seeds (docs/experiments.md: correction pairs): F1 +0.026 over KD against the preset's +0.021,
     inventions -0.15 against -0.21 (both differences inside the noise); from the demo's KD model
     +0.35 inventions against the preset on the same samples (both with `corrections` on)."""
+    pairs_per_item: int = 1
+    """Fact judge: up to this many pairs from one item's candidates, the largest score gaps first
+    (with `greedy: anchor` each contains the greedy summary, against a different sample). The
+    candidates cost the sampling; more of their pairs cost only training steps."""
     chosen_must_finish: bool = False
     """Never prefer a candidate that did not finish (it hit `max_new_tokens`, or the decoder's loop
     stop cut it): it may still be the rejected side. Without it about a quarter of the chosen
@@ -183,6 +187,11 @@ class DPOConfig:
         if self.correct_chosen and self.judge != "facts":
             raise ValueError(f"correct_chosen replaces the fact judge's invented claims; judge={self.judge!r} "
                              "has none (use judge: facts, or correct_chosen: false)")
+        if self.pairs_per_item < 1:
+            raise ValueError(f"pairs_per_item must be >= 1, got {self.pairs_per_item}")
+        if self.pairs_per_item > 1 and self.judge != "facts":
+            raise ValueError(f"pairs_per_item > 1 ranks the fact judge's score gaps; judge={self.judge!r} "
+                             "compares one pair per item (use judge: facts, or pairs_per_item: 1)")
         if self.repetition_penalty < 0:
             raise ValueError(f"repetition_penalty must be >= 0, got {self.repetition_penalty}")
         if self.repetition_penalty > 0 and self.judge != "facts":
@@ -269,7 +278,16 @@ def length_matched(lengths: list[int], i: int, j: int, gap: float) -> bool:
 def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, verdict=None,
               lengths: list[int] | None = None, anchor: int | None = None,
               finished: list[bool] | None = None) -> tuple[int, int, str] | None:
-    """(chosen index, rejected index, reason) or None for a tie / inconsistent judge.
+    """The item's first pair (`pick_pairs`), or None."""
+    pairs = pick_pairs(item, texts, cfg, verdict, lengths, anchor, finished)
+    return pairs[0] if pairs else None
+
+
+def pick_pairs(item: dict, texts: list[str], cfg: DPOConfig, verdict=None,
+               lengths: list[int] | None = None, anchor: int | None = None,
+               finished: list[bool] | None = None) -> list[tuple[int, int, str]]:
+    """Up to `pairs_per_item` (chosen index, rejected index, reason), largest score gap first;
+    empty for a tie / inconsistent judge.
     `verdict`: the LLM judge's (instruction, transcript, a, b) -> "a" | "b" | None (`make_llm_verdict`);
     `lengths`: token counts of the candidates (default: word counts), for `max_length_gap`;
     `anchor`: a candidate index every pair must contain (the greedy summary, `greedy: anchor`);
@@ -291,27 +309,25 @@ def pick_pair(item: dict, texts: list[str], cfg: DPOConfig, verdict=None,
             cands = [(i, j) for i, j in cands if rec[i] >= rec[j] and inv[i] <= inv[j]]
         cands = [(i, j) for i, j in cands if length_matched(lengths, i, j, cfg.max_length_gap)
                  and (anchor is None or anchor in (i, j))]
-        if not cands:
-            return None
-        best, worst = max(cands, key=lambda p: scores[p[0]] - scores[p[1]])
-        return best, worst, f"facts: chosen {reasons[best]} vs rejected {reasons[worst]}"
+        cands.sort(key=lambda p: scores[p[0]] - scores[p[1]], reverse=True)  # stable: ties keep index order
+        return [(c, r, f"facts: chosen {reasons[c]} vs rejected {reasons[r]}") for c, r in cands[: cfg.pairs_per_item]]
     # pairwise LLM judge on the two most different candidates by length (cheap proxy for diversity),
     # or, with max_length_gap, the most different pair within the gap
     pairs = [(a, b) for a in range(len(texts)) for b in range(len(texts))
              if lengths[a] <= lengths[b] and a != b and length_matched(lengths, a, b, cfg.max_length_gap)
              and (anchor is None or anchor in (a, b))]
     if not pairs:
-        return None
+        return []
     a, b = max(pairs, key=lambda p: (lengths[p[1]] - lengths[p[0]], -p[0], p[1]))
     if texts[a] == texts[b]:
-        return None
+        return []
     v = verdict(item["instruction"], item["transcript"], texts[a], texts[b])
     if v is None:
-        return None
+        return []
     why = f"{cfg.judge}: " + ("preferred in both orders" if verdict_mode(cfg) == "answers"
                               else "preferred by its log-odds summed over both orders")
     chosen, rejected = (a, b) if v == "a" else (b, a)
-    return (chosen, rejected, why) if may_finish[chosen] else None
+    return [(chosen, rejected, why)] if may_finish[chosen] else []
 
 
 def correction(item: dict, text: str, kinds: list[str] | None = None) -> tuple[str, str] | None:
@@ -357,9 +373,10 @@ def pair_logps(forward, model, frames, pairs: list[dict]):
 
 
 def preference_rows(records) -> list[dict]:
-    """The training rows ({"id", "pair"}) of preferences.jsonl records: an item's judged pair and
-    its correction pair (`corrections`) are two rows."""
-    return [{"id": r["id"], "pair": p} for r in records for p in (r.get("pair"), r.get("correction")) if p]
+    """The training rows ({"id", "pair"}) of preferences.jsonl records: an item's judged pair, its
+    further judged pairs (`pairs_per_item`) and its correction pair (`corrections`) are rows each."""
+    return [{"id": r["id"], "pair": p} for r in records
+            for p in (r.get("pair"), *r.get("more", []), r.get("correction")) if p]
 
 
 def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, log=None) -> list[dict]:
@@ -413,22 +430,24 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
             recs, new, new_frames = [], [], []
             for k, item in enumerate(chunk):
                 cands = gens[k * cfg.num_samples : (k + 1) * cfg.num_samples] + greedy[k : k + 1]
-                pick = pick_pair(item, [g.text for g in cands], cfg, verdict, [len(g.ids) for g in cands],
-                                 anchor=g_idx if cfg.greedy == "anchor" else None,
-                                 finished=[g.finished for g in cands])
+                picks = pick_pairs(item, [g.text for g in cands], cfg, verdict, [len(g.ids) for g in cands],
+                                   anchor=g_idx if cfg.greedy == "anchor" else None,
+                                   finished=[g.finished for g in cands])
                 rec = {"id": item["id"], "pair": None}
-                if pick is None:
-                    dropped += 1
-                else:
-                    c, r, reason = pick
+                dropped += not picks
+                for n_pick, (c, r, reason) in enumerate(picks):
                     ids = [with_end(cands[i], cands[i].ids) for i in (c, r)]
                     chosen = cands[c].text
                     fix = correction(item, chosen, cfg.correction_kinds) if cfg.correct_chosen else None
                     if fix is not None:
                         chosen, reason = fix[0], f"{reason}; chosen {fix[1]}"
                         ids[0] = with_end(cands[c], model.tokenizer(chosen, add_special_tokens=False)["input_ids"])
-                    rec["pair"] = record(item, chosen, cands[r].text, ids, reason, {c: "chosen", r: "rejected"}.get(g_idx))
-                    new.append(rec["pair"])
+                    pair = record(item, chosen, cands[r].text, ids, reason, {c: "chosen", r: "rejected"}.get(g_idx))
+                    if n_pick == 0:
+                        rec["pair"] = pair
+                    else:  # pairs_per_item: the item's further pairs, smaller score gaps
+                        rec.setdefault("more", []).append(pair)
+                    new.append(pair)
                     new_frames.append(frames[k])
                     kept += 1
                 fix = correction(item, cands[g_idx].text, cfg.correction_kinds) if cfg.corrections else None
@@ -452,7 +471,7 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
         lc = [len(r["pair"]["chosen_ids"]) for r in pairs]
         lr = [len(r["pair"]["rejected_ids"]) for r in pairs]
         sides = Counter(r["pair"].get("greedy") for r in pairs)
-        log(f"dpo: {kept} pairs, {dropped} ties/inconsistent dropped"
+        log(f"dpo: {kept} pairs, {dropped} items with no pair (ties/inconsistent/refused)"
             + (f", {corrected} correction pairs" if cfg.corrections else "") + f", {time.time() - t0:.0f} s; "
             f"chosen shorter in {sum(c < r for c, r in zip(lc, lr))} of {len(pairs)} pairs, mean tokens "
             f"chosen {sum(lc) / max(len(lc), 1):.1f} / rejected {sum(lr) / max(len(lr), 1):.1f}"
