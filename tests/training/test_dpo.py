@@ -262,25 +262,32 @@ def test_repetition_penalty_prefers_the_summary_that_does_not_go_round():
         dpo.DPOConfig(judge="llm", repetition_penalty=1.0)
 
 
-def test_chosen_must_finish_never_prefers_a_cut_off_summary():
+def test_unfinished_rules_keep_stopping_out_of_the_preference():
     texts = ["Priya Patel got $2,500 approved on Tuesday.",   # best, but cut off at the cap
              "John Smith got $9,000 on Friday.",             # worst
              "A budget was approved."]
     cut = [False, True, True]
     assert dpo.pick_pair(ITEM, texts, dpo.DPOConfig(), finished=cut)[:2] == (0, 1)
-    must = dpo.DPOConfig(chosen_must_finish=True)
-    assert dpo.pick_pair(ITEM, texts, must, finished=cut)[:2] == (2, 1)
-    assert dpo.pick_pair(ITEM, texts, must, finished=[False, True, False]) is None  # only the worst finished
-    assert dpo.pick_pair(ITEM, texts, must, finished=[True, False, True])[:2] == (0, 1)  # may still be rejected
-    llm = dpo.DPOConfig(judge="llm", chosen_must_finish=True)
+    reject = dpo.DPOConfig(unfinished="reject")
+    assert dpo.pick_pair(ITEM, texts, reject, finished=cut)[:2] == (2, 1)
+    assert dpo.pick_pair(ITEM, texts, reject, finished=[False, True, False]) is None  # only the worst finished
+    assert dpo.pick_pair(ITEM, texts, reject, finished=[True, False, True])[:2] == (0, 1)  # may still be rejected
+    match = dpo.DPOConfig(unfinished="match")
+    assert dpo.pick_pair(ITEM, texts, match, finished=cut)[:2] == (2, 1)
+    assert dpo.pick_pair(ITEM, texts, match, finished=[True, False, True])[:2] == (0, 2)  # not against the cut one
+    assert dpo.pick_pair(ITEM, texts, match, finished=[False, False, True])[:2] == (0, 1)  # both cut off
+    llm = dpo.DPOConfig(judge="llm", unfinished="reject")
     prefers_long = lambda instr, tr, a, b: "a" if len(a) > len(b) else "b"  # noqa: E731
     assert dpo.pick_pair(ITEM, texts, llm, prefers_long, finished=[True, True, True])[:2] == (0, 2)
     assert dpo.pick_pair(ITEM, texts, llm, prefers_long, finished=cut) is None
+    # match: the longest and shortest finished ones pair instead
+    llm_match = dpo.DPOConfig(judge="llm", unfinished="match")
+    assert dpo.pick_pair(ITEM, texts, llm_match, prefers_long, finished=cut)[:2] == (1, 2)
 
 
-def test_dpo_chosen_must_finish_passes_each_candidates_end(tmp_path, tiny_data, monkeypatch):
+def test_dpo_unfinished_rule_gets_each_candidates_end(tmp_path, tiny_data, monkeypatch):
     # the tiny random model never ends on its own; mark every other candidate as ended. Judged by
-    # length, the longest candidate wins; with chosen_must_finish only an ended one may be chosen,
+    # length, the longest candidate wins; with unfinished: reject only an ended one may be chosen,
     # and an ended candidate's ids get the end-of-turn token appended in the pair record
     from speechsum.models.speech_lm import SpeechLM
 
@@ -304,7 +311,7 @@ def test_dpo_chosen_must_finish_passes_each_candidates_end(tmp_path, tiny_data, 
         recs = [json.loads(x) for x in (tmp_path / name / "run" / "preferences.jsonl").read_text().splitlines()]
         return [r["pair"] for r in recs if r["pair"]]
 
-    free, must = run("free"), run("must", chosen_must_finish=True)
+    free, must = run("free"), run("must", unfinished="reject")
     (end,) = ends
     ended = lambda ids: ids[-1] == end  # noqa: E731
     assert must and all(ended(p["chosen_ids"]) for p in must)

@@ -4,9 +4,11 @@
 
 Pairs: for each item the starting policy samples `num_samples` summaries from the audio (with
 `greedy`, its greedy summary joins them); a judge ranks them and the best and worst form a
-(chosen, rejected) pair (ties dropped). Judges:
+(chosen, rejected) pair (ties dropped; `pairs_per_item`: the K largest score gaps; `unfinished`: how a
+summary cut off at the length cap may pair). Judges:
 - `facts`: items with known facts; score = fact recall - `hallucination_penalty` x invented
-  claims (names, numbers, dates the document does not contain); offline and exact;
+  claims (names, numbers, dates the document does not contain), or fact F1, minus
+  `repetition_penalty` x the share of repeated 4-grams; offline and exact;
 - `llm`: a local LLM with a faithfulness-first rubric, asked twice with the order swapped; its
   log-odds of "1" against "2" in the two orders are summed, which cancels its position bias, and
   pairs with too little evidence are dropped (`llm_verdict: answers`: its two written answers
@@ -139,12 +141,15 @@ class DPOConfig:
     """Fact judge: up to this many pairs from one item's candidates, the largest score gaps first
     (with `greedy: anchor` each contains the greedy summary, against a different sample). The
     candidates cost the sampling; more of their pairs cost only training steps."""
-    chosen_must_finish: bool = False
-    """Never prefer a candidate that did not finish (it hit `max_new_tokens`, or the decoder's loop
-    stop cut it): it may still be the rejected side. Without it about a quarter of the chosen
-    summaries were cut off at the cap; DPO raising their likelihood over finished rejected ones
-    teaches the policy not to stop, and the demo's DPO model answered twice as long as KD in
-    near-repeats (repeated 4-grams 0.26 against KD's 0.09)."""
+    unfinished: Literal["pair", "reject", "match"] = "pair"
+    """How a candidate that did not finish (it hit `max_new_tokens`, or the decoder's loop stop cut
+    it) may pair. pair: like any other. reject: it may only be the rejected side. match: only
+    candidates that both finished or both were cut off pair up, so that stopping is not what
+    separates chosen from rejected. With `pair` about a quarter of the chosen summaries were cut
+    off; DPO raising their likelihood over finished rejected ones teaches the policy not to stop,
+    and the 400-document demo's DPO model answered twice as long as KD in near-repeats (repeated
+    4-grams 0.26 against KD's 0.09). Measured with `reject` (and `repetition_penalty: 1`) over 3
+    seeds (docs/experiments.md: DPO and repetition): no repeats, but shorter answers and less F1."""
     repetition_penalty: float = 0.0
     """Fact judge: subtract this times the candidate's repeated-4-gram share
     (`evaluation.metrics.repeated_ngrams`: the share of its word 4-grams it already said) from its
@@ -291,31 +296,35 @@ def pick_pairs(item: dict, texts: list[str], cfg: DPOConfig, verdict=None,
     `verdict`: the LLM judge's (instruction, transcript, a, b) -> "a" | "b" | None (`make_llm_verdict`);
     `lengths`: token counts of the candidates (default: word counts), for `max_length_gap`;
     `anchor`: a candidate index every pair must contain (the greedy summary, `greedy: anchor`);
-    `finished`: whether each candidate ended on its own (default: all did), for `chosen_must_finish`."""
+    `finished`: whether each candidate ended on its own (default: all did), for `unfinished`."""
     lengths = lengths or [len(t.split()) for t in texts]
     finished = finished or [True] * len(texts)
-    may_finish = [f or not cfg.chosen_must_finish for f in finished]
+
+    def may_pair(chosen: int, rejected: int) -> bool:
+        if cfg.unfinished == "reject":
+            return finished[chosen]
+        return cfg.unfinished == "pair" or finished[chosen] == finished[rejected]
+
     if cfg.judge == "facts":
         rows = fact_rows(item, texts)  # scored once, for the judge and for the dominance rule
         scores, reasons = fact_judge(item, texts, cfg.hallucination_penalty, cfg.fact_score, rows,
                                      cfg.repetition_penalty)
         n, inv = len(texts), [r["n_hallucinated"] for r in rows]
-        may_choose = [(cfg.chosen_max_invented < 0 or k <= cfg.chosen_max_invented) and ok
-                      for k, ok in zip(inv, may_finish)]
+        may_choose = [cfg.chosen_max_invented < 0 or k <= cfg.chosen_max_invented for k in inv]
         cands = [(i, j) for i in range(n) for j in range(n)
                  if may_choose[i] and scores[i] > scores[j] and texts[i] != texts[j]]
         if cfg.pair_rule == "dominance":
             rec = [r["recall"] or 0.0 for r in rows]
             cands = [(i, j) for i, j in cands if rec[i] >= rec[j] and inv[i] <= inv[j]]
         cands = [(i, j) for i, j in cands if length_matched(lengths, i, j, cfg.max_length_gap)
-                 and (anchor is None or anchor in (i, j))]
+                 and (anchor is None or anchor in (i, j)) and may_pair(i, j)]
         cands.sort(key=lambda p: scores[p[0]] - scores[p[1]], reverse=True)  # stable: ties keep index order
         return [(c, r, f"facts: chosen {reasons[c]} vs rejected {reasons[r]}") for c, r in cands[: cfg.pairs_per_item]]
     # pairwise LLM judge on the two most different candidates by length (cheap proxy for diversity),
     # or, with max_length_gap, the most different pair within the gap
     pairs = [(a, b) for a in range(len(texts)) for b in range(len(texts))
              if lengths[a] <= lengths[b] and a != b and length_matched(lengths, a, b, cfg.max_length_gap)
-             and (anchor is None or anchor in (a, b))]
+             and (anchor is None or anchor in (a, b)) and (cfg.unfinished != "match" or finished[a] == finished[b])]
     if not pairs:
         return []
     a, b = max(pairs, key=lambda p: (lengths[p[1]] - lengths[p[0]], -p[0], p[1]))
@@ -327,7 +336,7 @@ def pick_pairs(item: dict, texts: list[str], cfg: DPOConfig, verdict=None,
     why = f"{cfg.judge}: " + ("preferred in both orders" if verdict_mode(cfg) == "answers"
                               else "preferred by its log-odds summed over both orders")
     chosen, rejected = (a, b) if v == "a" else (b, a)
-    return [(chosen, rejected, why)] if may_finish[chosen] else []
+    return [(chosen, rejected, why)] if may_pair(chosen, rejected) else []
 
 
 def correction(item: dict, text: str, kinds: list[str] | None = None) -> tuple[str, str] | None:
@@ -507,7 +516,7 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
         raise ValueError(f"preference pairs name items not in {cfg.data.path}/{cfg.data.train_split}: {missing[:3]}")
     if not pairs:
         raise ValueError("no preference pairs: every item's candidates tied or were refused by the pair rules "
-                         "(max_length_gap, chosen_max_invented, chosen_must_finish); raise num_samples or "
+                         "(max_length_gap, chosen_max_invented, unfinished); raise num_samples or "
                          "sample_temperature, or loosen the rules")
     order = common.DataOrder(len(pairs), cfg.loop.seed)
     common.resume_or_begin(run, order, resume)
