@@ -140,7 +140,8 @@ class DPOConfig:
     pairs_per_item: int = 1
     """Fact judge: up to this many pairs from one item's candidates, the largest score gaps first
     (with `greedy: anchor` each contains the greedy summary, against a different sample). The
-    candidates cost the sampling; more of their pairs cost only training steps."""
+    candidates cost the sampling; more of their pairs cost only training steps. Not measured yet;
+    1 in the preset."""
     unfinished: Literal["pair", "reject", "match"] = "pair"
     """How a candidate that did not finish (it hit `max_new_tokens`, or the decoder's loop stop cut
     it) may pair. pair: like any other. reject: it may only be the rejected side. match: only
