@@ -140,8 +140,10 @@ class DPOConfig:
     pairs_per_item: int = 1
     """Fact judge: up to this many pairs from one item's candidates, the largest score gaps first
     (with `greedy: anchor` each contains the greedy summary, against a different sample). The
-    candidates cost the sampling; more of their pairs cost only training steps. Not measured yet;
-    1 in the preset."""
+    candidates cost the sampling; more of their pairs cost only training steps. Measured at 4 (with
+    `unfinished: match` and `repetition_penalty: 1`, 2 seeds; docs/experiments.md: DPO and
+    repetition): 91-117 pairs instead of 58-65, and no steadier: one seed answered in 14 words, the
+    other drifted longer with repeats. 1 in the preset."""
     unfinished: Literal["pair", "reject", "match"] = "pair"
     """How a candidate that did not finish (it hit `max_new_tokens`, or the decoder's loop stop cut
     it) may pair. pair: like any other. reject: it may only be the rejected side. match: only
@@ -149,8 +151,10 @@ class DPOConfig:
     separates chosen from rejected. With `pair` about a quarter of the chosen summaries were cut
     off; DPO raising their likelihood over finished rejected ones teaches the policy not to stop,
     and the 400-document demo's DPO model answered twice as long as KD in near-repeats (repeated
-    4-grams 0.26 against KD's 0.09). Measured with `reject` (and `repetition_penalty: 1`) over 3
-    seeds (docs/experiments.md: DPO and repetition): no repeats, but shorter answers and less F1."""
+    4-grams 0.26 against KD's 0.09). Measured with `repetition_penalty: 1` over 3 seeds
+    (docs/experiments.md: DPO and repetition): `reject` stops the repeats but DPO then answers
+    shorter, F1 -0.013 against KD; `match` keeps +0.016 F1 over KD (the preset +0.029) and seed 0
+    still drifts to long answers with repeats. `pair` in the preset."""
     repetition_penalty: float = 0.0
     """Fact judge: subtract this times the candidate's repeated-4-gram share
     (`evaluation.metrics.repeated_ngrams`: the share of its word 4-grams it already said) from its
@@ -325,7 +329,7 @@ def pick_pairs(item: dict, texts: list[str], cfg: DPOConfig, verdict=None,
     # or, with max_length_gap, the most different pair within the gap
     pairs = [(a, b) for a in range(len(texts)) for b in range(len(texts))
              if lengths[a] <= lengths[b] and a != b and length_matched(lengths, a, b, cfg.max_length_gap)
-             and (anchor is None or anchor in (a, b)) and (cfg.unfinished != "match" or finished[a] == finished[b])]
+             and (anchor is None or anchor in (a, b)) and (may_pair(a, b) or may_pair(b, a))]
     if not pairs:
         return []
     a, b = max(pairs, key=lambda p: (lengths[p[1]] - lengths[p[0]], -p[0], p[1]))
