@@ -122,9 +122,7 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
     if first_model is not None:  # every stage and the eval read these: encode each clip once, up front
         encode_dataset(data, first_model, log)
     times["encode"] = time.time() - t
-    folders: dict[str, str] = {}
     for st in plan:
-        folders[st.name] = st.folder
         if st.shipped:
             log(f"pipeline: {st.name}: using the shipped {st.folder}")
             times[st.name] = 0.0
@@ -138,7 +136,7 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
         times[st.name] = time.time() - t
     if cfg.eval.systems:
         t = time.time()
-        run_eval_stage(cfg, data, out, folders, log)
+        run_eval_stage(cfg, data, out, {st.name: st.folder for st in plan}, log)
         times["eval"] = time.time() - t
     if cfg.report and (out / "eval" / "metrics.json").is_file():
         from speechsum.evaluation.report import build_report
