@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--instruction", default=None, help="free instruction instead of a style")
     s.add_argument("--max-new-tokens", type=int, default=256)
     s.add_argument("--repeat-stop", type=int, default=3, metavar="K",
-                   help="stop an answer once it ends with K copies of one passage, keeping the first (0: off)")
+                   help="stop an answer once it ends with K copies of one passage (keeping the first) or repeats "
+                        "an earlier sentence or line (dropping it); 0: off")
     s.add_argument("--window-seconds", type=float, default=WINDOW_S, metavar="S",
                    help="a longer recording is summarized in parts of at most S seconds, then from the parts' "
                         "notes (0: one pass however long)")
@@ -314,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="items decoded together (16: a decoding step costs about what 8 rows cost on 2 cores)")
     ev.add_argument("--max-new-tokens", type=int, default=128)
     ev.add_argument("--repeat-stop", type=int, default=3, metavar="K",
-                    help="as summarize's: every system stops a looping answer at its first copy (0: off)")
+                    help="as summarize's: every system stops a looping or self-repeating answer (0: off)")
     ev.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                     help="as summarize's: a single row's decoding steps use int8 weights where bf16 is native")
     ev.add_argument("--task", choices=["summarize", "transcribe", "readout"], default="summarize",

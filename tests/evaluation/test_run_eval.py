@@ -259,6 +259,9 @@ def test_compare_saved_refuses_what_does_not_pair(tmp_path):
                       ["a/kd:b/kd"], **quiet)
     with pytest.raises(ValueError, match="not those of"):
         compare_saved([a, _saved_eval(tmp_path / "c", data, ids[::-1], {"kd": ["x"] * 4})], ["a/kd:c/kd"], **quiet)
+    with pytest.raises(ValueError, match=r"loop_rule is 'copies\+units' but .*a has None"):  # an older loop stop
+        compare_saved([a, _saved_eval(tmp_path / "rule", data, ids, {"kd": ["x"] * 4}, loop_rule="copies+units")],
+                      ["a/kd:rule/kd"], **quiet)
     d = _saved_eval(tmp_path / "d", data, ids, {"kd": ["x"] * 4})
     with pytest.raises(ValueError, match="expected A:B"):  # kd is in both folders: it needs its folder's name
         compare_saved([a, d], ["kd:d/kd"], **quiet)

@@ -6,7 +6,8 @@ import torch
 from tiny import tiny_llm, tiny_tokenizer
 
 from speechsum.config import ConfigError, from_dict
-from speechsum.models.generation import check_repeat_stop, decode, left_pad, loop_cut, stop_token_ids
+from speechsum.models.generation import (RepeatedUnits, check_repeat_stop, decode, left_pad, loop_cut,
+                                         stop_token_ids, unit_words)
 from speechsum.pipeline import PipelineConfig
 
 BLOCK = [7, 8, 9, 10, 11, 12]  # 6 tokens: 3 copies span 18 >= 16
@@ -41,10 +42,55 @@ def test_pipeline_eval_repeat_stop_is_a_config_error():
         from_dict(PipelineConfig, {"eval": {"repeat_stop": 1}})
 
 
-def free_then_cut(ids: list[int], copies: int) -> tuple[list[int], bool]:
-    """Reference: free decoding cut at the shortest prefix where the rule fires (and whether it did)."""
+@pytest.mark.parametrize("text, words", [
+    ("- Send the plan on Friday.", ("send", "the", "plan", "on", "friday")),
+    ("  2) Book the room!\n", ("book", "the", "room")),
+    ("* The budget is $12,500", ("the", "budget", "is", "12", "500")),
+    ("", ()),
+])
+def test_unit_words_golden(text, words):
+    assert unit_words(text) == words
+
+
+def pieces_decoder(pieces: list[str]):
+    return lambda ids: "".join(pieces[i] for i in ids)
+
+
+def first_unit_cut(pieces: list[str]) -> int | None:
+    """Push the tokens 0..n-1 (token i's text is pieces[i]) one by one; the first cut, if any."""
+    watch, ids, dec = RepeatedUnits(), [], pieces_decoder(pieces)
+    for i in range(len(pieces)):
+        ids.append(i)
+        if (cut := watch.push(ids, dec)) is not None:
+            return cut
+    return None
+
+
+@pytest.mark.parametrize("pieces, expected", [
+    # a bullet that repeats an earlier one (not back to back): keep the lines before it
+    (["- Send", " the", " plan", "\n", "- Book", " the", " room", "\n", "- Send", " the", " plan", "\n"], 8),
+    # case, bullet and punctuation do not matter
+    (["Send", " the", " plan", ".", " -", " send", " the", " plan", "!"], 4),
+    # a sentence in a paragraph repeats two sentences later
+    (["The", " budget", " is", " $12,500", ".", " The", " move", " is", " Monday", ".",
+      " The", " budget", " is", " $12,500", "."], 10),
+    (["Thank", " you", ".", " Thank", " you", "."], None),  # 2 words: too short to call a loop
+    (["Book", " the", " room", " Friday", ".", " Book", " the", " room", " Monday", "."], None),  # another date
+    (["Send", " the", " plan", ".", " Send", " the", " plan"], None),  # the repeat is not finished yet
+    (["The", " total", " is", " 10", ".", "30", " dollars", ".", " The", " total", " is", " 10", "."], 8),
+])
+def test_repeated_units_golden(pieces, expected):
+    assert first_unit_cut(pieces) == expected
+
+
+def free_then_cut(ids: list[int], copies: int, decode_ids) -> tuple[list[int], bool]:
+    """Reference: free decoding cut at the shortest prefix where a rule fires (and whether one did):
+    K back-to-back copies (`loop_cut`), else a sentence or line repeating an earlier one."""
+    units = RepeatedUnits()
     for n in range(1, len(ids) + 1):
         cut = loop_cut(ids[:n], copies)
+        if cut is None:
+            cut = units.push(ids[:n], decode_ids)
         if cut is not None:
             return ids[:cut], True
     return ids, False
@@ -105,7 +151,34 @@ def test_decode_with_repeat_stop_is_free_decoding_cut_at_the_first_loop():
     cut = decode(llm, tok, embeds, mask, pos, stops, max_new_tokens=80, repeat_stop=3)
     assert sum(g.looped for g in cut) >= 2, [g.ids for g in free]  # the random tiny model loops
     for f, c in zip(free, cut):
-        expected, fired = free_then_cut(f.ids, 3)
+        expected, fired = free_then_cut(f.ids, 3, tok.decode)
         assert c.ids == expected and c.looped == fired and not (c.looped and c.finished)
         assert c.logprobs == pytest.approx(f.logprobs[: len(c.ids)])
         assert c.text == tok.decode(expected, skip_special_tokens=True).strip()
+
+
+class PiecesTokenizer:
+    """decode() of a scripted vocabulary: token i is the text pieces[i]."""
+
+    def __init__(self, pieces: list[str]):
+        self.pieces = pieces
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+
+def test_decode_stops_at_a_repeated_line_before_the_copies_rule_would():
+    """Lines A B A ...: the third line repeats the first, so the row keeps A B and stops, long before
+    three back-to-back copies of the 8-token block (24 tokens) would stop it."""
+    stop = 20
+    pieces = ["<s>", "x", "- Send", " the", " plan", "\n", "- Book", " the", " room", "\n"] + ["?"] * 11
+    chain = {1: 2, **{t: t + 1 for t in range(2, 9)}, 9: 2}
+    llm = ChainLM(chain, 21)
+    ids, mask, pos = left_pad([[1]], 0)
+    embeds = llm.get_input_embeddings()(ids)
+    tok = PiecesTokenizer(pieces)
+    free = decode(llm, tok, embeds, mask, pos, [stop], max_new_tokens=30)
+    cut = decode(llm, tok, embeds, mask, pos, [stop], max_new_tokens=30, repeat_stop=3)
+    assert free[0].ids[:12] == list(range(2, 10)) + [2, 3, 4, 5]
+    assert cut[0].ids == list(range(2, 10)) and cut[0].looped and not cut[0].finished
+    assert cut[0].text == "- Send the plan\n- Book the room"

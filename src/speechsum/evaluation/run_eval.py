@@ -357,7 +357,15 @@ def split_pair(spec: str, known: Sequence[str]) -> tuple[list[str], list[str]] |
 
 # ------------------------------------------------------------------- comparing saved evaluations
 
-SAVED_SETTINGS = ("data", "n_items", "max_new_tokens", "repeat_stop", "int8_decoding")
+SAVED_SETTINGS = ("data", "n_items", "max_new_tokens", "repeat_stop", "loop_rule", "int8_decoding")
+
+
+def loop_rule(repeat_stop: int) -> str | None:
+    """What stopped looping answers in an evaluation (None: nothing); a folder decoded under an
+    older rule (no `loop_rule` key) pairs up with neither this one nor a new pipeline's eval."""
+    from speechsum.models.generation import LOOP_RULE
+
+    return LOOP_RULE if repeat_stop else None
 
 
 def load_saved(eval_dirs: Sequence[str | Path]) -> tuple[list[dict], dict[str, list[str]], dict[str, str]]:
@@ -472,7 +480,7 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
     and adds WER (the alignment gate); task 'readout' scores the connector's greedy CTC read-out
     of each document (no LLM; `cascade` gives the whisper transcript) the same way. Every system
     decodes greedily with the same `repeat_stop` as `summarize` (a looping answer stops at its
-    first copy; 0: off) and the same `int8` (a single row's decoding steps multiply by int8
+    first copy, an answer repeating a sentence or line before it; 0: off) and the same `int8` (a single row's decoding steps multiply by int8
     weights where bf16 is native, as `summarize` does; precision.py), both recorded in metrics.json."""
     from speechsum.evaluation.wer import wer
     from speechsum.models.generation import check_repeat_stop
@@ -496,7 +504,8 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
     preds_all: dict[str, list[str]] = {}
     rows_all: dict[str, list[dict]] = {}
     metrics: dict = {"data": str(data), "n_items": len(items), "max_new_tokens": max_new_tokens,
-                     "repeat_stop": repeat_stop, "int8_decoding": int8, "systems": {}}
+                     "repeat_stop": repeat_stop, "loop_rule": loop_rule(repeat_stop), "int8_decoding": int8,
+                     "systems": {}}
     first_llm = None
     asr: list[str] | None = None
     for spec in systems:
