@@ -219,6 +219,37 @@ def test_vocab_readout_matches_the_dense_definition():
         assert torch.allclose(vocab_readout(audio, emb, 0, 0.3, chunk=chunk), want, atol=1e-6)
 
 
+def test_vocab_readout_gradient_is_the_dense_definitions():
+    """With a graph, the kept tokens' scores are made again (the blanks' never enter backward):
+    the same output and the same gradient as differentiating the dense definition."""
+    from speechsum.models.projector import vocab_readout
+
+    g = torch.Generator().manual_seed(1)
+    emb, base = torch.randn(30, 8, generator=g), torch.randn(25, 8, generator=g)
+    base[::2] = emb[0] * 3  # half the tokens read as the blank
+    weights = torch.randn(25, 8, generator=g)
+
+    def dense(audio):
+        cos = torch.nn.functional.normalize(audio, dim=-1) @ torch.nn.functional.normalize(emb, dim=-1).T / 0.3
+        keep = cos.argmax(-1) != 0
+        best = cos.argmax(-1)[keep]
+        soft = cos[keep].masked_fill(torch.arange(30) == 0, float("-inf")).softmax(-1) @ emb
+        new_run = torch.ones(len(best), dtype=torch.bool)
+        idx = keep.nonzero()[:, 0]
+        new_run[1:] = (best[1:] != best[:-1]) | (idx[1:] != idx[:-1] + 1)
+        run_id = new_run.cumsum(0) - 1
+        out = torch.zeros(int(run_id[-1]) + 1, 8).index_add(0, run_id, soft)
+        return out / torch.bincount(run_id)[:, None]
+
+    for chunk in (0, 4):
+        a1, a2 = base.clone().requires_grad_(), base.clone().requires_grad_()
+        got, want = vocab_readout(a1, emb, 0, 0.3, chunk=chunk), dense(a2)
+        assert torch.allclose(got, want, atol=1e-6)
+        (got * weights[: len(got)]).sum().backward()
+        (want * weights[: len(want)]).sum().backward()
+        assert torch.allclose(a1.grad, a2.grad, atol=1e-6) and a1.grad[::2].abs().max() == 0  # blanks: no gradient
+
+
 def test_speechlm_vocab_readout_config(tiny_model):
     import dataclasses
 
@@ -279,8 +310,8 @@ def test_frozen_connector_readout_is_cached_per_clip_and_never_stale(tiny_dir):
     with torch.no_grad():
         plain = model.project(clips)
     calls = []
-    readout = model.readout
-    model.readout = lambda e: calls.append(len(e)) or readout(e)
+    readouts = model.readouts
+    model.readouts = lambda es: calls.extend(len(e) for e in es) or readouts(es)
     model.readout_cache_mb = 64
     with torch.no_grad():
         first = model.project(clips)

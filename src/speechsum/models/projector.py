@@ -10,6 +10,8 @@ so a long recording costs linear time and memory, not quadratic.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -73,7 +75,8 @@ def readout_logits(audio: torch.Tensor, embedding: torch.Tensor, temperature: fl
     (the scores the embedding-space CTC term trains). `unit_embedding`: the embedding already
     normalized, for callers that score many chunks against it."""
     unit = nn.functional.normalize(embedding, dim=-1) if unit_embedding is None else unit_embedding
-    return nn.functional.normalize(audio, dim=-1) @ unit.T / temperature
+    # the temperature on the [A, D] side, not on the [A, V] scores: the same values, 1/85 of the divisions
+    return (nn.functional.normalize(audio, dim=-1) / temperature) @ unit.T
 
 
 def greedy_readout_ids(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int) -> list[int]:
@@ -86,7 +89,7 @@ def greedy_readout_ids(audio: torch.Tensor, embedding: torch.Tensor, blank_id: i
 
 
 def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, temperature: float,
-                  chunk: int = 0) -> torch.Tensor:
+                  chunk: int = 0, unit_embedding: torch.Tensor | None = None) -> torch.Tensor:
     """Projected audio tokens [A, D] -> soft LLM token embeddings [A', D] (A' <= A).
 
     Each audio token gets a distribution over the LLM vocabulary, softmax(cos(a, E_v) / T) (the
@@ -97,21 +100,29 @@ def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, t
     the same most likely token are averaged into one (the CTC collapse), so the LLM sees about
     one embedding per spoken token. Differentiable in the kept tokens. The [A, V] scores are made
     `chunk` audio tokens at a time (0: READOUT_CHUNK): whole, 30 min of audio (11k tokens x 49k
-    vocabulary, three fp32 copies) took ~6.6 GB.
+    vocabulary, three fp32 copies) took ~6.6 GB. `unit_embedding`: the embedding normalized in
+    `audio`'s dtype, for callers that read out many items against it (`SpeechLM.readout`).
+
+    When a gradient can flow to `audio` (training the connector), the most likely tokens come from
+    scores made without a graph, and the kept tokens' scores are made again with one: about half
+    of the tokens are blanks, whose [V]-wide scores then never enter the backward pass (on the
+    demo's SFT steps the [A, V] gradient scatter of the indexed scores cost ~0.7 s per step).
     """
     e = embedding.to(audio.dtype)
-    unit = nn.functional.normalize(e, dim=-1)  # once per call, not per chunk
+    unit = nn.functional.normalize(e, dim=-1) if unit_embedding is None else unit_embedding  # once per call
     is_blank = torch.arange(len(e)) == blank_id
+    graph = torch.is_grad_enabled() and audio.requires_grad
     best_parts, soft_parts = [], []
     for a in audio.split(chunk or READOUT_CHUNK):
-        logits = readout_logits(a, e, temperature, unit)  # chunk, V
-        best = logits.argmax(-1)
+        with torch.no_grad() if graph else contextlib.nullcontext():
+            logits = readout_logits(a, e, temperature, unit)  # chunk, V
+            best = logits.argmax(-1)
         best_parts.append(best)
         # the soft embedding only of the tokens kept (best not the blank): the dropped ones never
         # reach the output, and about half the tokens of speech are blanks. The [chunk, V] blocks
         # go as soon as they are used (the blank masked in place); bench/long_audio.py measured no
         # peak-memory change either way (README: the read-out change)
-        kept = logits[best != blank_id]
+        kept = readout_logits(a[best != blank_id], e, temperature, unit) if graph else logits[best != blank_id]
         del logits
         soft_parts.append(kept.masked_fill_(is_blank, float("-inf")).softmax(-1) @ e)  # kept, D
         del kept

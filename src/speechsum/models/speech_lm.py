@@ -352,7 +352,7 @@ class SpeechLM(nn.Module):
                 not torch.is_grad_enabled() or not any(p.requires_grad for p in self.projector.parameters())):
             return self._cached_readouts(frames)  # no gradient can reach the connector
         embeds = self.projector(frames)
-        return [self.readout(e) for e in embeds] if readout else embeds
+        return self.readouts(embeds) if readout else embeds
 
     def _cached_readouts(self, frames: list[torch.Tensor]) -> list[torch.Tensor]:
         """`project` through the read-out cache: keyed by the clip's frames (a hash of their bytes)
@@ -371,8 +371,8 @@ class SpeechLM(nn.Module):
         todo = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in self._readout_cache}.values())
         if todo:  # plain tensors even inside inference_mode: a later training forward may read them
             with torch.inference_mode(False), torch.no_grad():
-                for i, e in zip(todo, self.projector([frames[i] for i in todo])):
-                    self._readout_cache[keys[i]] = self.readout(e)
+                for i, r in zip(todo, self.readouts(self.projector([frames[i] for i in todo]))):
+                    self._readout_cache[keys[i]] = r
         out = []
         for k in keys:
             self._readout_cache.move_to_end(k)
@@ -391,12 +391,18 @@ class SpeechLM(nn.Module):
 
     def readout(self, embeds: torch.Tensor) -> torch.Tensor:
         """Projected audio [A, D] -> what the LLM reads (see `SpeechLMConfig.readout`)."""
-        if self.config.readout == "embedding":
-            return embeds
+        return self.readouts([embeds])[0]
+
+    def readouts(self, embeds: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`readout` of several items, the embedding matrix cast and normalized once for all."""
+        if self.config.readout == "embedding" or not embeds:
+            return list(embeds)
         from speechsum.models.projector import vocab_readout
 
-        emb = self.base_llm.get_input_embeddings().weight.detach()
-        return vocab_readout(embeds, emb, self.readout_blank_id, self.config.readout_temperature)
+        emb = self.base_llm.get_input_embeddings().weight.detach().to(embeds[0].dtype)
+        unit = nn.functional.normalize(emb, dim=-1)
+        return [vocab_readout(e, emb, self.readout_blank_id, self.config.readout_temperature, unit_embedding=unit)
+                for e in embeds]
 
     @torch.no_grad()
     def readout_text(self, frames: list[torch.Tensor]) -> list[str]:
@@ -566,9 +572,10 @@ class SpeechLM(nn.Module):
                   instruction: str | None = None, max_new_tokens: int = 256, sample_rate: int | None = None,
                   repeat_stop: int = 3, window_seconds: float | None = None) -> str:
         """Summary of one recording (path or array) in a named style or for a free instruction;
-        an answer that starts to loop stops at its first copy (`repeat_stop`, 0: off). A recording
-        longer than `window_seconds` (default `longform.WINDOW_S`; 0: never) is summarized in
-        parts, then from the parts' notes (speechsum/longform.py)."""
+        an answer that starts to loop stops at its first copy or before a repeated sentence
+        (`repeat_stop`, 0: off). A recording longer than `window_seconds` (default
+        `longform.WINDOW_S`; 0: never) is summarized in parts, then from the parts' notes
+        (speechsum/longform.py)."""
         from speechsum.audio import load_audio
         from speechsum.data.styles import instruction_for
         from speechsum.longform import WINDOW_S, Recording, summarize_long
