@@ -101,7 +101,7 @@ def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, t
     one embedding per spoken token. Differentiable in the kept tokens. The [A, V] scores are made
     `chunk` audio tokens at a time (0: READOUT_CHUNK): whole, 30 min of audio (11k tokens x 49k
     vocabulary, three fp32 copies) took ~6.6 GB. `unit_embedding`: the embedding normalized in
-    `audio`'s dtype, for callers that read out many items against it (`SpeechLM.readout`).
+    `audio`'s dtype, for callers that read out many items against it (`SpeechLM.readouts`).
 
     When a gradient can flow to `audio` (training the connector), the most likely tokens come from
     scores made without a graph, and the kept tokens' scores are made again with one: about half
