@@ -480,8 +480,9 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
     and adds WER (the alignment gate); task 'readout' scores the connector's greedy CTC read-out
     of each document (no LLM; `cascade` gives the whisper transcript) the same way. Every system
     decodes greedily with the same `repeat_stop` as `summarize` (a looping answer stops at its
-    first copy, an answer repeating a sentence or line before it; 0: off) and the same `int8` (a single row's decoding steps multiply by int8
-    weights where bf16 is native, as `summarize` does; precision.py), both recorded in metrics.json."""
+    first copy, an answer repeating a sentence or line before that sentence; 0: off; recorded with
+    its `loop_rule`) and the same `int8` (a single row's decoding steps multiply by int8 weights
+    where bf16 is native, as `summarize` does; precision.py), both recorded in metrics.json."""
     from speechsum.evaluation.wer import wer
     from speechsum.models.generation import check_repeat_stop
     from speechsum.models.speech_lm import SpeechLMConfig
