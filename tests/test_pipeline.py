@@ -160,6 +160,28 @@ def test_eval_of_a_stage_not_run_is_a_one_line_error_before_any_work(tmp_path, c
     assert not (tmp_path / "run").exists()
 
 
+def test_a_broken_clip_stops_the_pipeline_before_any_training(tmp_path, tiny_data, capsys):
+    """Stages encode clips lazily, but every clip is read once up front: a truncated one is a
+    one-line error naming it, and no stage folder is written."""
+    import shutil
+    from pathlib import Path
+
+    from speechsum.cli import main
+    from speechsum.data.dataset import read_manifest
+
+    data = tmp_path / "broken"
+    shutil.copytree(tiny_data, data)
+    clip = data / "train" / read_manifest(data / "train")[-1]["audio"]
+    clip.write_bytes(clip.read_bytes()[:64])  # cut inside the header
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"out_dir: {tmp_path / 'run'}\nsynth: ''\ndata: {data}\nalign: ''\nteacher: ''\nkd: ''\n"
+                   f"dpo: ''\nsft: {Path(__file__).parents[1] / 'configs/sft/tiny.yaml'}\neval:\n  systems: [sft]\n")
+    assert main(["pipeline", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"speechsum: error: {clip}:"), err
+    assert not (tmp_path / "run" / "sft").exists()
+
+
 def test_shipped_teacher_is_kds_teacher_and_is_not_trained(tmp_path, tiny_data, tiny_dir):
     """teacher: shipped wires the committed text-mode teacher into KD (no teacher stage runs);
     'shipped' for a stage that has no committed folder is an error before any work."""
