@@ -119,9 +119,9 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
     times["synth"] = time.time() - t
     # No encoding pass up front: each stage (and the eval) runs the frozen encoder on a clip the
     # first time it reads it and keeps the frames in <data>/encoder_cache for every later read. The
-    # demo's stages read 299 of its 448 clips (SFT's 288 items, KD's 240, DPO's 96, dev and the
-    # English test items), so encoding everything first spent ~1/3 of its 214-273 s on clips no
-    # stage reads. Every clip is still read once first, so a missing or broken one stops the run
+    # demo's stages read 279 of its 448 clips (251 for SFT's 288 items, KD's 240 and DPO's 96; 4 for
+    # the dev samples; the 24 English test documents), so encoding everything first spent ~40 % of
+    # its 214-273 s on clips no stage reads. Every clip is still read once first, so a missing or broken one stops the run
     # before any training, not in the middle of a stage.
     check_clips(data, log)
     for st in plan:
