@@ -83,6 +83,11 @@ def test_pipeline_chains_and_skips_finished_stages(tmp_path, tiny_data, monkeypa
     run(cfg, log=logs.append)
     assert not any("pipeline: eval: done earlier" in line for line in logs)
     assert json.loads((run_dir / "eval" / "metrics.json").read_text())["int8_decoding"] is False
+    logs.clear()
+    cfg.eval.max_new_tokens = 2  # a shorter cap decodes other answers: not done earlier either
+    run(cfg, log=logs.append)
+    assert not any("pipeline: eval: done earlier" in line for line in logs)
+    assert json.loads((run_dir / "eval" / "metrics.json").read_text())["max_new_tokens"] == 2
     # a finished stage of another recipe is an error naming the key, before any work; nothing is removed
     cfg.overrides = {"kd": ["loop.max_steps=2"]}
     with pytest.raises(ConfigError, match=r"^loop\.max_steps: .*kd was trained with a different config"):

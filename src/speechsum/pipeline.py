@@ -259,7 +259,7 @@ def stage_comparisons(systems: list[str]) -> list[tuple[str, str]]:
 def run_eval_stage(cfg: PipelineConfig, data: Path, out: Path, folders: dict[str, str], log) -> None:
     import json
 
-    from speechsum.evaluation.run_eval import evaluate, loop_rule, system_names
+    from speechsum.evaluation.run_eval import decoding_settings, evaluate, system_names
 
     specs = eval_system_specs(cfg.eval.systems, folders)
     compare = [(specs[cfg.eval.systems.index(a)], specs[cfg.eval.systems.index(b)])
@@ -269,9 +269,8 @@ def run_eval_stage(cfg: PipelineConfig, data: Path, out: Path, folders: dict[str
         done = json.loads(metrics_file.read_text())
         if (set(system_names(specs)) <= set(done.get("systems", {})) and done.get("table")
                 and len(done.get("deltas", [])) == len(compare)
-                and done.get("repeat_stop", 0) == cfg.eval.repeat_stop
-                and done.get("loop_rule") == loop_rule(cfg.eval.repeat_stop)
-                and done.get("int8_decoding", False) == cfg.eval.int8):
+                and all(done.get(k) == v for k, v in decoding_settings(
+                    cfg.eval.max_new_tokens, cfg.eval.repeat_stop, cfg.eval.int8).items())):
             log(f"pipeline: eval: done earlier ({metrics_file})")
             log(done["table"])
             return

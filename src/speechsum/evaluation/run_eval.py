@@ -360,6 +360,13 @@ def split_pair(spec: str, known: Sequence[str]) -> tuple[list[str], list[str]] |
 SAVED_SETTINGS = ("data", "n_items", "max_new_tokens", "repeat_stop", "loop_rule", "int8_decoding")
 
 
+def decoding_settings(max_new_tokens: int, repeat_stop: int, int8: bool) -> dict:
+    """How an evaluation decoded, as metrics.json records it: what another run must match for its
+    predictions to stand (the pipeline's "done earlier", `compare`'s SAVED_SETTINGS)."""
+    return {"max_new_tokens": max_new_tokens, "repeat_stop": repeat_stop, "loop_rule": loop_rule(repeat_stop),
+            "int8_decoding": int8}
+
+
 def loop_rule(repeat_stop: int) -> str | None:
     """What stopped looping answers in an evaluation (None: nothing); a folder decoded under an
     older rule (no `loop_rule` key) pairs up with neither this one nor a new pipeline's eval."""
@@ -504,8 +511,7 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
     out_dir = Path(out) if out else None
     preds_all: dict[str, list[str]] = {}
     rows_all: dict[str, list[dict]] = {}
-    metrics: dict = {"data": str(data), "n_items": len(items), "max_new_tokens": max_new_tokens,
-                     "repeat_stop": repeat_stop, "loop_rule": loop_rule(repeat_stop), "int8_decoding": int8,
+    metrics: dict = {"data": str(data), "n_items": len(items), **decoding_settings(max_new_tokens, repeat_stop, int8),
                      "systems": {}}
     first_llm = None
     asr: list[str] | None = None
