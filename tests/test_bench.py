@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tiny import tone
+from tiny import speech
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 summarize = pytest.importorskip("summarize")
@@ -21,7 +21,7 @@ def test_speech_system_times_parts_and_exact_length(tiny_model, tmp_path, decode
     # decoder hook must sit on that copy (on the base LLM it never fired: KeyError decode_s)
     tiny_model.decode_bf16 = decode_bf16
     path = tmp_path / "a.flac"
-    sf.write(path, tone(3.0), 16000)
+    sf.write(path, speech(3.0), 16000)
     system = summarize.SpeechSystem(tiny_model.eval())
     stops = list(tiny_model.stop_ids)
     with summarize.exact_length(tiny_model):

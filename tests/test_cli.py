@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import soundfile as sf
-from tiny import tiny_speechlm, tone
+from tiny import speech, tiny_speechlm
 
 from speechsum.cli import main
 
@@ -26,8 +26,8 @@ def test_bad_inputs_one_line_each_exit_2(tmp_path, capsys):
 def test_good_files_still_processed_when_one_is_bad(tmp_path, tiny_dir, capsys):
     model = tiny_speechlm(tiny_dir)
     model.save_pretrained(tmp_path / "ckpt")
-    sf.write(tmp_path / "a.wav", tone(1.5), 16000)
-    sf.write(tmp_path / "b.flac", tone(2.5, 300), 16000)
+    sf.write(tmp_path / "a.wav", speech(1.5), 16000)
+    sf.write(tmp_path / "b.flac", speech(2.5, start=3.0), 16000)
     code = main(["summarize", str(tmp_path / "a.wav"), str(tmp_path / "nope.wav"), str(tmp_path / "b.flac"),
                  "--model", str(tmp_path / "ckpt"), "--json", "--max-new-tokens", "4", "--style", "bullets"])
     out = capsys.readouterr()
@@ -41,7 +41,7 @@ def test_good_files_still_processed_when_one_is_bad(tmp_path, tiny_dir, capsys):
 def test_summarize_takes_a_run_folder(tmp_path, tiny_dir, capsys):
     """--model runs/x/dpo (a stage's run folder) means its final/ model, as every stage's init does."""
     tiny_speechlm(tiny_dir).save_pretrained(tmp_path / "run" / "final")
-    sf.write(tmp_path / "a.wav", tone(1.5), 16000)
+    sf.write(tmp_path / "a.wav", speech(1.5), 16000)
     code = main(["summarize", str(tmp_path / "a.wav"), "--model", str(tmp_path / "run"), "--json",
                  "--max-new-tokens", "3"])
     assert code == 0 and json.loads(capsys.readouterr().out)["file"] == str(tmp_path / "a.wav")
@@ -61,7 +61,7 @@ def test_summarize_int8_flag_sets_single_row_decoding(tmp_path, tiny_dir, capsys
     model = tiny_speechlm(tiny_dir)
     model.decode_bf16 = True  # as where bf16 is native
     monkeypatch.setattr(cli, "load_speechlm", lambda _: model)
-    sf.write(tmp_path / "a.wav", tone(1.5), 16000)
+    sf.write(tmp_path / "a.wav", speech(1.5), 16000)
     for flags, want in (([], True), (["--no-int8"], False)):
         code = main(["summarize", str(tmp_path / "a.wav"), "--model", "x", "--json", "--max-new-tokens", "3", *flags])
         assert code == 0 and json.loads(capsys.readouterr().out)["file"] == str(tmp_path / "a.wav")
@@ -71,7 +71,7 @@ def test_summarize_int8_flag_sets_single_row_decoding(tmp_path, tiny_dir, capsys
 
 
 def test_unknown_style_and_bad_model_are_one_line(tmp_path, capsys):
-    sf.write(tmp_path / "a.wav", tone(1.0), 16000)
+    sf.write(tmp_path / "a.wav", speech(1.0), 16000)
     assert main(["summarize", str(tmp_path / "a.wav"), "--style", "sonnet"]) == 2
     assert "--style sonnet: unknown style" in capsys.readouterr().err
     assert main(["summarize", str(tmp_path / "a.wav"), "--model", str(tmp_path)]) == 2

@@ -100,7 +100,7 @@ def test_summarize_long_maps_every_part_then_reduces_their_notes(tiny_model, tmp
         return text_items(texts, instructions, *a, **kw)
 
     tiny_model.text_items = spy
-    res = summarize_long(tiny_model, x, "summarize the meeting", window_s=1.0, max_new_tokens=5)
+    res = summarize_long(tiny_model, x, "summarize the meeting", window_s=1.0, max_new_tokens=5, min_speech=0)
     assert isinstance(res, LongSummary) and len(res.parts) == 3
     spans = [(p.start_s, p.end_s) for p in res.parts]
     assert spans[0][0] == 0 and spans[-1][1] == pytest.approx(3.0) and all(
@@ -109,17 +109,17 @@ def test_summarize_long_maps_every_part_then_reduces_their_notes(tiny_model, tmp
     assert seen["texts"] == [notes_text(res.parts)] and seen["instructions"] == ["summarize the meeting"]
     # SpeechLM.summarize routes a recording longer than the window through the same path
     assert tiny_model.summarize(x, instruction="summarize the meeting", max_new_tokens=5, sample_rate=SR,
-                                window_seconds=1.0) == res.text
+                                window_seconds=1.0, min_speech=0) == res.text
     del tiny_model.text_items
     # a file goes through Recording.scan (read part by part): the same parts and answer
     sf.write(tmp_path / "x.wav", x, SR)
     assert summarize_long(tiny_model, Recording.scan(tmp_path / "x.wav"), "summarize the meeting", window_s=1.0,
-                          max_new_tokens=5) == res
+                          max_new_tokens=5, min_speech=0) == res
     assert tiny_model.summarize(tmp_path / "x.wav", instruction="summarize the meeting", max_new_tokens=5,
-                                window_seconds=1.0) == res.text
+                                window_seconds=1.0, min_speech=0) == res.text
     one = tiny_model.generate([x], ["summarize the meeting"], max_new_tokens=5, repeat_stop=3)[0].text
     assert tiny_model.summarize(x, instruction="summarize the meeting", max_new_tokens=5, sample_rate=SR,
-                                window_seconds=0) == one
+                                window_seconds=0, min_speech=0) == one
 
 
 def test_cli_summarizes_a_long_file_in_parts(tmp_path, tiny_dir, capsys):
@@ -129,7 +129,7 @@ def test_cli_summarizes_a_long_file_in_parts(tmp_path, tiny_dir, capsys):
     sf.write(tmp_path / "long.wav", tone(3.0), SR)
     sf.write(tmp_path / "short.wav", tone(0.8), SR)
     code = main(["summarize", str(tmp_path / "short.wav"), str(tmp_path / "long.wav"), "--model", str(tmp_path / "ckpt"),
-                 "--json", "--max-new-tokens", "3", "--window-seconds", "1"])
+                 "--json", "--max-new-tokens", "3", "--window-seconds", "1", "--min-speech", "0"])
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert code == 0 and [(r["file"].rsplit("/", 1)[-1], r["parts"]) for r in rows] == [("short.wav", 1), ("long.wav", 3)]
     assert main(["summarize", str(tmp_path / "long.wav"), "--window-seconds", "-1"]) == 2
@@ -153,7 +153,7 @@ def test_cli_reports_a_file_that_fails_on_its_second_read_in_one_line(tmp_path, 
 
     monkeypatch.setattr(Recording, "pieces", gone)
     code = main(["summarize", str(tmp_path / "long.wav"), str(tmp_path / "short.wav"), "--model", str(tmp_path / "ckpt"),
-                 "--json", "--max-new-tokens", "3", "--window-seconds", "1"])
+                 "--json", "--max-new-tokens", "3", "--window-seconds", "1", "--min-speech", "0"])
     out, err = capsys.readouterr()
     assert code != 0 and [json.loads(x)["file"] for x in out.strip().splitlines()] == [str(tmp_path / "short.wav")]
     assert [x for x in err.strip().splitlines() if "error" in x] == [f"speechsum: error: {tmp_path / 'long.wav'}: no such file"]

@@ -85,6 +85,18 @@ def tiny_speechlm(root: Path, **overrides):
     return model
 
 
+def speech(seconds: float, start: float = 0.0):
+    """`seconds` of real speech at 16 kHz (examples/voicemail.flac, 24 s, espeak-ng), for paths
+    that check a recording has speech (speechsum.vad) before summarizing it."""
+    from pathlib import Path
+
+    from speechsum.audio import load_audio
+
+    x = load_audio(Path(__file__).parents[1] / "examples" / "voicemail.flac")
+    assert (start + seconds) * 16000 <= len(x), "the example holds 24 s"
+    return x[int(start * 16000) : int((start + seconds) * 16000)]
+
+
 def tone(seconds: float, freq: float = 440.0, sr: int = 16000):
     import numpy as np
 

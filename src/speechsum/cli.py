@@ -111,13 +111,16 @@ def cmd_summarize(args) -> int:
     if args.window_seconds < 0:
         error(f"--window-seconds {args.window_seconds:g}: expected >= 0 (0: one pass however long)")
         return EXIT_USAGE
+    if not args.min_speech >= 0:  # also NaN
+        error(f"--min-speech {args.min_speech:g}: expected seconds >= 0 (0: no speech check)")
+        return EXIT_USAGE
     instruction = args.instruction if args.instruction is not None else instruction_for(args.style)
     from speechsum.longform import Recording, num_parts, summarize_long
 
     recs, names, failed = [], [], 0
     for path in args.audio:  # validate every file first: bad ones are reported, good ones still run
         try:  # one pass over the file, never held whole: a long one is read again part by part
-            recs.append(Recording.scan(path))
+            recs.append(Recording.scan(path, min_speech=args.min_speech))
             names.append(path)
         except AudioError as e:
             error(str(e))
@@ -147,12 +150,12 @@ def cmd_summarize(args) -> int:
         try:
             if long[group[0]]:
                 res = summarize_long(model, recs[group[0]], instruction, args.window_seconds, args.max_new_tokens,
-                                     args.repeat_stop)
-                outs = [(res.text, res.finished, res.looped, len(res.parts))]
+                                     args.repeat_stop, min_speech=args.min_speech)
+                outs = [(res.text, res.finished, res.looped, len(res.parts), sum(not p.speech for p in res.parts))]
             else:
                 gens = model.generate([recs[i].whole() for i in group], [instruction] * len(group),
                                       max_new_tokens=args.max_new_tokens, repeat_stop=args.repeat_stop)
-                outs = [(g.text, g.finished, g.looped, 1) for g in gens]
+                outs = [(g.text, g.finished, g.looped, 1, 0) for g in gens]
         except AudioTooLongError as e:
             error(f"{', '.join(names[i] for i in group)}: {e}")
             failed += len(group)
@@ -162,15 +165,17 @@ def cmd_summarize(args) -> int:
             failed += len(group)
             continue
         dt = time.time() - t
-        for i, (text, finished, looped, parts) in zip(group, outs):
+        for i, (text, finished, looped, parts, silent) in zip(group, outs):
             name, seconds = names[i], recs[i].num_samples / 16000
             if args.json:
                 print(json.dumps({"file": name, "style": args.style if args.instruction is None else None,
                                   "instruction": instruction, "summary": text,
                                   "audio_seconds": round(seconds, 2), "seconds": round(dt / len(group), 2),
-                                  "parts": parts, "complete": finished or looped, "looped": looped}))
+                                  "parts": parts, "parts_without_speech": silent,
+                                  "complete": finished or looped, "looped": looped}))
             else:
-                print(f"== {name} ({seconds:.1f} s audio" + (f", {parts} parts)" if parts > 1 else ")"))
+                print(f"== {name} ({seconds:.1f} s audio" + (f", {parts} parts" if parts > 1 else "")
+                      + (f", {silent} without speech left out" if silent else "") + ")")
                 note = " [stopped: the answer began to repeat]" if looped else " [cut at --max-new-tokens]"
                 print(text + ("" if finished else note))
     return EXIT_USAGE if failed else 0
@@ -269,6 +274,7 @@ def cmd_pipeline(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from speechsum.longform import WINDOW_S
+    from speechsum.vad import MIN_SPEECH_S
 
     p = argparse.ArgumentParser(prog="speechsum", description="Speech summarization with multimodal LLMs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -291,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--window-seconds", type=float, default=WINDOW_S, metavar="S",
                    help="a longer recording is summarized in parts of at most S seconds, then from the parts' "
                         "notes (0: one pass however long)")
+    s.add_argument("--min-speech", type=float, default=MIN_SPEECH_S, metavar="S",
+                   help="refuse a file in which the voice-activity detector (silero VAD) hears less than S seconds "
+                        "of speech, and leave a long file's parts with less out of its notes, instead of "
+                        "summarizing noise or music (0: off)")
     s.add_argument("--batch-size", type=int, default=4, help="files decoded together (the parts of a long file: 8)")
     s.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                    help="decode one file at a time with int8 weights where bf16 is native (~1.9x the tokens/s "

@@ -7,7 +7,9 @@ the tiny preset trains on, and with a prefill that grows quadratically. `summari
 1. cuts the recording into parts of at most `window_s` seconds (equal lengths, each cut moved to
    the quietest 50 ms within `search` of a part's length around its nominal place, so cuts fall
    in pauses rather than inside words: `quiet_cuts`);
-2. asks the model for each part's main points (`PART_STYLE`, at most `PART_TOKENS`), the parts
+2. leaves out the parts in which a voice-activity detector hears too little speech (vad.py: hold
+   music or silence would otherwise be "summarized" into invented notes), and asks the model for
+   each other part's main points (`PART_STYLE`, at most `PART_TOKENS`), the parts
    decoded together in batches (map: decoding is memory-bound, so a batch of 8 parts costs little
    more per step than one);
 3. gives the model the parts' notes as text, in order and labelled with their times, with the
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from speechsum.audio import SAMPLE_RATE
+from speechsum.vad import MIN_SPEECH_S
 
 WINDOW_S = 120.0  # the longest clips the tiny preset trains on (configs/synth/tiny.yaml: 17-120 s)
 SEARCH = 0.15  # a cut may move this fraction of a part's length to find a pause
@@ -41,6 +44,7 @@ class Part:
     start_s: float
     end_s: float
     notes: str
+    speech: bool = True  # False: the detector heard too little speech; not summarized, not in the notes
 
 
 @dataclass
@@ -114,26 +118,62 @@ class Recording:
     energy: np.ndarray
     path: str | None = None
     samples: np.ndarray | None = None
+    speech_s: float = 0.0
+    """Seconds of speech the voice-activity detector heard so far (vad.py); the scan for it stops
+    once there is enough, so this is a lower bound unless `speech_scanned`."""
+    speech_scanned: bool = False
 
     @classmethod
     def from_samples(cls, samples: np.ndarray) -> Recording:
         return cls(len(samples), frame_energy(samples, _frame()), samples=samples)
 
     @classmethod
-    def scan(cls, path) -> Recording:
+    def scan(cls, path, min_speech: float = 0.0) -> Recording:
         """First pass over a file: validates it as `load_audio` does (AudioError), counts its 16 kHz
-        samples and measures its frame energies; holds one block at a time."""
+        samples and measures its frame energies; holds one block at a time. With `min_speech` > 0
+        it also listens for speech (vad.py, until that much is heard) and raises AudioError when the
+        file has less."""
         from speechsum.audio import read_blocks
+        from speechsum.vad import speech_seconds
 
         frame = _frame()
-        n, energies, rest = 0, [], np.zeros(0, np.float32)
+        n, energies, rest, heard = 0, [], np.zeros(0, np.float32), 0.0
         for block in read_blocks(path):
             n += len(block)
+            if min_speech > 0 and heard < min_speech:
+                heard += speech_seconds(block, enough=min_speech - heard)
             x = np.concatenate([rest, block])
             whole = len(x) // frame * frame
             energies.append(frame_energy(x[:whole], frame))
             rest = x[whole:]
-        return cls(n, np.concatenate(energies), path=str(path))
+        rec = cls(n, np.concatenate(energies), path=str(path), speech_s=heard,
+                  speech_scanned=min_speech > 0 and heard < min_speech)
+        rec.require_speech(min_speech)
+        return rec
+
+    def require_speech(self, min_seconds: float) -> None:
+        """Raise AudioError (naming the file) unless the detector hears `min_seconds` of speech in
+        the recording (0: no check); listens only as far as it must."""
+        from speechsum.audio import AudioError
+        from speechsum.vad import no_speech_problem, speech_seconds
+
+        if min_seconds <= 0 or self.speech_s >= min_seconds:
+            return
+        if not self.speech_scanned:
+            from speechsum.audio import read_blocks
+
+            heard, blocks = 0.0, iter((self.samples,)) if self.samples is not None else read_blocks(self.path)
+            try:
+                for block in blocks:
+                    heard += speech_seconds(block, enough=min_seconds - heard)
+                    if heard >= min_seconds:
+                        break
+            finally:
+                getattr(blocks, "close", lambda: None)()  # the file, when the scan stopped early
+            self.speech_s, self.speech_scanned = heard, heard < min_seconds
+        if self.speech_s < min_seconds:
+            raise AudioError(self.path or "<array>",
+                             no_speech_problem(self.speech_s, self.num_samples / SAMPLE_RATE, min_seconds))
 
     def cuts(self, window_s: float) -> list[int]:
         return cuts_from_energy(self.energy, self.num_samples, _frame(), window_s)
@@ -179,34 +219,48 @@ def clock(seconds: float) -> str:
 
 
 def notes_text(parts: list[Part]) -> str:
-    """The reduce step's input: every part's notes in order, labelled with its time span."""
-    return "\n\n".join(f"Part {i + 1} ({clock(p.start_s)}-{clock(p.end_s)}):\n{p.notes}" for i, p in enumerate(parts))
+    """The reduce step's input: the notes of every part with speech in order, labelled with its
+    time span."""
+    spoken = [p for p in parts if p.speech]
+    return "\n\n".join(f"Part {i + 1} ({clock(p.start_s)}-{clock(p.end_s)}):\n{p.notes}" for i, p in enumerate(spoken))
 
 
 def summarize_long(model, audio: np.ndarray | Recording, instruction: str, window_s: float = WINDOW_S,
                    max_new_tokens: int = 256, repeat_stop: int = 3, batch_size: int = 8,
-                   part_tokens: int = PART_TOKENS) -> LongSummary:
-    """Summary of a recording of any length by `model` (a SpeechLM): parts -> notes -> answer.
-    `audio`: 16 kHz samples, or a `Recording.scan` of a file (read part by part, never whole)."""
+                   part_tokens: int = PART_TOKENS, min_speech: float = MIN_SPEECH_S) -> LongSummary:
+    """Summary of a recording of any length by `model` (a SpeechLM): parts -> notes -> answer
+    (`window_s` 0: one pass however long). `audio`: 16 kHz samples, or a `Recording.scan` of a
+    file (read part by part, never whole).
+    `min_speech` (vad.py; 0: off): a recording with less speech raises AudioError, and a part
+    with less is left out (`Part.speech` False, no notes) instead of being summarized."""
+    from speechsum.audio import AudioError
     from speechsum.data.styles import instruction_for
+    from speechsum.vad import has_speech
 
     rec = audio if isinstance(audio, Recording) else Recording.from_samples(audio)
-    bounds = [0, *rec.cuts(window_s), rec.num_samples]
+    rec.require_speech(min_speech)
+    bounds = [0, *(rec.cuts(window_s) if window_s else []), rec.num_samples]  # window_s 0: one pass
     if len(bounds) == 2:
         g = model.generate([rec.whole()], [instruction], max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)[0]
         return LongSummary(g.text, [Part(0.0, rec.num_samples / SAMPLE_RATE, g.text)], g.finished, g.looped)
     part_instruction = instruction_for(PART_STYLE)
-    notes: list[str] = []
-    chunk: list[np.ndarray] = []
+    spoken, notes = [], {}
+    chunk: list[tuple[int, np.ndarray]] = []
     pieces = rec.pieces(bounds)
     for i, piece in enumerate(pieces):  # parts are read as they are needed, `batch_size` at a time
-        chunk.append(piece)
-        if len(chunk) == batch_size or i == len(bounds) - 2:
-            notes += [g.text for g in model.generate(chunk, [part_instruction] * len(chunk),
-                                                     max_new_tokens=min(part_tokens, max_new_tokens),
-                                                     repeat_stop=repeat_stop)]
+        spoken.append(has_speech(piece, min_speech))
+        if spoken[-1]:
+            chunk.append((i, piece))
+        if chunk and (len(chunk) == batch_size or i == len(bounds) - 2):
+            gens = model.generate([p for _, p in chunk], [part_instruction] * len(chunk),
+                                  max_new_tokens=min(part_tokens, max_new_tokens), repeat_stop=repeat_stop)
+            notes.update((k, g.text) for (k, _), g in zip(chunk, gens))
             chunk = []
-    parts = [Part(a / SAMPLE_RATE, b / SAMPLE_RATE, t) for a, b, t in zip(bounds, bounds[1:], notes)]
+    if not any(spoken):  # enough speech in all, too little in every part
+        raise AudioError(rec.path or "<array>", f"no speech found: no part of {window_s:g} s has {min_speech:g} s of "
+                         f"speech (silero VAD); nothing to summarize (--min-speech 0 summarizes it anyway)")
+    parts = [Part(a / SAMPLE_RATE, b / SAMPLE_RATE, notes.get(k, ""), spoken[k])
+             for k, (a, b) in enumerate(zip(bounds, bounds[1:]))]
     item = model.text_items([notes_text(parts)], [instruction])
     g = model.generate_items(item, max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)[0]
     return LongSummary(g.text, parts, g.finished, g.looped)

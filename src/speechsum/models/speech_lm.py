@@ -570,24 +570,28 @@ class SpeechLM(nn.Module):
 
     def summarize(self, audio: str | os.PathLike | np.ndarray, style: str = "paragraph",
                   instruction: str | None = None, max_new_tokens: int = 256, sample_rate: int | None = None,
-                  repeat_stop: int = 3, window_seconds: float | None = None) -> str:
+                  repeat_stop: int = 3, window_seconds: float | None = None,
+                  min_speech: float | None = None) -> str:
         """Summary of one recording (path or array) in a named style or for a free instruction;
         an answer that starts to loop stops at its first copy or before a repeated sentence
         (`repeat_stop`, 0: off). A recording longer than `window_seconds` (default
         `longform.WINDOW_S`; 0: never) is summarized in parts, then from the parts' notes
-        (speechsum/longform.py)."""
+        (speechsum/longform.py). A recording in which the voice-activity detector hears less than
+        `min_speech` seconds of speech (default `vad.MIN_SPEECH_S`; 0: no check) raises AudioError,
+        and a long one's parts with less are left out of its notes."""
         from speechsum.audio import load_audio
         from speechsum.data.styles import instruction_for
         from speechsum.longform import WINDOW_S, Recording, summarize_long
+        from speechsum.vad import MIN_SPEECH_S
 
         instr = instruction if instruction is not None else instruction_for(style)
         window = WINDOW_S if window_seconds is None else window_seconds
-        if window:  # one part when the recording is short enough: the same single pass
-            # a file is read part by part (Recording), so an hour costs the memory of a few parts
-            rec = load_audio(audio, sample_rate=sample_rate) if isinstance(audio, np.ndarray) else Recording.scan(audio)
-            return summarize_long(self, rec, instr, window, max_new_tokens, repeat_stop).text
-        samples = load_audio(audio, sample_rate=sample_rate if isinstance(audio, np.ndarray) else None)
-        return self.generate([samples], [instr], max_new_tokens=max_new_tokens, repeat_stop=repeat_stop)[0].text
+        speech = MIN_SPEECH_S if min_speech is None else min_speech
+        # a file is read part by part (Recording), so an hour costs the memory of a few parts
+        rec = (Recording.from_samples(load_audio(audio, sample_rate=sample_rate)) if isinstance(audio, np.ndarray)
+               else Recording.scan(audio, min_speech=speech))
+        return summarize_long(self, rec, instr, window, max_new_tokens, repeat_stop,
+                              min_speech=speech).text
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
