@@ -250,6 +250,60 @@ def test_vocab_readout_gradient_is_the_dense_definitions():
         assert torch.allclose(a1.grad, a2.grad, atol=1e-6) and a1.grad[::2].abs().max() == 0  # blanks: no gradient
 
 
+def test_candidate_readout_is_the_dense_one_with_flat_tokens_read_densely(monkeypatch):
+    """The default read-out scores each token exactly only against its chunk's candidates (the
+    union of every token's top-k under coarse bf16 scores); a token whose left-out probability
+    could exceed READOUT_TAIL goes through the dense scores. Peaked tokens (the speech case) take
+    the first path, flat ones the second; a token surely read as the blank needs no soft embedding.
+    Output, most likely tokens and gradient are the dense read-out's (topk 0)."""
+    import speechsum.models.projector as P
+
+    g = torch.Generator().manual_seed(2)
+    emb = torch.randn(3000, 128, generator=g)
+    base = torch.randn(60, 128, generator=g)  # random directions: flat enough to need the dense scores
+    base[:40] = emb[torch.randint(1, 3000, (40,), generator=g)] * 4  # peaked at 0.02: candidates suffice
+    base[::5] = emb[0] * 3  # blanks
+    weights = torch.randn(60, 128, generator=g)
+    dense_rows = []
+    dense_chunk = P._dense_chunk
+    monkeypatch.setattr(P, "_dense_chunk", lambda a, *args: dense_rows.append(len(a)) or dense_chunk(a, *args))
+    for temperature in (0.02, 1.0):
+        a1, a2 = base.clone().requires_grad_(), base.clone().requires_grad_()
+        dense_rows.clear()
+        got = P.vocab_readout(a1, emb, 0, temperature, topk=8)
+        sparse_dense_rows = sum(dense_rows)
+        want = P.vocab_readout(a2, emb, 0, temperature, topk=0)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+        (got * weights[: len(got)]).sum().backward()
+        (want * weights[: len(want)]).sum().backward()
+        assert torch.allclose(a1.grad, a2.grad, atol=1e-5, rtol=1e-4)
+        # the 12 blanks are decided on the candidates (no soft embedding needed); at 0.02 the 32 other
+        # peaked tokens too and the 16 random ones go dense; at 1.0 every non-blank token goes dense
+        assert sparse_dense_rows == (48 if temperature == 1.0 else 16), (temperature, sparse_dense_rows)
+        assert torch.equal(P.token_readout(base, emb, 0, temperature, topk=8)[0],
+                           P.token_readout(base, emb, 0, temperature, topk=0)[0])  # the same most likely tokens
+
+
+def test_readouts_of_several_items_are_each_items_own(tiny_model):
+    """`SpeechLM.readouts` scores all items' tokens in one pass and collapses each item's runs on
+    its own: the same as reading each item out alone (no run joins across items)."""
+    import dataclasses
+
+    from speechsum.models.projector import vocab_readout
+
+    tiny_model.config = dataclasses.replace(tiny_model.config, readout="vocab", readout_blank="<pad>")
+    try:
+        emb = tiny_model.base_llm.get_input_embeddings().weight.detach()
+        embeds = [emb[[5, 5, 7]] * 3, emb[[7, 7, 9, 9]] * 3, torch.randn(6, emb.shape[1])]
+        together = tiny_model.readouts(embeds)
+        for e, got in zip(embeds, together):
+            alone = vocab_readout(e, emb, tiny_model.readout_blank_id, tiny_model.config.readout_temperature)
+            assert got.shape == alone.shape and torch.allclose(got, alone, atol=1e-6)
+        assert len(together[0]) == 2 and len(together[1]) == 2  # 5 5 7 | 7 7 9 9: runs stay in their item
+    finally:
+        tiny_model.config = dataclasses.replace(tiny_model.config, readout="embedding")
+
+
 def test_speechlm_vocab_readout_config(tiny_model):
     import dataclasses
 
