@@ -161,7 +161,8 @@ def test_dpo_run_writes_pairs_and_trains(tmp_path, tiny_data, monkeypatch):
     # the tiny data has no facts; judge by length so pairs exist, and check the record round-trips
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
     cfg = _cfg(tmp_path, tiny_data)
-    dpo.train(cfg, log=lambda *a: None)
+    logs = []
+    dpo.train(cfg, log=logs.append)
     recs = [json.loads(x) for x in (tmp_path / "run" / "preferences.jsonl").read_text().splitlines()]
     pairs = [r for r in recs if r["pair"]]
     assert pairs and all(len(r["pair"]["chosen"]) > len(r["pair"]["rejected"]) for r in pairs)
@@ -171,6 +172,14 @@ def test_dpo_run_writes_pairs_and_trains(tmp_path, tiny_data, monkeypatch):
     assert abs(rows[0]["loss"] - 0.6931) < 1e-3 and abs(rows[0]["reward_margin"]) < 1e-4
     assert abs(rows[0]["reward_chosen"]) < 1e-4 and abs(rows[0]["reward_rejected"]) < 1e-4  # policy == reference
     assert all(r["pair"]["greedy"] is None for r in pairs)  # greedy: off
+    # progressive validation: pairs in their first epoch are scored before any update on them; at
+    # step 1 the policy is the reference (margin 0, no pair preferred yet)
+    assert rows[0]["unseen_pairs"] == 2 and rows[0]["unseen_accuracy"] == 0.0
+    seen_first = sum(r.get("unseen_pairs", 0) for r in rows)
+    assert seen_first == min(len(pairs), 2 * 2)
+    assert [x for x in logs if "before their first update" in x][0].startswith(
+        f"dpo: before their first update the policy preferred the chosen summary in ")
+    assert f" of {seen_first} pairs (" in [x for x in logs if "before their first update" in x][0]
     # the same preference file can be passed in directly
     cfg2 = _cfg(tmp_path / "again", tiny_data, pairs=str(tmp_path / "run" / "preferences.jsonl"))
     cfg2.loop.max_steps = 1

@@ -527,11 +527,18 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
     common.resume_or_begin(run, order, resume)
 
     # --- train
+    # progressive validation: a pair in its first epoch has not been trained on yet, so whether the
+    # policy already prefers its chosen summary says how far the preference learned so far carries
+    # to pairs it has not seen (0.5: not at all)
+    unseen = dict.fromkeys(("pairs", "preferred", "margin"), 0.0)
     while run.step < cfg.loop.max_steps:
         t0 = time.time()
         lr = cfg.optim.lr * common.lr_at(run.step, cfg.optim, cfg.loop.max_steps)
         common.set_lr(opt, lr)
+        first = order.position
         step_pairs = [pairs[i] for i in order.take(run.per_step)]
+        fresh = [first + k < len(pairs) for k in range(len(step_pairs))]
+        step_unseen = dict.fromkeys(unseen, 0.0)
         # per-step means over micro-batches, then over ranks; the rewards (beta x policy-reference
         # log-ratio) apart as well as their margin: DPO can widen the margin while pushing
         # probability off both summaries onto text neither contains
@@ -564,12 +571,27 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
             for key, v in (("reward_accuracy", (rc > rr).float()), ("reward_margin", rc - rr),
                            ("reward_chosen", rc), ("reward_rejected", rr)):
                 sums[key] += v.mean().item() / cfg.optim.grad_accum
+            new = torch.tensor(common.rank_slice(fresh, micro, cfg.loop.batch_size, acc.process_index,
+                                                 acc.num_processes), dtype=torch.bool)
+            step_unseen["pairs"] += float(new.sum())
+            step_unseen["preferred"] += float((rc > rr)[new].sum())
+            step_unseen["margin"] += float((rc - rr)[new].sum())
         grad_norm = common.clip_and_step(acc, run.params, opt, cfg.optim.grad_clip)
         run.step += 1
         means = {k: common.all_reduce_sum(acc, v) / acc.num_processes for k, v in sums.items()}
+        step_unseen = {k: common.all_reduce_sum(acc, v) for k, v in step_unseen.items()}
+        for k, v in step_unseen.items():
+            unseen[k] += v
+        extra = ({"unseen_pairs": int(step_unseen["pairs"]),
+                  "unseen_accuracy": step_unseen["preferred"] / step_unseen["pairs"]} if step_unseen["pairs"] else {})
         dt = time.time() - t0
         if common.should_log(run):
-            run.metrics.log(run.step, **means, lr=lr, grad_norm=grad_norm, seconds=dt, epoch=order.epoch)
+            run.metrics.log(run.step, **means, **extra, lr=lr, grad_norm=grad_norm, seconds=dt, epoch=order.epoch)
         run.bar.update(loss=means["loss"], acc=means["reward_accuracy"])
         common.end_step(run, order)
+    if unseen["pairs"]:
+        run.log(f"dpo: before their first update the policy preferred the chosen summary in "
+            f"{int(unseen['preferred'])} of {int(unseen['pairs'])} pairs ({unseen['preferred'] / unseen['pairs']:.2f}; "
+            f"mean reward margin {unseen['margin'] / unseen['pairs']:+.3f}): how far the preference it learned "
+            f"carries to pairs it has not trained on (0.5: not at all)")
     return common.finish_run(run, "dpo")
