@@ -55,6 +55,18 @@ def test_dominance_pairs_never_prefer_saying_less():
     assert (c, r) == (1, 0)  # a true fact and nothing invented beats saying nothing
 
 
+def test_style_guard_never_prefers_a_summary_in_the_wrong_form():
+    item = {**ITEM, "style": "one_line", "instruction": "Summarize in one sentence."}
+    texts = ["Priya Patel got $2,500 approved. It was on Tuesday.",  # 3 facts, but two sentences
+             "Priya Patel got the budget approved."]                 # 1 fact, one sentence
+    cfg = dpo.DPOConfig(fact_score="f1", pair_rule="dominance")
+    assert dpo.pick_pair(item, texts, cfg)[:2] == (0, 1)  # more facts wins on facts alone
+    assert dpo.pick_pair(item, texts, dpo.DPOConfig(fact_score="f1", pair_rule="dominance", style_guard=True)) is None
+    # in the requested form, more facts still wins
+    texts[0] = "Priya Patel got $2,500 approved on Tuesday."
+    assert dpo.pick_pair(item, texts, dpo.DPOConfig(fact_score="f1", pair_rule="dominance", style_guard=True))[:2] == (0, 1)
+
+
 def test_chosen_max_invented_never_prefers_an_invention():
     texts = ["Priya Patel got $2,500 on Friday.",          # 2 facts, 1 invented (Friday)
              "John Smith got $9,000 on Friday.",            # 0 facts, 3 invented
