@@ -134,21 +134,17 @@ class Recording:
         it also listens for speech (vad.py, until that much is heard) and raises AudioError when the
         file has less."""
         from speechsum.audio import read_blocks
-        from speechsum.vad import speech_seconds
 
         frame = _frame()
-        n, energies, rest, heard = 0, [], np.zeros(0, np.float32), 0.0
+        n, energies, rest = 0, [], np.zeros(0, np.float32)
         for block in read_blocks(path):
             n += len(block)
-            if min_speech > 0 and heard < min_speech:
-                heard += speech_seconds(block, enough=min_speech - heard)
             x = np.concatenate([rest, block])
             whole = len(x) // frame * frame
             energies.append(frame_energy(x[:whole], frame))
             rest = x[whole:]
-        rec = cls(n, np.concatenate(energies), path=str(path), speech_s=heard,
-                  speech_scanned=min_speech > 0 and heard < min_speech)
-        rec.require_speech(min_speech)
+        rec = cls(n, np.concatenate(energies), path=str(path))
+        rec.require_speech(min_speech)  # reads again only as far as it must: the first block, with speech
         return rec
 
     def require_speech(self, min_seconds: float) -> None:
