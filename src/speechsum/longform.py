@@ -151,7 +151,7 @@ class Recording:
         """Raise AudioError (naming the file) unless the detector hears `min_seconds` of speech in
         the recording (0: no check); listens only as far as it must."""
         from speechsum.audio import AudioError
-        from speechsum.vad import no_speech_problem, speech_seconds
+        from speechsum.vad import speech_seconds, too_little_speech
 
         if min_seconds <= 0 or self.speech_s >= min_seconds:
             return
@@ -169,7 +169,7 @@ class Recording:
             self.speech_s, self.speech_scanned = heard, heard < min_seconds
         if self.speech_s < min_seconds:
             raise AudioError(self.path or "<array>",
-                             no_speech_problem(self.speech_s, self.num_samples / SAMPLE_RATE, min_seconds))
+                             too_little_speech(self.speech_s, self.num_samples / SAMPLE_RATE, min_seconds))
 
     def cuts(self, window_s: float) -> list[int]:
         return cuts_from_energy(self.energy, self.num_samples, _frame(), window_s)
@@ -231,7 +231,7 @@ def summarize_long(model, audio: np.ndarray | Recording, instruction: str, windo
     with less is left out (`Part.speech` False, no notes) instead of being summarized."""
     from speechsum.audio import AudioError
     from speechsum.data.styles import instruction_for
-    from speechsum.vad import has_speech
+    from speechsum.vad import has_speech, no_speech_problem
 
     rec = audio if isinstance(audio, Recording) else Recording.from_samples(audio)
     rec.require_speech(min_speech)
@@ -253,8 +253,8 @@ def summarize_long(model, audio: np.ndarray | Recording, instruction: str, windo
             notes.update((k, g.text) for (k, _), g in zip(chunk, gens))
             chunk = []
     if not any(spoken):  # enough speech in all, too little in every part
-        raise AudioError(rec.path or "<array>", f"no speech found: no part of {window_s:g} s has {min_speech:g} s of "
-                         f"speech (silero VAD); nothing to summarize (--min-speech 0 summarizes it anyway)")
+        raise AudioError(rec.path or "<array>", no_speech_problem(
+            f"no part of {window_s:g} s has {min_speech:g} s of speech (silero VAD)"))
     parts = [Part(a / SAMPLE_RATE, b / SAMPLE_RATE, notes.get(k, ""), spoken[k])
              for k, (a, b) in enumerate(zip(bounds, bounds[1:]))]
     item = model.text_items([notes_text(parts)], [instruction])

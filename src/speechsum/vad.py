@@ -65,8 +65,13 @@ def has_speech(samples: np.ndarray, min_seconds: float = MIN_SPEECH_S) -> bool:
     return min_seconds <= 0 or speech_seconds(samples, enough=min_seconds) >= min_seconds
 
 
-def no_speech_problem(seconds: float, audio_seconds: float, min_seconds: float) -> str:
-    """The one-line problem of a recording without enough speech, for AudioError."""
-    return (f"no speech found: the voice-activity detector (silero VAD) heard {seconds:.1f} s of speech in "
-            f"{audio_seconds:.1f} s of audio, less than {min_seconds:g} s; nothing to summarize "
-            f"(--min-speech 0 summarizes it anyway)")
+def no_speech_problem(heard: str) -> str:
+    """The one-line problem of a recording without enough speech, for AudioError; `heard` says what
+    the detector heard against what was needed."""
+    return f"no speech found: {heard}; nothing to summarize (--min-speech 0 summarizes it anyway)"
+
+
+def too_little_speech(seconds: float, audio_seconds: float, min_seconds: float) -> str:
+    """`no_speech_problem` for a whole recording."""
+    return no_speech_problem(f"the voice-activity detector (silero VAD) heard {seconds:.1f} s of speech in "
+                             f"{audio_seconds:.1f} s of audio, less than {min_seconds:g} s")
