@@ -134,6 +134,19 @@ def vocab_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, t
     return collapse_runs(best, soft, blank_id, audio)
 
 
+def candidates_pay() -> bool:
+    """Whether the candidate read-out runs here: its coarse scores are bf16 products, which where
+    bf16 is not native (an AVX2-only CPU: 0.3 GFLOP/s against 83 in fp32) would cost more than the
+    dense read-out saves."""
+    return bf16_native()
+
+
+def coarse_embedding(unit: torch.Tensor) -> torch.Tensor | None:
+    """The normalized embedding's bf16 copy the candidate read-out's coarse scores use (None where
+    that read-out does not run)."""
+    return unit.to(torch.bfloat16) if candidates_pay() else None
+
+
 def token_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, temperature: float,
                   chunk: int = 0, unit_embedding: torch.Tensor | None = None,
                   coarse_unit: torch.Tensor | None = None, topk: int = READOUT_TOPK
@@ -143,11 +156,9 @@ def token_readout(audio: torch.Tensor, embedding: torch.Tensor, blank_id: int, t
     are independent here, so several items' tokens may go in one call (`SpeechLM.readouts`)."""
     e = embedding.to(audio.dtype)
     unit = nn.functional.normalize(e, dim=-1) if unit_embedding is None else unit_embedding  # once per call
-    # the coarse scores are bf16 products: where bf16 is not native (an AVX2-only CPU: 0.3 GFLOP/s
-    # against 83 in fp32) they would cost more than the dense read-out saves
-    topk = min(topk, len(e) - 1) if bf16_native() else 0
+    topk = min(topk, len(e) - 1) if candidates_pay() else 0
     if topk > 0 and coarse_unit is None:
-        coarse_unit = unit.to(torch.bfloat16)
+        coarse_unit = coarse_embedding(unit)
     is_blank = torch.arange(len(e), device=e.device) == blank_id
     graph = torch.is_grad_enabled() and audio.requires_grad
     best_parts, soft_parts = [], []

@@ -412,8 +412,10 @@ class SpeechLM(nn.Module):
 
     def _readout_embedding(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The LLM's input embedding in `dtype`, normalized, and normalized in bf16 (the read-out's
-        coarse scores, only where bf16 is native): made once and kept until the embedding is written
+        coarse scores, only where that read-out runs): made once and kept until the embedding is written
         (~40 ms a call here)."""
+        from speechsum.models.projector import coarse_embedding
+
         weight = self.base_llm.get_input_embeddings().weight
         key = (dtype, *write_state([weight]))
         if self._readout_emb_key != key:
@@ -421,8 +423,7 @@ class SpeechLM(nn.Module):
             with torch.inference_mode(False), torch.no_grad():
                 emb = weight.detach().to(dtype)
                 unit = nn.functional.normalize(emb, dim=-1)
-                # the coarse bf16 copy only where the candidate read-out runs (bf16 native)
-                self._readout_emb = (emb, unit, unit.to(torch.bfloat16) if bf16_native() else None)
+                self._readout_emb = (emb, unit, coarse_embedding(unit))
             self._readout_emb_key = key
         return self._readout_emb
 
