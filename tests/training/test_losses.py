@@ -101,6 +101,29 @@ def test_length_normalized_dpo_divides_each_log_ratio_by_its_length():
     assert rc.item() == rr.item() == -0.5
 
 
+def test_dpo_positive_penalizes_only_a_chosen_summary_made_less_likely():
+    z = torch.zeros(1)
+    # chosen up by 1, rejected down by 1: the penalty is off, the loss is plain DPO's
+    up, _, _ = dpo_loss(torch.tensor([1.0]), torch.tensor([-1.0]), z, z, beta=0.5, positive=5.0)
+    assert math.isclose(up.item(), -math.log(1 / (1 + math.exp(-1.0))), rel_tol=1e-6)
+    # both pushed down (chosen -1, rejected -3): DPO's margin is +2 x 0.5 = 1 (loss 0.3133);
+    # DPOP's is 1 - 0.5 x 5 x 1 = -1.5 (loss log(1 + e^1.5) = 1.7014)
+    args = (torch.tensor([-1.0]), torch.tensor([-3.0]), z, z)
+    plain, rc, rr = dpo_loss(*args, beta=0.5)
+    dpop, rc2, rr2 = dpo_loss(*args, beta=0.5, positive=5.0)
+    assert math.isclose(plain.item(), 0.31326169, rel_tol=1e-6)
+    assert math.isclose(dpop.item(), 1.70141328, rel_tol=1e-6)
+    assert rc.item() == rc2.item() == -0.5 and rr.item() == rr2.item() == -1.5  # rewards are DPO's
+    # its gradient pushes the chosen log-prob up: d loss / d policy_c < 0 under DPOP
+    pc = torch.tensor([-1.0], requires_grad=True)
+    dpo_loss(pc, torch.tensor([-3.0]), z, z, beta=0.5, positive=5.0)[0].backward()
+    assert math.isclose(pc.grad.item(), -0.5 * 6 * (1 / (1 + math.exp(-1.5))), rel_tol=1e-5)
+    # with lengths the penalty is per token too: chosen -4 over 4 tokens -> -1 per token
+    ln, _, _ = dpo_loss(torch.tensor([-4.0]), torch.tensor([-12.0]), z, z, beta=0.5, positive=5.0,
+                        chosen_len=torch.tensor([4.0]), rejected_len=torch.tensor([4.0]))
+    assert math.isclose(ln.item(), 1.70141328, rel_tol=1e-6)
+
+
 def test_sequence_logps_sum_by_row_and_masked_positions_contribute_nothing():
     tok = torch.tensor([-1.0, -2.0, -0.5])
     assert sequence_logps(tok, torch.tensor([0, 0, 1]), 3).tolist() == [-3.0, -0.5, 0.0]

@@ -162,16 +162,27 @@ def sequence_logps(token_logp: torch.Tensor, rows: torch.Tensor, n_rows: int) ->
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, beta: float = 0.1, chosen_len: torch.Tensor | None = None,
-             rejected_len: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             rejected_len: torch.Tensor | None = None, positive: float = 0.0
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sigmoid DPO (Rafailov et al. 2023) on sequence log-probs [P]: -log sigmoid(beta * margin),
     margin = (policy_c - ref_c) - (policy_r - ref_r). Returns (loss, chosen_reward, rejected_reward);
     at zero margin the loss is log 2. With token counts `chosen_len`/`rejected_len` each log-ratio
     is divided by its length (length-normalized DPO, as in SimPO/LN-DPO): ending a summary early
-    no longer moves the reward by itself."""
-    chosen_reward = beta * (policy_chosen - ref_chosen)
-    rejected_reward = beta * (policy_rejected - ref_rejected)
+    no longer moves the reward by itself.
+
+    `positive` > 0 is DPO-Positive (DPOP, Pal et al. 2024, arXiv 2402.13228): the margin loses
+    positive x max(0, ref_c - policy_c), so the loss rises once the policy makes the chosen summary
+    less likely than the reference did. Plain DPO can widen the margin by pushing both summaries
+    down (the rejected one faster); this term leaves the loss as DPO's while the chosen log-ratio
+    is >= 0 and makes lowering it cost."""
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
     if chosen_len is not None and rejected_len is not None:
-        chosen_reward = chosen_reward / chosen_len.clamp(min=1)
-        rejected_reward = rejected_reward / rejected_len.clamp(min=1)
-    loss = -F.logsigmoid(chosen_reward - rejected_reward).mean()
+        chosen_ratio = chosen_ratio / chosen_len.clamp(min=1)
+        rejected_ratio = rejected_ratio / rejected_len.clamp(min=1)
+    chosen_reward, rejected_reward = beta * chosen_ratio, beta * rejected_ratio
+    margin = chosen_reward - rejected_reward
+    if positive > 0:
+        margin = margin - beta * positive * (-chosen_ratio).clamp(min=0)
+    loss = -F.logsigmoid(margin).mean()
     return loss, chosen_reward.detach(), rejected_reward.detach()
