@@ -367,3 +367,94 @@ def test_dpo_pairs_per_item_trains_on_every_recorded_pair(tmp_path, tiny_data, m
     assert more and all(p["greedy"] in ("chosen", "rejected") and p["ref_chosen"] < 0 for p in more)
     assert all(len(r.get("more", [])) <= 2 and (r["pair"] or not r.get("more")) for r in recs)
     assert len(dpo.preference_rows(recs)) == sum(1 + len(r.get("more", [])) for r in recs if r["pair"])
+
+
+# ------------------------------------------------------------------------------------ select: dev
+
+
+def _dev_with_facts(data):
+    """The tiny dataset's dev items, each given one known fact (its day)."""
+    from speechsum.data.dataset import read_manifest, write_manifest
+
+    rows = read_manifest(data / "dev")
+    for r in rows:
+        r["facts"] = json.dumps([{"id": "f1", "kind": "date", "value": "Friday", "mention": "friday", "attrs": {}}])
+    write_manifest(data / "dev", rows)
+    return data
+
+
+def _projector(path):
+    from safetensors.torch import load_file
+
+    return load_file(path / "projector.safetensors")
+
+
+def test_select_dev_scores_every_checkpoint_with_the_fact_judge(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="dev", select_max_new_tokens=6)
+    cfg.loop.save_every = 1
+    logs = []
+    final = dpo.train(cfg, log=logs.append)
+    rec = json.loads((tmp_path / "run" / "select.json").read_text())
+    assert sorted(rec["scores"]) == ["0", "1", "2"] and all(0.0 <= v <= 1.0 for v in rec["scores"].values())
+    best = rec["best"]
+    assert rec["scores"][str(best)] == max(rec["scores"].values())
+    # the earliest of the best scores wins, and only its folder is kept
+    assert best == min(int(k) for k, v in rec["scores"].items() if v == max(rec["scores"].values()))
+    assert [p.name for p in (tmp_path / "run").glob("best-step-*")] == [f"best-step-{best:07d}"]
+    kept = _projector(tmp_path / "run" / f"best-step-{best:07d}")
+    assert all((kept[k] == v).all() for k, v in _projector(final).items())
+    assert any(x.startswith("dpo: dev fact F1 by step (2 items) 0: ") for x in logs)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "dev_select" in r] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("scores,best", [([0.5, 0.2, 0.3], 0), ([0.2, 0.3, 0.6], 2), ([0.2, 0.4, 0.4], 1)])
+def test_select_dev_hands_on_the_best_step_or_the_starting_model(tmp_path, tiny_data, monkeypatch, scores, best):
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    script = iter(scores)
+    monkeypatch.setattr(dpo, "dev_fact_f1", lambda *a: next(script))
+    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="dev")
+    cfg.loop.save_every = 1
+    logs = []
+    final = dpo.train(cfg, log=logs.append)
+    assert json.loads((tmp_path / "run" / "select.json").read_text())["best"] == best
+    start = _projector(tmp_path / "run" / "checkpoints" / "step-0000002" / "model")  # the last step's weights
+    got = _projector(final)
+    if best == 0:  # the starting model: the projector is frozen by default, so compare the LoRA weights
+        from safetensors.torch import load_file
+
+        init_lora = load_file(tmp_path / "run" / "best-step-0000000" / "adapter" / "adapter_model.safetensors")
+        fin_lora = load_file(final / "adapter" / "adapter_model.safetensors")
+        assert all((fin_lora[k] == v).all() for k, v in init_lora.items())
+        last = load_file(tmp_path / "run" / "checkpoints" / "step-0000002" / "model" / "adapter" / "adapter_model.safetensors")
+        assert any((last[k] != v).any() for k, v in init_lora.items())  # training did move them
+        assert "final = the starting model (no DPO step beat it on dev)" in logs[-2] + logs[-1]
+    elif best == 2:
+        assert all((got[k] == v).all() for k, v in start.items())
+    else:
+        assert any("final = step 1" in x for x in logs)
+
+
+def test_select_dev_resumes_without_rescoring(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    calls = []
+    monkeypatch.setattr(dpo, "dev_fact_f1", lambda *a: calls.append(1) or 0.1 * len(calls))
+    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="dev")
+    cfg.loop.save_every = 1
+    dpo.train(cfg, log=lambda *a: None)
+    assert len(calls) == 3
+    cfg.loop.max_steps = 3
+    dpo.train(cfg, resume=True, log=lambda *a: None)
+    rec = json.loads((tmp_path / "run" / "select.json").read_text())
+    assert len(calls) == 4 and sorted(rec["scores"]) == ["0", "1", "2", "3"] and rec["best"] == 3
+    # a fresh run in the same folder forgets the old scores
+    cfg.loop.max_steps = 1
+    dpo.train(cfg, log=lambda *a: None)
+    assert sorted(json.loads((tmp_path / "run" / "select.json").read_text())["scores"]) == ["0", "1"]
+
+
+def test_select_dev_without_known_facts_is_a_clear_error(tmp_path, tiny_data):
+    cfg = _cfg(tmp_path, tiny_data, select="dev")
+    with pytest.raises(ValueError, match=r"select: dev needs dev items with known facts, and .*/dev has none"):
+        dpo.train(cfg, log=lambda *a: None)

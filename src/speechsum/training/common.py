@@ -605,6 +605,61 @@ def end_step(run: Run, order: DataOrder) -> None:
         run.acc.wait_for_everyone()
 
 
+class BestOnDev:
+    """Model selection on a dev score: the starting model (step 0) and every checkpoint are scored
+    by `score(model)` (higher is better) and the best one is kept in `<run_dir>/best-step-N/`;
+    `<run_dir>/select.json` records every score and the best step, written after the best folder is
+    complete, so a kill never leaves it naming a partial folder and `--resume` goes on from it. The
+    earlier step wins a tie: a stage that helps nothing on dev hands on its starting model.
+    Main process only; `load_best` loads the kept weights on every rank."""
+
+    def __init__(self, run: Run, score):
+        self.run, self.score = run, score
+        self.path = run.run_dir / "select.json"
+        if run.step == 0 and run.main:  # a fresh run (nothing restored): no scores of an earlier one
+            self.path.unlink(missing_ok=True)
+            for old in run.run_dir.glob("best-step-*"):
+                shutil.rmtree(old, ignore_errors=True)
+        run.acc.wait_for_everyone()
+        rec = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.scores: dict[int, float] = {int(k): v for k, v in rec.get("scores", {}).items()}
+        self.best: int | None = rec.get("best")
+
+    def due(self, step: int) -> bool:
+        loop = self.run.cfg.loop
+        return step not in self.scores and (step == 0 or step % loop.save_every == 0 or step == loop.max_steps)
+
+    def __call__(self, step: int) -> None:
+        """Score the current model at `step` (when due: 0, every save, the last step) and keep it if best."""
+        run = self.run
+        if run.main and self.due(step):
+            model = run.model
+            was_training = model.training
+            model.eval()
+            value = float(self.score(model))
+            model.train(was_training)
+            self.scores[step] = value
+            run.metrics.log(step, dev_select=value)
+            old = self.best
+            if old is None or value > self.scores[old]:
+                model.save_pretrained(run.run_dir / f"best-step-{step:07d}")
+                self.best = step
+            _atomic_write(self.path, json.dumps({"scores": {str(k): v for k, v in sorted(self.scores.items())},
+                                                 "best": self.best}, indent=1) + "\n")
+            if old is not None and self.best != old:
+                shutil.rmtree(run.run_dir / f"best-step-{old:07d}", ignore_errors=True)
+        run.acc.wait_for_everyone()
+
+    def load_best(self) -> int:
+        """Load the best step's weights into the model on every rank; returns that step."""
+        self.run.acc.wait_for_everyone()
+        rec = json.loads(self.path.read_text())
+        best = int(rec["best"])
+        if best != self.run.step:
+            self.run.model.load_trainable(self.run.run_dir / f"best-step-{best:07d}")
+        return best
+
+
 def should_log(run: Run) -> bool:
     return run.step % run.cfg.loop.log_every == 0 or run.step == run.cfg.loop.max_steps
 

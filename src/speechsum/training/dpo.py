@@ -86,6 +86,22 @@ class DPOConfig:
     """DPO temperature on the log-ratio margin."""
     sft_weight: float = 0.0
     """Weight of a cross-entropy term on the chosen summary."""
+    select: Literal["last", "dev"] = "last"
+    """Which model becomes `final/`. last: the last step's. dev: of the starting model (step 0) and
+    every checkpoint (`loop.save_every`, the last step), the one whose greedy summaries of the dev
+    split's items with known facts have the highest mean fact F1 (eval's primary score, decoded as
+    eval does: `select_max_new_tokens`, no sampling); ties go to the earlier step, so a run that
+    helps nothing on dev hands on its starting model unchanged (`select.json` has every score).
+    Why: one of two seeds of the demo's DPO collapsed to 7-word answers by step 12 while the other
+    gained; 24 dev items told the two apart (docs/experiments.md: "Choosing the DPO step on dev")."""
+    select_items: int = 0
+    """select: dev: the first N dev items with known facts (0: all)."""
+    select_max_new_tokens: int = 96
+    """select: dev: the length cap of the dev summaries (eval's `--max-new-tokens` in the demo)."""
+    dpop_lambda: float = 0.0
+    """DPO-Positive (Pal et al. 2024): the margin loses dpop_lambda x max(0, ref - policy log-prob of
+    the chosen summary), so DPO cannot widen the margin by making the chosen summary less likely
+    than the reference did (0: plain DPO). The Smaug paper uses 5-500 on summed log-ratios."""
     length_normalize: bool = False
     """Divide each sequence log-ratio by its token count (length-normalized DPO; `beta` then acts
     per token, so it wants to be ~30x larger than for summed log-ratios)."""
@@ -505,6 +521,42 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
     return pairs
 
 
+def dev_item_f1(item: dict, summary: str) -> float | None:
+    """Fact F1 of one dev summary (what eval reports as its primary score; None, and left out of
+    the mean as eval leaves it, when the document has no salient facts)."""
+    from speechsum.evaluation.facts import score_item
+
+    return score_item(item, summary)["f1"]
+
+
+def dev_fact_f1(model, items: list[dict], max_new_tokens: int, batch_size: int) -> float:
+    """Mean fact F1 of the model's greedy summaries of `items` (the selection score of `select: dev`)."""
+    scores = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        with torch.no_grad():
+            prompts = model.audio_items(item_frames(model, chunk), [r["instruction"] for r in chunk])
+        gens = model.generate_items(prompts, max_new_tokens=max_new_tokens, do_sample=False)
+        scores += [dev_item_f1(r, g.text) for r, g in zip(chunk, gens)]
+    scores = [x for x in scores if x is not None]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def selection_items(cfg: DPOConfig) -> list[dict]:
+    """The dev items `select: dev` scores: those with known facts, the first `select_items`."""
+    from speechsum.evaluation.facts import item_facts
+
+    where = f"{cfg.data.path}/{cfg.data.dev_split}"
+    try:
+        dev = load_items(cfg.data, cfg.data.dev_split)
+    except FileNotFoundError:
+        raise ValueError(f"select: dev needs a dev split, and {where} has no manifest") from None
+    items = [r for r in dev if item_facts(r)]
+    if not items:
+        raise ValueError(f"select: dev needs dev items with known facts, and {where} has none")
+    return items[: cfg.select_items] if cfg.select_items else items
+
+
 # ------------------------------------------------------------------------------------ the loop
 
 
@@ -535,7 +587,13 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
                          "(max_length_gap, chosen_max_invented, unfinished); raise num_samples or "
                          "sample_temperature, or loosen the rules")
     order = common.DataOrder(len(pairs), cfg.loop.seed)
+    dev_items = selection_items(cfg) if cfg.select == "dev" else []
     common.resume_or_begin(run, order, resume)
+    select = None
+    if cfg.select == "dev":
+        select = common.BestOnDev(run, lambda m: dev_fact_f1(m, dev_items, cfg.select_max_new_tokens,
+                                                            cfg.sample_items or cfg.loop.batch_size))
+        select(run.step)
 
     # --- train
     # progressive validation: a pair in its first epoch has not been trained on yet, so whether the
@@ -568,7 +626,7 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
                 lens = (torch.tensor([len(r["pair"]["chosen_ids"]) for r in mb], dtype=torch.float32),
                         torch.tensor([len(r["pair"]["rejected_ids"]) for r in mb], dtype=torch.float32)
                         ) if cfg.length_normalize else (None, None)
-                loss, rc, rr = dpo_loss(seq[:p], seq[p:], ref_c, ref_r, cfg.beta, *lens)
+                loss, rc, rr = dpo_loss(seq[:p], seq[p:], ref_c, ref_r, cfg.beta, *lens, positive=cfg.dpop_lambda)
                 if cfg.sft_weight > 0:
                     # chosen tokens differ per rank: sum here / all ranks' chosen tokens, x ranks (DDP averages)
                     chosen_rows = out.rows < p
@@ -600,10 +658,19 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
             run.metrics.log(run.step, **means, **extra, lr=lr, grad_norm=grad_norm, seconds=dt, epoch=order.epoch)
         run.bar.update(loss=means["loss"], acc=means["reward_accuracy"])
         common.end_step(run, order)
+        if select is not None:
+            select(run.step)
     if unseen["pairs"]:
         run.bar.close()  # the line below starts on its own line, not after the bar (finish_run closes it too)
         run.log(f"dpo: before their first update the policy preferred the chosen summary in "
             f"{int(unseen['preferred'])} of {int(unseen['pairs'])} pairs ({unseen['preferred'] / unseen['pairs']:.2f}; "
             f"mean reward margin {unseen['margin'] / unseen['pairs']:+.3f}): how far the preference it learned "
             f"carries to pairs it has not trained on (0.5: not at all)")
+    if select is not None:
+        best = select.load_best()
+        scores = ", ".join(f"{k}: {v:.3f}" for k, v in sorted(select.scores.items()))
+        run.bar.close()
+        if run.main:
+            run.log(f"dpo: dev fact F1 by step ({len(dev_items)} items) {scores}; final = "
+                    + (f"step {best}" if best else "the starting model (no DPO step beat it on dev)"))
     return common.finish_run(run, "dpo")
