@@ -83,17 +83,32 @@ def test_repeated_units_golden(pieces, expected):
     assert first_unit_cut(pieces) == expected
 
 
-def free_then_cut(ids: list[int], copies: int, decode_ids) -> tuple[list[int], bool]:
-    """Reference: free decoding cut at the shortest prefix where a rule fires (and whether one did):
-    K back-to-back copies (`loop_cut`), else a sentence or line repeating an earlier one."""
+def test_repeated_units_checks_the_last_line_when_the_answer_ends():
+    pieces = ["- Book", " the", " room", " Friday", "\n", "- Book", " the", " room", " Friday"]
+    assert first_unit_cut(pieces) is None  # no newline after the copy: not a finished line yet
+    watch, dec = RepeatedUnits(), pieces_decoder(pieces)
+    for n in range(1, len(pieces) + 1):
+        assert watch.push(list(range(n)), dec) is None
+    assert watch.push(list(range(len(pieces))), dec, last=True) == 5  # the stop token ends it
+    other = RepeatedUnits()
+    assert other.push([0, 1, 2, 3], dec, last=True) is None and other.push([], dec, last=True) is None
+
+
+def free_then_cut(ids: list[int], copies: int, decode_ids, finished: bool = False) -> tuple[list[int], bool, bool]:
+    """Reference: free decoding cut at the shortest prefix where a rule fires (the ids, whether one
+    fired, whether the row ends finished):
+    K back-to-back copies (`loop_cut`), else a sentence or line repeating an earlier one, else
+    (an answer that ended on its stop token) a last line repeating an earlier one."""
     units = RepeatedUnits()
     for n in range(1, len(ids) + 1):
         cut = loop_cut(ids[:n], copies)
         if cut is None:
             cut = units.push(ids[:n], decode_ids)
         if cut is not None:
-            return ids[:cut], True
-    return ids, False
+            return ids[:cut], True, False  # stopped mid-answer: not finished
+    if finished and (cut := units.push(ids, decode_ids, last=True)) is not None:
+        return ids[:cut], True, True  # the last line, at the stop token: still finished
+    return ids, False, finished
 
 
 class ChainLM(torch.nn.Module):
@@ -151,8 +166,8 @@ def test_decode_with_repeat_stop_is_free_decoding_cut_at_the_first_loop():
     cut = decode(llm, tok, embeds, mask, pos, stops, max_new_tokens=80, repeat_stop=3)
     assert sum(g.looped for g in cut) >= 2, [g.ids for g in free]  # the random tiny model loops
     for f, c in zip(free, cut):
-        expected, fired = free_then_cut(f.ids, 3, tok.decode)
-        assert c.ids == expected and c.looped == fired and not (c.looped and c.finished)
+        expected, fired, finished = free_then_cut(f.ids, 3, tok.decode, f.finished)
+        assert c.ids == expected and c.looped == fired and c.finished == finished
         assert c.logprobs == pytest.approx(f.logprobs[: len(c.ids)])
         assert c.text == tok.decode(expected, skip_special_tokens=True).strip()
 
@@ -182,3 +197,22 @@ def test_decode_stops_at_a_repeated_line_before_the_copies_rule_would():
     assert free[0].ids[:12] == list(range(2, 10)) + [2, 3, 4, 5]
     assert cut[0].ids == list(range(2, 10)) and cut[0].looped and not cut[0].finished
     assert cut[0].text == "- Send the plan\n- Book the room"
+
+
+def test_decode_drops_a_last_line_that_repeats_an_earlier_one_at_the_stop_token():
+    """Lines A B A, then the stop token with no newline after the copy: the copy is dropped too
+    (the demo's DPO model ended the voicemail's bullets on a copy of the line before)."""
+    stop = 12
+    pieces = ["<s>", "x", "- Book", " the", " room", "\n", "- Send", " the", " plan", "\n", "- Book", " the", "?"]
+    # 1 -> A (2 3 4) \n (5) -> B (6 7 8) \n (9) -> A again (10 11 4') ... written as 10 11 then 4 -> stop
+    chain = {1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7, 7: 8, 8: 9, 9: 10, 10: 11, 11: 13, 13: stop}
+    pieces += [" room"]
+    llm = ChainLM(chain, 14)
+    ids, mask, pos = left_pad([[1]], 0)
+    embeds = llm.get_input_embeddings()(ids)
+    tok = PiecesTokenizer(pieces)
+    free = decode(llm, tok, embeds, mask, pos, [stop], max_new_tokens=30)
+    cut = decode(llm, tok, embeds, mask, pos, [stop], max_new_tokens=30, repeat_stop=3)
+    assert free[0].text == "- Book the room\n- Send the plan\n- Book the room" and free[0].finished
+    assert cut[0].text == "- Book the room\n- Send the plan" and cut[0].looped and cut[0].finished
+    assert cut[0].ids == list(range(2, 10))

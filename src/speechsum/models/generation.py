@@ -11,7 +11,10 @@ stops (`looped`). Short blocks need more copies (at least `LOOP_MIN_SPAN` tokens
 "1,000,000" or "very very" never trigger it. It also stops a row at the first sentence or line
 that repeats an earlier one word for word (`RepeatedUnits`; at least `UNIT_MIN_WORDS` words),
 which the copies rule misses when the repeats alternate: the 400-document demo's DPO model wrote
-bullets A B C D C C D for the bundled voicemail. The repeated sentence is dropped. `summarize`
+bullets A B C D C C D for the bundled voicemail. The repeated sentence is dropped, also when it
+is the answer's last line, ended by the stop token rather than a newline (`LOOP_RULE`
+"copies+units+last" since 2026-12-07: a DPO model's bullets for the voicemail ended on a copy of
+the line before). `summarize`
 and `eval` use both (`LOOP_RULE` names them in eval's metrics.json); the training stages sample
 without them (their samples are the policy's, loops included).
 
@@ -66,7 +69,7 @@ def loop_cut(ids: list[int], copies: int, max_period: int = LOOP_MAX_PERIOD,
 
 
 UNIT_MIN_WORDS = 3  # a repeated sentence or line shorter than this ("Thank you.") is not a loop
-LOOP_RULE = "copies+units"  # what repeat_stop > 0 stops (eval records it: another rule decodes differently)
+LOOP_RULE = "copies+units+last"  # what repeat_stop > 0 stops (eval records it: another rule decodes differently)
 _UNIT_END = (".", "!", "?")
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]+|\d+[.)])\s*")
 
@@ -91,8 +94,10 @@ class RepeatedUnits:
     def __init__(self, min_words: int = UNIT_MIN_WORDS):
         self.min_words, self.start, self.seen = min_words, 0, set()
 
-    def push(self, ids: list[int], decode_ids) -> int | None:
-        if not ends_unit(decode_ids(ids[-1:])):
+    def push(self, ids: list[int], decode_ids, last: bool = False) -> int | None:
+        """`last`: the answer ends here (the stop token came), so its last sentence or line is
+        complete even without a newline or full stop."""
+        if not ids or not (last or ends_unit(decode_ids(ids[-1:]))):
             return None
         words = unit_words(decode_ids(ids[self.start:]))
         start, self.start = self.start, len(ids)
@@ -173,6 +178,10 @@ def decode(llm, tokenizer, embeds: torch.Tensor, attention_mask: torch.Tensor, p
                 continue  # a finished row still in the batch (not yet compacted)
             if s:
                 finished[orig] = True
+                # the answer's last line ends at the stop token: a repeat of an earlier one is dropped too
+                if repeat_stop and (cut := units[orig].push(ids_out[orig], tokenizer.decode, last=True)) is not None:
+                    del ids_out[orig][cut:], lps_out[orig][cut:]
+                    looped[orig] = True
                 continue
             ids_out[orig].append(t)
             lps_out[orig].append(lp)
