@@ -369,7 +369,7 @@ def test_dpo_pairs_per_item_trains_on_every_recorded_pair(tmp_path, tiny_data, m
     assert len(dpo.preference_rows(recs)) == sum(1 + len(r.get("more", [])) for r in recs if r["pair"])
 
 
-# ------------------------------------------------------------------------------------ select: dev
+# ------------------------------------------------------------------------------------ select: guard / best
 
 
 def _dev_with_facts(data):
@@ -391,7 +391,7 @@ def _projector(path):
 
 def test_select_dev_scores_every_checkpoint_with_the_fact_judge(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
-    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="dev", select_max_new_tokens=6)
+    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="best", select_max_new_tokens=6)
     cfg.loop.save_every = 1
     logs = []
     final = dpo.train(cfg, log=logs.append)
@@ -414,7 +414,7 @@ def test_select_dev_hands_on_the_best_step_or_the_starting_model(tmp_path, tiny_
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
     script = iter(scores)
     monkeypatch.setattr(dpo, "dev_fact_f1", lambda *a: next(script))
-    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="dev")
+    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="best")
     cfg.loop.save_every = 1
     logs = []
     final = dpo.train(cfg, log=logs.append)
@@ -429,7 +429,7 @@ def test_select_dev_hands_on_the_best_step_or_the_starting_model(tmp_path, tiny_
         assert all((fin_lora[k] == v).all() for k, v in init_lora.items())
         last = load_file(tmp_path / "run" / "checkpoints" / "step-0000002" / "model" / "adapter" / "adapter_model.safetensors")
         assert any((last[k] != v).any() for k, v in init_lora.items())  # training did move them
-        assert "final = the starting model (no DPO step beat it on dev)" in logs[-2] + logs[-1]
+        assert "final = the starting model (no scored step beat it on dev)" in logs[-2] + logs[-1]
     elif best == 2:
         assert all((got[k] == v).all() for k, v in start.items())
     else:
@@ -440,7 +440,7 @@ def test_select_dev_resumes_without_rescoring(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
     calls = []
     monkeypatch.setattr(dpo, "dev_fact_f1", lambda *a: calls.append(1) or 0.1 * len(calls))
-    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="dev")
+    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="best")
     cfg.loop.save_every = 1
     dpo.train(cfg, log=lambda *a: None)
     assert len(calls) == 3
@@ -455,6 +455,18 @@ def test_select_dev_resumes_without_rescoring(tmp_path, tiny_data, monkeypatch):
 
 
 def test_select_dev_without_known_facts_is_a_clear_error(tmp_path, tiny_data):
-    cfg = _cfg(tmp_path, tiny_data, select="dev")
-    with pytest.raises(ValueError, match=r"select: dev needs dev items with known facts, and .*/dev has none"):
+    cfg = _cfg(tmp_path, tiny_data, select="best")
+    with pytest.raises(ValueError, match=r"select: best needs dev items with known facts, and .*/dev has none"):
         dpo.train(cfg, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("scores,best", [([0.3, 0.2], 0), ([0.2, 0.25], 2)])
+def test_select_guard_scores_only_the_start_and_the_end(tmp_path, tiny_data, monkeypatch, scores, best):
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    script = iter(scores)
+    monkeypatch.setattr(dpo, "dev_fact_f1", lambda *a: next(script))
+    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="guard")
+    cfg.loop.save_every = 1
+    dpo.train(cfg, log=lambda *a: None)
+    rec = json.loads((tmp_path / "run" / "select.json").read_text())
+    assert sorted(rec["scores"]) == ["0", "2"] and rec["best"] == best

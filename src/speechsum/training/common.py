@@ -606,15 +606,16 @@ def end_step(run: Run, order: DataOrder) -> None:
 
 
 class BestOnDev:
-    """Model selection on a dev score: the starting model (step 0) and every checkpoint are scored
-    by `score(model)` (higher is better) and the best one is kept in `<run_dir>/best-step-N/`;
+    """Model selection on a dev score: the starting model (step 0) and every checkpoint (or, with
+    `every_checkpoint=False`, only the last step) are scored by `score(model)` (higher is better)
+    and the best one is kept in `<run_dir>/best-step-N/`;
     `<run_dir>/select.json` records every score and the best step, written after the best folder is
     complete, so a kill never leaves it naming a partial folder and `--resume` goes on from it. The
     earlier step wins a tie: a stage that helps nothing on dev hands on its starting model.
     Main process only; `load_best` loads the kept weights on every rank."""
 
-    def __init__(self, run: Run, score):
-        self.run, self.score = run, score
+    def __init__(self, run: Run, score, every_checkpoint: bool = True):
+        self.run, self.score, self.every_checkpoint = run, score, every_checkpoint
         self.path = run.run_dir / "select.json"
         if run.step == 0 and run.main:  # a fresh run (nothing restored): no scores of an earlier one
             self.path.unlink(missing_ok=True)
@@ -627,10 +628,11 @@ class BestOnDev:
 
     def due(self, step: int) -> bool:
         loop = self.run.cfg.loop
-        return step not in self.scores and (step == 0 or step % loop.save_every == 0 or step == loop.max_steps)
+        return step not in self.scores and (step == 0 or step == loop.max_steps
+                                            or (self.every_checkpoint and step % loop.save_every == 0))
 
     def __call__(self, step: int) -> None:
-        """Score the current model at `step` (when due: 0, every save, the last step) and keep it if best."""
+        """Score the current model at `step` (when due: 0, every save or not, the last step) and keep it if best."""
         run = self.run
         if run.main and self.due(step):
             model = run.model

@@ -86,18 +86,22 @@ class DPOConfig:
     """DPO temperature on the log-ratio margin."""
     sft_weight: float = 0.0
     """Weight of a cross-entropy term on the chosen summary."""
-    select: Literal["last", "dev"] = "last"
-    """Which model becomes `final/`. last: the last step's. dev: of the starting model (step 0) and
-    every checkpoint (`loop.save_every`, the last step), the one whose greedy summaries of the dev
-    split's items with known facts have the highest mean fact F1 (eval's primary score, decoded as
-    eval does: `select_max_new_tokens`, no sampling); ties go to the earlier step, so a run that
-    helps nothing on dev hands on its starting model unchanged (`select.json` has every score).
-    Why: one of two seeds of the demo's DPO collapsed to 7-word answers by step 12 while the other
-    gained; 24 dev items told the two apart (docs/experiments.md: "Choosing the DPO step on dev")."""
+    select: Literal["last", "guard", "best"] = "last"
+    """Which model becomes `final/`, judged on the dev split's items with known facts by the mean
+    fact F1 of their greedy summaries (eval's primary score, decoded as eval does:
+    `select_max_new_tokens`, no sampling; `select.json` has every score). last: the last step's,
+    no dev decoding. guard: the last step's unless the starting model scores higher, so a run
+    that made the model worse on dev hands on its starting model unchanged (two dev decodings).
+    best: the best of the starting model and every checkpoint (`loop.save_every`); ties go to the
+    earlier step. Measured (docs/experiments.md: "Choosing the DPO step on dev"): one of two seeds
+    of the demo's DPO collapsed to 7-word answers by step 4 while the other gained, and 24 dev
+    items told them apart; picking among the gaining run's checkpoints on the same 24 items took
+    its step 12 over its step 24, worse on the demo's test items (F1 0.197 against 0.230), so the
+    tiny preset guards and does not pick."""
     select_items: int = 0
-    """select: dev: the first N dev items with known facts (0: all)."""
+    """select (guard, best): the first N dev items with known facts (0: all)."""
     select_max_new_tokens: int = 96
-    """select: dev: the length cap of the dev summaries (eval's `--max-new-tokens` in the demo)."""
+    """select (guard, best): the length cap of the dev summaries (eval's `--max-new-tokens` in the demo)."""
     dpop_lambda: float = 0.0
     """DPO-Positive (Pal et al. 2024): the margin loses dpop_lambda x max(0, ref - policy log-prob of
     the chosen summary), so DPO cannot widen the margin by making the chosen summary less likely
@@ -530,7 +534,7 @@ def dev_item_f1(item: dict, summary: str) -> float | None:
 
 
 def dev_fact_f1(model, items: list[dict], max_new_tokens: int, batch_size: int) -> float:
-    """Mean fact F1 of the model's greedy summaries of `items` (the selection score of `select: dev`)."""
+    """Mean fact F1 of the model's greedy summaries of `items` (the selection score of `select`)."""
     scores = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -543,17 +547,17 @@ def dev_fact_f1(model, items: list[dict], max_new_tokens: int, batch_size: int) 
 
 
 def selection_items(cfg: DPOConfig) -> list[dict]:
-    """The dev items `select: dev` scores: those with known facts, the first `select_items`."""
+    """The dev items `select` scores: those with known facts, the first `select_items`."""
     from speechsum.evaluation.facts import item_facts
 
     where = f"{cfg.data.path}/{cfg.data.dev_split}"
     try:
         dev = load_items(cfg.data, cfg.data.dev_split)
     except FileNotFoundError:
-        raise ValueError(f"select: dev needs a dev split, and {where} has no manifest") from None
+        raise ValueError(f"select: {cfg.select} needs a dev split, and {where} has no manifest") from None
     items = [r for r in dev if item_facts(r)]
     if not items:
-        raise ValueError(f"select: dev needs dev items with known facts, and {where} has none")
+        raise ValueError(f"select: {cfg.select} needs dev items with known facts, and {where} has none")
     return items[: cfg.select_items] if cfg.select_items else items
 
 
@@ -587,12 +591,13 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
                          "(max_length_gap, chosen_max_invented, unfinished); raise num_samples or "
                          "sample_temperature, or loosen the rules")
     order = common.DataOrder(len(pairs), cfg.loop.seed)
-    dev_items = selection_items(cfg) if cfg.select == "dev" else []
+    dev_items = selection_items(cfg) if cfg.select != "last" else []
     common.resume_or_begin(run, order, resume)
     select = None
-    if cfg.select == "dev":
+    if cfg.select != "last":
         select = common.BestOnDev(run, lambda m: dev_fact_f1(m, dev_items, cfg.select_max_new_tokens,
-                                                            cfg.sample_items or cfg.loop.batch_size))
+                                                            cfg.sample_items or cfg.loop.batch_size),
+                                  every_checkpoint=cfg.select == "best")
         select(run.step)
 
     # --- train
@@ -672,5 +677,5 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
         run.bar.close()
         if run.main:
             run.log(f"dpo: dev fact F1 by step ({len(dev_items)} items) {scores}; final = "
-                    + (f"step {best}" if best else "the starting model (no DPO step beat it on dev)"))
+                    + (f"step {best}" if best else "the starting model (no scored step beat it on dev)"))
     return common.finish_run(run, "dpo")
