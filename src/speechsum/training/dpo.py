@@ -88,8 +88,9 @@ class DPOConfig:
     """Weight of a cross-entropy term on the chosen summary."""
     select: Literal["last", "guard", "best"] = "last"
     """Which model becomes `final/`, judged on the dev split's items with known facts by the mean
-    fact F1 of their greedy summaries (eval's primary score, decoded as eval does:
-    `select_max_new_tokens`, no sampling; `select.json` has every score). last: the last step's,
+    fact F1 of their greedy summaries (eval's primary score; decoded greedily up to
+    `select_max_new_tokens`, without eval's repeat stop, which drops repeated lines that fact F1
+    counts once anyway; `select.json` has every score). last: the last step's,
     no dev decoding. guard: the last step's unless the starting model scores higher, so a run
     that made the model worse on dev hands on its starting model unchanged (two dev decodings).
     best: the best of the starting model and every checkpoint (`loop.save_every`); ties go to the
