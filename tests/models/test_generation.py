@@ -182,21 +182,26 @@ class PiecesTokenizer:
         return "".join(self.pieces[i] for i in ids)
 
 
+def scripted_decode(chain: dict[int, int], pieces: list[str], stop: int, max_new_tokens: int = 30):
+    """Free and repeat-stopped (K=3) greedy decodes of a ChainLM from token 1; token i's text is pieces[i]."""
+    llm = ChainLM(chain, len(pieces))
+    ids, mask, pos = left_pad([[1]], 0)
+    embeds = llm.get_input_embeddings()(ids)
+    tok = PiecesTokenizer(pieces)
+    return (decode(llm, tok, embeds, mask, pos, [stop], max_new_tokens=max_new_tokens)[0],
+            decode(llm, tok, embeds, mask, pos, [stop], max_new_tokens=max_new_tokens, repeat_stop=3)[0])
+
+
 def test_decode_stops_at_a_repeated_line_before_the_copies_rule_would():
     """Lines A B A ...: the third line repeats the first, so the row keeps A B and stops, long before
     three back-to-back copies of the 8-token block (24 tokens) would stop it."""
     stop = 20
     pieces = ["<s>", "x", "- Send", " the", " plan", "\n", "- Book", " the", " room", "\n"] + ["?"] * 11
     chain = {1: 2, **{t: t + 1 for t in range(2, 9)}, 9: 2}
-    llm = ChainLM(chain, 21)
-    ids, mask, pos = left_pad([[1]], 0)
-    embeds = llm.get_input_embeddings()(ids)
-    tok = PiecesTokenizer(pieces)
-    free = decode(llm, tok, embeds, mask, pos, [stop], max_new_tokens=30)
-    cut = decode(llm, tok, embeds, mask, pos, [stop], max_new_tokens=30, repeat_stop=3)
-    assert free[0].ids[:12] == list(range(2, 10)) + [2, 3, 4, 5]
-    assert cut[0].ids == list(range(2, 10)) and cut[0].looped and not cut[0].finished
-    assert cut[0].text == "- Send the plan\n- Book the room"
+    free, cut = scripted_decode(chain, pieces, stop)
+    assert free.ids[:12] == list(range(2, 10)) + [2, 3, 4, 5]
+    assert cut.ids == list(range(2, 10)) and cut.looped and not cut.finished
+    assert cut.text == "- Send the plan\n- Book the room"
 
 
 def test_decode_drops_a_last_line_that_repeats_an_earlier_one_at_the_stop_token():
@@ -207,12 +212,7 @@ def test_decode_drops_a_last_line_that_repeats_an_earlier_one_at_the_stop_token(
     # 1 -> A (2 3 4) \n (5) -> B (6 7 8) \n (9) -> A again (10 11 4') ... written as 10 11 then 4 -> stop
     chain = {1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7, 7: 8, 8: 9, 9: 10, 10: 11, 11: 13, 13: stop}
     pieces += [" room"]
-    llm = ChainLM(chain, 14)
-    ids, mask, pos = left_pad([[1]], 0)
-    embeds = llm.get_input_embeddings()(ids)
-    tok = PiecesTokenizer(pieces)
-    free = decode(llm, tok, embeds, mask, pos, [stop], max_new_tokens=30)
-    cut = decode(llm, tok, embeds, mask, pos, [stop], max_new_tokens=30, repeat_stop=3)
-    assert free[0].text == "- Book the room\n- Send the plan\n- Book the room" and free[0].finished
-    assert cut[0].text == "- Book the room\n- Send the plan" and cut[0].looped and cut[0].finished
-    assert cut[0].ids == list(range(2, 10))
+    free, cut = scripted_decode(chain, pieces, stop)
+    assert free.text == "- Book the room\n- Send the plan\n- Book the room" and free.finished
+    assert cut.text == "- Book the room\n- Send the plan" and cut.looped and cut.finished
+    assert cut.ids == list(range(2, 10))

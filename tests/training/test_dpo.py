@@ -409,15 +409,20 @@ def test_select_dev_scores_every_checkpoint_with_the_fact_judge(tmp_path, tiny_d
     assert [r["step"] for r in rows if "dev_select" in r] == [0, 1, 2]
 
 
-@pytest.mark.parametrize("scores,best", [([0.5, 0.2, 0.3], 0), ([0.2, 0.3, 0.6], 2), ([0.2, 0.4, 0.4], 1)])
-def test_select_dev_hands_on_the_best_step_or_the_starting_model(tmp_path, tiny_data, monkeypatch, scores, best):
+def _scripted_select(tmp_path, tiny_data, monkeypatch, scores, select, logs=None):
+    """A 2-step DPO run (a checkpoint every step) whose dev scores are `scores`, in the order asked."""
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
     script = iter(scores)
     monkeypatch.setattr(dpo, "dev_fact_f1", lambda *a: next(script))
-    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="best")
+    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select=select)
     cfg.loop.save_every = 1
+    return dpo.train(cfg, log=(logs.append if logs is not None else lambda *a: None))
+
+
+@pytest.mark.parametrize("scores,best", [([0.5, 0.2, 0.3], 0), ([0.2, 0.3, 0.6], 2), ([0.2, 0.4, 0.4], 1)])
+def test_select_dev_hands_on_the_best_step_or_the_starting_model(tmp_path, tiny_data, monkeypatch, scores, best):
     logs = []
-    final = dpo.train(cfg, log=logs.append)
+    final = _scripted_select(tmp_path, tiny_data, monkeypatch, scores, "best", logs)
     assert json.loads((tmp_path / "run" / "select.json").read_text())["best"] == best
     start = _projector(tmp_path / "run" / "checkpoints" / "step-0000002" / "model")  # the last step's weights
     got = _projector(final)
@@ -462,11 +467,6 @@ def test_select_dev_without_known_facts_is_a_clear_error(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("scores,best", [([0.3, 0.2], 0), ([0.2, 0.25], 2)])
 def test_select_guard_scores_only_the_start_and_the_end(tmp_path, tiny_data, monkeypatch, scores, best):
-    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
-    script = iter(scores)
-    monkeypatch.setattr(dpo, "dev_fact_f1", lambda *a: next(script))
-    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="guard")
-    cfg.loop.save_every = 1
-    dpo.train(cfg, log=lambda *a: None)
+    _scripted_select(tmp_path, tiny_data, monkeypatch, scores, "guard")
     rec = json.loads((tmp_path / "run" / "select.json").read_text())
     assert sorted(rec["scores"]) == ["0", "2"] and rec["best"] == best
