@@ -195,13 +195,14 @@ def cmd_train(args) -> int:
     import importlib
 
     from speechsum.config import load_config
+    from speechsum.training.common import InputError
 
     module_name, cfg_name = STAGES[args.stage]
     module = importlib.import_module(module_name)
     cfg = load_config(getattr(module, cfg_name), args.config, args.overrides)
     try:
         module.train(cfg, resume=args.resume)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, InputError) as e:
         error(str(e))
         return EXIT_USAGE
     return 0

@@ -470,3 +470,19 @@ def test_select_guard_scores_only_the_start_and_the_end(tmp_path, tiny_data, mon
     _scripted_select(tmp_path, tiny_data, monkeypatch, scores, "guard")
     rec = json.loads((tmp_path / "run" / "select.json").read_text())
     assert sorted(rec["scores"]) == ["0", "2"] and rec["best"] == best
+
+
+def test_cli_train_dpo_select_without_dev_facts_is_one_line_before_any_sampling(tmp_path, tiny_data, capsys, monkeypatch):
+    from speechsum.cli import main
+
+    sampled = []
+    monkeypatch.setattr(dpo, "build_preferences", lambda *a, **k: sampled.append(1))
+    enc, llm = save_tiny_models(tmp_path / "models")
+    capsys.readouterr()  # the tiny models' saving bars
+    code = main(["train", "dpo", "--config", "configs/dpo/tiny.yaml", "init=", f"model.encoder={enc}",
+                 f"model.llm={llm}", "model.stack=4", "model.projector_hidden=32", "model.lora_r=4",
+                 "model.lora_alpha=8", f"data.path={tiny_data}", f"loop.out_dir={tmp_path / 'run'}",
+                 "loop.bf16=false", "select=guard"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and not sampled
+    assert "select: guard needs dev items with known facts, and " in err[0] and err[0].endswith("/dev has none")

@@ -119,6 +119,11 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 # ------------------------------------------------------------------------------------ data order
 
 
+class InputError(ValueError):
+    """A stage's input cannot serve the run (no preference pairs, a dev split without known facts,
+    ...): the CLI prints it as one line and exits 2, as it does for a missing file."""
+
+
 class DataOrder:
     """Deterministic, resumable order over `n` items: a fresh permutation per epoch from the seed.
     `position` counts items consumed globally, so a resumed run continues the same sequence."""

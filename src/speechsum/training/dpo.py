@@ -555,10 +555,10 @@ def selection_items(cfg: DPOConfig) -> list[dict]:
     try:
         dev = load_items(cfg.data, cfg.data.dev_split)
     except FileNotFoundError:
-        raise ValueError(f"select: {cfg.select} needs a dev split, and {where} has no manifest") from None
+        raise common.InputError(f"select: {cfg.select} needs a dev split, and {where} has no manifest") from None
     items = [r for r in dev if item_facts(r)]
     if not items:
-        raise ValueError(f"select: {cfg.select} needs dev items with known facts, and {where} has none")
+        raise common.InputError(f"select: {cfg.select} needs dev items with known facts, and {where} has none")
     return items[: cfg.select_items] if cfg.select_items else items
 
 
@@ -575,6 +575,7 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
 
     # --- data: preference pairs (sampled and judged once by the starting policy = the reference)
     train_items = load_items(cfg.data, cfg.data.train_split)
+    dev_items = selection_items(cfg) if cfg.select != "last" else []  # before minutes of sampling
     by_id = {r["id"]: r for r in train_items}
     run.run_dir.mkdir(parents=True, exist_ok=True)
     pref_file = Path(cfg.pairs) if cfg.pairs else run.run_dir / "preferences.jsonl"
@@ -586,13 +587,12 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
     pairs = preference_rows(json.loads(x) for x in pref_file.read_text().splitlines() if x.strip())
     missing = [r["id"] for r in pairs if r["id"] not in by_id]
     if missing:
-        raise ValueError(f"preference pairs name items not in {cfg.data.path}/{cfg.data.train_split}: {missing[:3]}")
+        raise common.InputError(f"preference pairs name items not in {cfg.data.path}/{cfg.data.train_split}: {missing[:3]}")
     if not pairs:
-        raise ValueError("no preference pairs: every item's candidates tied or were refused by the pair rules "
+        raise common.InputError("no preference pairs: every item's candidates tied or were refused by the pair rules "
                          "(max_length_gap, chosen_max_invented, unfinished); raise num_samples or "
                          "sample_temperature, or loosen the rules")
     order = common.DataOrder(len(pairs), cfg.loop.seed)
-    dev_items = selection_items(cfg) if cfg.select != "last" else []
     common.resume_or_begin(run, order, resume)
     select = None
     if cfg.select != "last":
