@@ -526,23 +526,18 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
     return pairs
 
 
-def dev_item_f1(item: dict, summary: str) -> float | None:
-    """Fact F1 of one dev summary (what eval reports as its primary score; None, and left out of
-    the mean as eval leaves it, when the document has no salient facts)."""
+def dev_fact_f1(model, items: list[dict], max_new_tokens: int, batch_size: int) -> float:
+    """Mean fact F1 of the model's greedy summaries of `items` (the selection score of `select`;
+    eval's primary score, which leaves out documents without salient facts, F1 None)."""
     from speechsum.evaluation.facts import score_item
 
-    return score_item(item, summary)["f1"]
-
-
-def dev_fact_f1(model, items: list[dict], max_new_tokens: int, batch_size: int) -> float:
-    """Mean fact F1 of the model's greedy summaries of `items` (the selection score of `select`)."""
     scores = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         with torch.no_grad():
             prompts = model.audio_items(item_frames(model, chunk), [r["instruction"] for r in chunk])
         gens = model.generate_items(prompts, max_new_tokens=max_new_tokens, do_sample=False)
-        scores += [dev_item_f1(r, g.text) for r, g in zip(chunk, gens)]
+        scores += [score_item(r, g.text)["f1"] for r, g in zip(chunk, gens)]
     scores = [x for x in scores if x is not None]
     return sum(scores) / len(scores) if scores else 0.0
 
