@@ -106,3 +106,41 @@ def test_align_config_refuses_an_objective_of_nothing():
         align.AlignConfig(lm_weight=0.0)
     with pytest.raises(ValueError, match="ctc_temperature"):
         align.AlignConfig(ctc_weight=1.0, ctc_temperature=0.0)
+
+
+class _ScriptedChat:
+    """A chat backend answering "answer to <text>"; raises once it has answered `fail_after` requests."""
+
+    identity = "scripted"
+
+    def __init__(self, fail_after=None):
+        self.fail_after, self.asked = fail_after, []
+
+    def chat(self, conversations, max_new_tokens=256, temperature=0.0, batch_size=8, seed=0):
+        if self.fail_after is not None and len(self.asked) + len(conversations) > self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.asked += [c[0]["content"] for c in conversations]
+        return [f"```\nanswer to {c[0]['content'].split(chr(10))[0]}\n```" for c in conversations]
+
+
+def test_behaviour_targets_are_cached_batch_by_batch_and_kept_as_written(tmp_path):
+    """A run killed while the teacher writes targets keeps every finished batch; the rerun asks only
+    for the rest, and the targets are the teacher's answers as written (no clean-up)."""
+    from speechsum.models.text_lm import CachedChat
+
+    items = [dict(_item(), doc_id=f"d{i}") for i in range(6)]
+    for i, item in enumerate(items):  # six different transcripts, so no two requests are the same
+        item["sentences"] = [dict(s, text=f"{s['text']} of team {i}") for s in item["sentences"]]
+    cfg = align.AlignConfig(examples_per_doc=1, tasks=["one_line"], max_sentences=2)
+    examples = align.make_examples(items, cfg, 0)
+    killed = CachedChat(_ScriptedChat(fail_after=4), tmp_path / "cache")
+    try:
+        align.fill_targets(examples, killed, batch_size=2)
+        raise AssertionError("the scripted teacher should have been killed")
+    except KeyboardInterrupt:
+        pass
+    assert len(killed.backend.asked) == 4
+    rerun = CachedChat(_ScriptedChat(), tmp_path / "cache")
+    align.fill_targets(examples, rerun, batch_size=2)
+    assert len(rerun.backend.asked) == 2  # the 4 answered before the kill came from the cache
+    assert all(ex.target == f"```\nanswer to {ex.text}\n```" for ex in examples)

@@ -1,5 +1,5 @@
 """2 CPU ranks (gloo, through `accelerate launch`) give the same result as 1 rank with the same
-global batch, for SFT, KD and DPO."""
+global batch, for align, SFT, KD and DPO."""
 
 import json
 import os
@@ -80,6 +80,17 @@ def _vary_target_lengths(data) -> None:
 def test_two_ranks_equal_one_rank(tmp_path, tiny_data):
     one, two = _one_and_two_ranks(tmp_path, tiny_data, "sft")
     _assert_same(one, two, "loss")
+
+
+@pytest.mark.slow
+def test_align_two_ranks_equal_one_rank(tmp_path, tiny_data):
+    # behaviour targets from the student's own LLM (rank 0 writes them into the data's cache first,
+    # the other rank reads them) plus the feature term; the connector alone trains. The feature term
+    # is a mean over each micro-batch's audio spans, so one audio span per example (one sentence, no
+    # interleaving) makes 2 ranks x 1 example the same average as 1 rank x 2 examples
+    one, two = _one_and_two_ranks(tmp_path, tiny_data, "align", examples_per_doc=2, feature_weight=0.5,
+                                  max_sentences=1, interleave_prob=0.0, tasks=["transcribe", "title"])
+    _assert_same(one, two, "loss", "feature")
 
 
 @pytest.mark.slow

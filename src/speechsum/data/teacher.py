@@ -294,9 +294,10 @@ def open_teacher(spec: str, cache_dir: str | Path):
 
 
 def ask(chat, conversations: list[Conversation], max_new_tokens: int, batch: int = 8, desc: str = "teacher",
-        progress: bool = True) -> list[str]:
+        progress: bool = True, clean: bool = True) -> list[str]:
     """Answers in order. A local model gets length-sorted batches; an endpoint gets `batch`
-    concurrent requests. Each answer is cached as soon as its batch is done."""
+    concurrent requests. Each answer is cached as soon as its batch is done, so a killed run keeps
+    what it paid for. `clean`: strip code fences and a preamble line (`clean_answer`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -321,7 +322,7 @@ def ask(chat, conversations: list[Conversation], max_new_tokens: int, batch: int
                 bar.update(len(idx))
     finally:
         bar.close()
-    return [clean_answer(t) for t in out]
+    return [clean_answer(t) for t in out] if clean else out
 
 
 def write_llm_documents(chat, requests: list[DocRequest], *, items_per_doc: dict[str, int],

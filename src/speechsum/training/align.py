@@ -141,7 +141,12 @@ def make_examples(items: list[dict], cfg: AlignConfig, seed: int) -> list[Exampl
 
 
 def fill_targets(examples: list[Example], teacher, log=None, batch_size: int = 32) -> None:
-    """Behaviour targets: the teacher's answer to the task prompt on the span's transcript."""
+    """Behaviour targets: the teacher's answer to the task prompt on the span's transcript, as it
+    wrote it (MTBI imitates the behaviour). Each batch's answers are cached as soon as they are
+    written, with a progress bar when `log` is set (the reference preset's ~36k answers of
+    Qwen2.5-0.5B take hours on CPU; a killed run resumes from the cache)."""
+    from speechsum.data.teacher import ask
+
     by_task: dict[str, list[Example]] = {}
     for ex in examples:
         if ex.task == "transcribe":
@@ -152,7 +157,9 @@ def fill_targets(examples: list[Example], teacher, log=None, batch_size: int = 3
         prompt, max_new = TASKS[task]
         t = time.time()
         convs = [[{"role": "user", "content": f"{ex.text}\n\n{prompt}"}] for ex in exs]
-        for ex, answer in zip(exs, teacher.chat(convs, max_new_tokens=max_new, batch_size=batch_size)):
+        answers = ask(teacher, convs, max_new, batch=batch_size, desc=f"align targets ({task})",
+                      progress=log is not None, clean=False)
+        for ex, answer in zip(exs, answers):
             ex.target = answer.strip() or ex.text  # an empty answer would teach silence
         if log:
             log(f"align: {len(exs)} '{task}' targets in {time.time() - t:.0f} s")
@@ -253,7 +260,8 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
     else:  # MTBI: the student's own LLM reading the transcript (LoRA off: the frozen base)
         teacher = CachedChat(TextLM(model.base_llm, model.tokenizer, identity=f"local:{cfg.model.llm}"), cache_dir)
     if cfg.lm_weight > 0:  # CTC/feature-only pre-alignment needs no behaviour targets
-        with torch.no_grad(), _adapters_off(model):
+        # rank 0 writes the targets into the shared cache first; the other ranks then read them
+        with acc.main_process_first(), torch.no_grad(), _adapters_off(model):
             fill_targets(examples, teacher, log if run.main else None, cfg.teacher_batch_size)
     if cfg.ctc_weight > 0:
         blank_id(model.tokenizer, cfg.ctc_blank)  # fail before any work
@@ -304,6 +312,11 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
         run.step += 1
         loss_sum = common.all_reduce_sum(acc, loss_sum)
         tokens = int(common.all_reduce_sum(acc, tokens))
+        # the feature and CTC terms are means over each micro-batch's spans, averaged over micro-batches
+        # and (by DDP) over ranks: logged as that same average, not as rank 0's share
+        feat_sum = common.all_reduce_sum(acc, feat_sum) / acc.num_processes
+        ctc_sum = common.all_reduce_sum(acc, ctc_sum) / acc.num_processes
+        ctc_spans = int(common.all_reduce_sum(acc, ctc_spans))
         dt = time.time() - t0
         if common.should_log(run):
             run.metrics.log(run.step, loss=loss_sum, feature=feat_sum, ctc=ctc_sum, ctc_spans=ctc_spans, lr=lr,
