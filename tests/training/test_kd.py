@@ -41,6 +41,23 @@ def test_teacher_positions_are_the_completion_tokens(teacher):
         torch.testing.assert_close(scores.logp[scores.rows == b], _manual(teacher, t, i, c), atol=1e-5, rtol=1e-5)
 
 
+def test_teacher_with_bf16_weights_keeps_an_fp32_head_and_the_same_scores(tiny_dir, teacher):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_dir / "tiny-llm"
+    fp32_head = AutoModelForCausalLM.from_pretrained(path).get_output_embeddings().weight.detach().clone()
+    half = LocalTeacher(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), "be faithful",
+                        bf16_weights=True)
+    assert {p.dtype for p in half.llm.parameters()} == {torch.bfloat16}  # the decoder is stored in bf16
+    assert half.head_weight.dtype == torch.float32 and torch.equal(half.head_weight, fp32_head)  # copied before the cast
+    autocast = LocalTeacher(teacher.llm, teacher.tokenizer, "be faithful", bf16=True)
+    a = autocast.score(TRANSCRIPTS, INSTR, COMPLETIONS)
+    b = half.score(TRANSCRIPTS, INSTR, COMPLETIONS)
+    assert b.logp.dtype == torch.float32 and torch.equal(a.rows, b.rows)
+    # the same model up to bf16 rounding of the residual stream (autocast keeps it in fp32)
+    torch.testing.assert_close(b.logp.exp(), a.logp.exp(), atol=2e-3, rtol=0)
+
+
 def test_student_and_teacher_rows_line_up_for_left_and_right_padding(tiny_model, teacher):
     frames = tiny_model.encode_audio([torch.randn(16000).numpy(), torch.randn(40000).numpy(),
                                       torch.randn(24000).numpy()])

@@ -49,23 +49,33 @@ def teacher_prompt_ids(tokenizer, system_prompt: str, transcript: str, instructi
 
 
 class LocalTeacher:
-    def __init__(self, llm, tokenizer, system_prompt: str, name: str = "local", bf16: bool = False):
+    def __init__(self, llm, tokenizer, system_prompt: str, name: str = "local", bf16: bool = False,
+                 bf16_weights: bool = False):
         self.llm = llm.eval()
         # the decoder under bf16 autocast (the prefill of transcript + completion is the cost);
         # the LM head in fp32, so the KD targets keep fp32 logits (bf16 rounds a logit of 20 to 0.125)
-        self.bf16 = bf16
+        self.bf16 = bf16 or bf16_weights
         for p in self.llm.parameters():
             p.requires_grad_(False)
+        head = self.llm.get_output_embeddings()
+        self.head_weight = head.weight.detach().float().clone() if bf16_weights else head.weight
+        self.head_bias = None if getattr(head, "bias", None) is None else head.bias.detach().float()
+        if bf16_weights:  # stored in bf16: half the memory, and autocast has nothing to cast per step
+            self.llm.to(torch.bfloat16)
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.name = name
 
     @classmethod
-    def from_pretrained(cls, model: str, system_prompt: str, dtype=torch.float32, bf16: bool = False) -> "LocalTeacher":
+    def from_pretrained(cls, model: str, system_prompt: str, dtype=torch.float32, bf16: bool = False,
+                        bf16_weights: bool = False) -> "LocalTeacher":
+        """`bf16`: the decoder runs under bf16 autocast; `bf16_weights`: the weights are loaded
+        straight into bf16 (no fp32 copy is ever resident) and the LM head multiplies in fp32 by an
+        fp32 copy of its bf16 weights."""
         from speechsum.models.text_lm import load_causal_lm
 
-        llm, tok = load_causal_lm(model, dtype)
-        return cls(llm, tok, system_prompt, name=model, bf16=bf16)
+        llm, tok = load_causal_lm(model, torch.bfloat16 if bf16_weights else dtype)
+        return cls(llm, tok, system_prompt, name=model, bf16=bf16, bf16_weights=bf16_weights)
 
     @torch.no_grad()
     def score(self, transcripts: list[str], instructions: list[str], completions: list[list[int]]) -> TeacherScores:
@@ -85,7 +95,7 @@ class LocalTeacher:
         for b, (p, c) in enumerate(zip(prompts, completions)):
             sel[b, len(p) - 1 : len(p) - 1 + len(c)] = True
         rows = torch.arange(len(seqs))[:, None].expand_as(sel)[sel]
-        logits = self.llm.get_output_embeddings()(hidden[sel.to(device)].float()).float()
+        logits = torch.nn.functional.linear(hidden[sel.to(device)].float(), self.head_weight, self.head_bias)
         return TeacherScores(rows=rows, logp=torch.log_softmax(logits, -1))
 
 
