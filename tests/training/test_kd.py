@@ -58,6 +58,13 @@ def test_teacher_with_bf16_weights_keeps_an_fp32_head_and_the_same_scores(tiny_d
     torch.testing.assert_close(b.logp.exp(), a.logp.exp(), atol=2e-3, rtol=0)
 
 
+def test_teacher_weights_is_refused_for_an_endpoint_teacher():
+    from speechsum.training.kd import KDConfig
+
+    with pytest.raises(ValueError, match="teacher_weights='bf16'.*endpoint"):
+        KDConfig(teacher="openai:http://127.0.0.1:8000/v1#qwen", teacher_weights="bf16")
+
+
 def test_student_and_teacher_rows_line_up_for_left_and_right_padding(tiny_model, teacher):
     frames = tiny_model.encode_audio([torch.randn(16000).numpy(), torch.randn(40000).numpy(),
                                       torch.randn(24000).numpy()])

@@ -40,9 +40,9 @@ class KDConfig:
     teacher_top_k: int = 20
     """Remote teacher only: top-k log-probs per position (the rest is one tail bucket)."""
     teacher_weights: Literal["fp32", "bf16"] = "fp32"
-    """Local teacher: how its decoder's weights are stored. bf16 halves the teacher's memory (the
-    reference preset's Qwen2.5-1.5B: 7.1 -> 3.6 GB, and no autocast copy of them per step); its LM
-    head stays fp32 either way. fp32: the weights as loaded, the decoder under bf16 autocast when
+    """Local teacher: how its weights are stored. bf16 halves the teacher's memory (the reference
+    preset's Qwen2.5-1.5B: 7.1 -> 3.6 GB, and no autocast copy of them per step); its LM head
+    multiplies in fp32 either way. fp32: the weights as loaded, the decoder under bf16 autocast when
     `loop.bf16` (the tiny preset)."""
     teacher_system_prompt: str = ""
     """System message of the teacher's prompt ('' = the student's own system prompt, which is also
@@ -67,9 +67,13 @@ class KDConfig:
             raise ValueError("lam and beta must be in [0, 1]")
         if self.temperature <= 0 or self.sample_temperature <= 0:
             raise ValueError("temperatures must be > 0")
+        if self.teacher_weights != "fp32" and self.teacher.startswith("openai:"):
+            raise ValueError(f"teacher_weights={self.teacher_weights!r} sets how a local teacher is stored; "
+                             f"{self.teacher} is an endpoint (leave teacher_weights at fp32)")
 
 
-def build_teacher(cfg: KDConfig, model, log=None):
+def build_teacher(cfg: KDConfig, model, log=None, device="cpu"):
+    """The KD teacher; a local one is placed on `device` (the training accelerator's)."""
     from speechsum.training.teachers import LocalTeacher, RemoteTeacher, check_same_vocabulary
 
     system_prompt = cfg.teacher_system_prompt or model.config.system_prompt
@@ -79,7 +83,7 @@ def build_teacher(cfg: KDConfig, model, log=None):
             raise ValueError(f"teacher={cfg.teacher}: expected openai:BASE_URL#MODEL")
         return RemoteTeacher(url, name, model.tokenizer, system_prompt, cfg.teacher_top_k)
     teacher = LocalTeacher.from_pretrained(cfg.teacher, system_prompt, bf16=cfg.loop.bf16,
-                                           bf16_weights=cfg.teacher_weights == "bf16")
+                                           bf16_weights=cfg.teacher_weights == "bf16").to(device)
     check_same_vocabulary(model.tokenizer, teacher.tokenizer, model.config.llm, cfg.teacher)
     if log:
         log(f"kd: teacher {cfg.teacher} (local, {sum(p.numel() for p in teacher.llm.parameters()) / 1e6:.0f}M)")
@@ -120,7 +124,7 @@ def train(cfg: KDConfig, resume: bool = False, log=print) -> Path:
     # --- model, teacher, optimizer
     run = common.start_run(cfg, log)
     model, acc, opt = run.model, run.acc, run.opt
-    teacher = build_teacher(cfg, model, log if run.main else None)
+    teacher = build_teacher(cfg, model, log if run.main else None, acc.device)
 
     # --- data
     train_items = load_items(cfg.data, cfg.data.train_split)
@@ -146,6 +150,7 @@ def train(cfg: KDConfig, resume: bool = False, log=print) -> Path:
             completions, dt_sample = completions_for(model, frames, mb, on_policy, cfg, gen)
             t = time.time()
             scores = teacher.score([r["transcript"] for r in mb], [r["instruction"] for r in mb], completions)
+            scores = scores.to(acc.device)
             t_teacher += time.time() - t
             t_sample += dt_sample
             n_on += on_policy

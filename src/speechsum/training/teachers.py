@@ -26,6 +26,11 @@ class TeacherScores:
     topk_ids: torch.Tensor | None = None  # N, K (remote teacher)
     topk_logp: torch.Tensor | None = None  # N, K
 
+    def to(self, device) -> "TeacherScores":
+        """The scores where the student's logits are (a remote teacher's arrive on the CPU)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return TeacherScores(move(self.rows), move(self.logp), move(self.topk_ids), move(self.topk_logp))
+
 
 class VocabularyMismatch(ValueError):
     pass
@@ -70,12 +75,18 @@ class LocalTeacher:
     def from_pretrained(cls, model: str, system_prompt: str, dtype=torch.float32, bf16: bool = False,
                         bf16_weights: bool = False) -> "LocalTeacher":
         """`bf16`: the decoder runs under bf16 autocast; `bf16_weights`: the weights are loaded
-        straight into bf16 (no fp32 copy is ever resident) and the LM head multiplies in fp32 by an
-        fp32 copy of its bf16 weights."""
+        into bf16 and the LM head multiplies in fp32 by an fp32 copy of its bf16 weights."""
         from speechsum.models.text_lm import load_causal_lm
 
         llm, tok = load_causal_lm(model, torch.bfloat16 if bf16_weights else dtype)
         return cls(llm, tok, system_prompt, name=model, bf16=bf16, bf16_weights=bf16_weights)
+
+    def to(self, device) -> "LocalTeacher":
+        """Put the teacher (decoder and its fp32 head) on `device`, e.g. the training accelerator's."""
+        self.llm.to(device)
+        self.head_weight = self.head_weight.to(device)  # the head's own parameter (fp32 path) has moved already
+        self.head_bias = None if self.head_bias is None else self.head_bias.to(device)
+        return self
 
     @torch.no_grad()
     def score(self, transcripts: list[str], instructions: list[str], completions: list[list[int]]) -> TeacherScores:
