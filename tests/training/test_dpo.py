@@ -1,6 +1,7 @@
 """DPO: judges (facts, position-swapped LLM), the preference file, and a short run."""
 
 import json
+import math
 
 import pytest
 
@@ -355,6 +356,24 @@ def test_pairs_per_item_ranks_an_items_pairs_by_score_gap():
         dpo.DPOConfig(pairs_per_item=0)
     with pytest.raises(ValueError, match="pairs_per_item > 1 .* judge='llm'"):
         dpo.DPOConfig(judge="llm", pairs_per_item=2)
+
+
+def test_stop_guard_adds_the_chosen_sides_early_stop_cost_to_dpo(tmp_path, tiny_data, monkeypatch):
+    """At step 1 the policy is the reference, so DPO's loss is log 2 and the guard adds weight x
+    the chosen tokens' mean -log(1 - p(end of turn)): positive, and linear in the weight."""
+    monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
+    dpo.train(_cfg(tmp_path / "pairs", tiny_data), log=lambda *a: None)
+    first_loss = {}
+    for w in (0.0, 1.0, 2.0):
+        cfg = _cfg(tmp_path / f"w{w}", tiny_data, pairs=str(tmp_path / "pairs" / "run" / "preferences.jsonl"), stop_guard=w)
+        cfg.loop.max_steps = 1
+        dpo.train(cfg, log=lambda *a: None)
+        first_loss[w] = json.loads((tmp_path / f"w{w}" / "run" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert abs(first_loss[0.0] - math.log(2)) < 1e-3
+    guard = first_loss[1.0] - first_loss[0.0]
+    assert guard > 0 and abs((first_loss[2.0] - first_loss[0.0]) - 2 * guard) < 1e-4
+    with pytest.raises(ValueError, match="stop_guard"):
+        dpo.DPOConfig(stop_guard=-1.0)
 
 
 def test_dpo_pairs_per_item_trains_on_every_recorded_pair(tmp_path, tiny_data, monkeypatch):

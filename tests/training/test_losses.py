@@ -185,3 +185,25 @@ def test_embedding_ctc_gathered_classes_equal_full_vocabulary_ctc():
                       torch.tensor([4, 2]), blank=0, reduction="mean")
     assert used == 2 and math.isclose(got.item(), full.item(), rel_tol=1e-5)
 
+
+
+def test_early_stop_unlikelihood_golden():
+    from speechsum.training.losses import early_stop_unlikelihood
+
+    stop = 2
+    # three positions over a vocabulary of 3: p(stop) = 0.5 where the answer goes on, ~1/3 at a
+    # uniform position, and the last position's target IS the stop token (not counted)
+    logits = torch.tensor([[0.0, 0.0, math.log(2.0)],   # p = [.25, .25, .5]
+                           [1.0, 1.0, 1.0],             # p(stop) = 1/3
+                           [0.0, 0.0, 5.0]])            # target = stop: left out
+    targets = torch.tensor([0, 1, stop])
+    want = -math.log(1 - 0.5) - math.log(1 - 1 / 3)
+    assert math.isclose(early_stop_unlikelihood(logits, targets, stop).item(), want, rel_tol=1e-6)
+    # finite as p(stop) -> 1, and its gradient lowers the stop logit only
+    x = torch.tensor([[0.0, 0.0, 40.0]], requires_grad=True)
+    v = early_stop_unlikelihood(x, torch.tensor([0]), stop)
+    v.backward()
+    assert math.isfinite(v.item()) and math.isclose(v.item(), 40.0 - math.log(2.0), rel_tol=1e-4)
+    assert x.grad[0, stop] > 0 and (x.grad[0, :stop] < 0).all()  # descent moves mass off the stop token
+    # nothing to count: zero
+    assert early_stop_unlikelihood(logits[2:], targets[2:], stop).item() == 0.0

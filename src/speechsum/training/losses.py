@@ -186,3 +186,16 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
         margin = margin - beta * positive * (-chosen_ratio).clamp(min=0)
     loss = -F.logsigmoid(margin).mean()
     return loss, chosen_reward.detach(), rejected_reward.detach()
+
+
+def early_stop_unlikelihood(logits: torch.Tensor, targets: torch.Tensor, stop_id: int) -> torch.Tensor:
+    """Sum over the positions whose target is not `stop_id` of -log(1 - p(stop_id)): the cost of
+    the model wanting to end the answer where the sequence goes on (unlikelihood, Welleck et al.
+    2020, on the one token). logits [N, V], targets [N]. Computed as logsumexp(all) -
+    logsumexp(all but stop_id), which stays finite as p(stop_id) -> 1."""
+    inside = targets != stop_id
+    z = logits[inside].float()
+    rest = z.clone()
+    rest[:, stop_id] = float("-inf")
+    return (torch.logsumexp(z, -1) - torch.logsumexp(rest, -1)).sum()
+
