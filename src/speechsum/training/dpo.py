@@ -635,17 +635,18 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
                         torch.tensor([len(r["pair"]["rejected_ids"]) for r in mb], dtype=torch.float32)
                         ) if cfg.length_normalize else (None, None)
                 loss, rc, rr = dpo_loss(seq[:p], seq[p:], ref_c, ref_r, cfg.beta, *lens, positive=cfg.dpop_lambda)
-                if cfg.sft_weight > 0:
-                    # chosen tokens differ per rank: sum here / all ranks' chosen tokens, x ranks (DDP averages)
+                if cfg.sft_weight > 0 or cfg.stop_guard > 0:
+                    # per-token terms on the chosen side; chosen tokens differ per rank: sum here / all
+                    # ranks' chosen tokens, x ranks (DDP averages)
                     chosen_rows = out.rows < p
                     n_chosen = common.all_reduce_sum(acc, int(chosen_rows.sum()))
-                    ce = token_cross_entropy(out.logits[chosen_rows], out.targets[chosen_rows], reduction="sum")
-                    loss = loss + cfg.sft_weight * ce / n_chosen * acc.num_processes
-                if cfg.stop_guard > 0:
-                    chosen_rows = out.rows < p
-                    n_chosen = common.all_reduce_sum(acc, int(chosen_rows.sum()))
-                    ul = early_stop_unlikelihood(out.logits[chosen_rows], out.targets[chosen_rows], model.end_of_turn_id)
-                    loss = loss + cfg.stop_guard * ul / n_chosen * acc.num_processes
+                    logits_c, targets_c = out.logits[chosen_rows], out.targets[chosen_rows]
+                    if cfg.sft_weight > 0:
+                        ce = token_cross_entropy(logits_c, targets_c, reduction="sum")
+                        loss = loss + cfg.sft_weight * ce / n_chosen * acc.num_processes
+                    if cfg.stop_guard > 0:
+                        ul = early_stop_unlikelihood(logits_c, targets_c, model.end_of_turn_id)
+                        loss = loss + cfg.stop_guard * ul / n_chosen * acc.num_processes
                 loss = loss / cfg.optim.grad_accum
                 common.check_finite(loss, run.step, [r["id"] for r in mb])
                 acc.backward(loss)
