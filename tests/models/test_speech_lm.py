@@ -396,3 +396,27 @@ def test_frozen_connector_readout_is_cached_per_clip_and_never_stale(tiny_dir):
     assert any(p.requires_grad for p in model.projector.parameters())
     out = model.project(clips[:1])
     assert out[0].requires_grad and len(calls) == 6
+
+
+def test_project_and_build_batch_put_everything_on_the_models_device(tiny_model, clips):
+    """On a GPU the frames (read from the on-disk cache) and the ids and masks (written on the CPU)
+    start on another device than the model: `project` and `build_batch` move them. Checked with the
+    model on the meta device, where a CPU tensor mixed with the model's weights is an error and
+    every tensor a batch carries must come out on meta."""
+    frames = tiny_model.encode_audio(clips[:2])
+    assert all(f.device.type == "cpu" for f in frames)
+    tiny_model.to("meta")
+    assert tiny_model.device.type == "meta"
+    assert all(e.device.type == "meta" for e in tiny_model.project(frames, readout=False))
+    batch = tiny_model.build_batch(tiny_model.audio_items(frames, INSTR[:2], TARGETS[:2]))
+    for t in (batch.embeds, batch.attention_mask, batch.position_ids, batch.labels):
+        assert t.device.type == "meta"
+
+
+def test_training_the_encoder_is_refused():
+    """The encoder's frames are computed without gradient and cached: a config asking to train it
+    would have trained nothing there, so it is an error."""
+    from speechsum.models.speech_lm import SpeechLMConfig
+
+    with pytest.raises(ValueError, match="train_encoder"):
+        SpeechLMConfig(train_encoder=True)

@@ -207,3 +207,11 @@ def test_early_stop_unlikelihood_golden():
     assert x.grad[0, stop] > 0 and (x.grad[0, :stop] < 0).all()  # descent moves mass off the stop token
     # nothing to count: zero
     assert early_stop_unlikelihood(logits[2:], targets[2:], stop).item() == 0.0
+
+
+def test_sums_by_row_stay_on_the_inputs_device():
+    """The per-row sums are made where their inputs are (a GPU's token log-probs stay on the GPU)."""
+    from speechsum.training.losses import sequence_logps
+
+    out = sequence_logps(torch.zeros(5, device="meta"), torch.zeros(5, dtype=torch.long, device="meta"), 2)
+    assert out.device.type == "meta" and out.shape == (2,)

@@ -77,10 +77,11 @@ class WhisperEncoder(nn.Module):
         return out.input_features[0]
 
     def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
-        """[B, n_mels, F] -> [B, F/2, C] float32; F may be shorter than 3000 (real-length mode)."""
-        device = "cuda" if feats.is_cuda else "cpu"
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16):
-            return self._forward_features(feats).float()
+        """[B, n_mels, F] -> [B, F/2, C] float32 on the CPU (where the frame cache lives); F may be
+        shorter than 3000 (real-length mode). The features go to the encoder's device."""
+        feats = feats.to(self.encoder.conv1.weight.device)
+        with torch.autocast(feats.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self._forward_features(feats).float().cpu()
 
     def _forward_features(self, feats: torch.Tensor) -> torch.Tensor:
         enc = self.encoder

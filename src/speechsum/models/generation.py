@@ -128,7 +128,9 @@ def stop_token_ids(tokenizer, llm=None) -> list[int]:
 
 def pick_tokens(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0, top_p: float = 1.0,
                 top_k: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Greedy or sampled next tokens [B] from logits [B, V]."""
+    """Greedy or sampled next tokens [B] from logits [B, V]. A sampling `generator` on another
+    device than the logits (the stages' seeded CPU generators, a model on a GPU) draws on its own
+    device, so one seed gives the same tokens wherever the model runs."""
     if not do_sample:
         return logits.argmax(-1)
     logits = logits / max(temperature, 1e-5)
@@ -141,7 +143,10 @@ def pick_tokens(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0,
         drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    probs = logits.softmax(-1)
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 @torch.inference_mode()
@@ -162,13 +167,13 @@ def decode(llm, tokenizer, embeds: torch.Tensor, attention_mask: torch.Tensor, p
     attn = attention_mask
     next_pos = position_ids[:, -1] + 1
     n = len(embeds)
-    active = torch.arange(n)  # original row of each live batch row
+    active = torch.arange(n, device=logits.device)  # original row of each live batch row
     ids_out: list[list[int]] = [[] for _ in range(n)]
     lps_out: list[list[float]] = [[] for _ in range(n)]
     finished = [False] * n
     looped = [False] * n
     units = [RepeatedUnits() for _ in range(n)]
-    stop = torch.tensor(stop_ids)
+    stop = torch.tensor(stop_ids, device=logits.device)
     for step in range(max_new_tokens):
         tok = pick_tokens(logits, do_sample, temperature, top_p, top_k, generator)
         tok_lp = torch.log_softmax(logits, dim=-1).gather(1, tok[:, None])[:, 0]
@@ -189,7 +194,7 @@ def decode(llm, tokenizer, embeds: torch.Tensor, attention_mask: torch.Tensor, p
                                 or (cut := units[orig].push(ids_out[orig], tokenizer.decode)) is not None):
                 del ids_out[orig][cut:], lps_out[orig][cut:]
                 looped[orig] = True
-        live = torch.tensor([not (finished[o] or looped[o]) for o in active.tolist()])
+        live = torch.tensor([not (finished[o] or looped[o]) for o in active.tolist()], device=logits.device)
         if not live.any() or step == max_new_tokens - 1:
             break
         # Dropping finished rows copies every layer's cache: worth it only once a quarter of the

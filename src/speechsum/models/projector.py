@@ -49,7 +49,7 @@ class Projector(nn.Module):
             if pad:
                 frames = nn.functional.pad(frames, (0, 0, 0, pad))  # zero frames at the end
             stacked.append(frames.reshape(-1, c * self.stack))  # T, C -> T/S, C*S
-        x = torch.cat(stacked).to(self.fc1.weight.dtype)
+        x = torch.cat(stacked).to(device=self.fc1.weight.device, dtype=self.fc1.weight.dtype)  # frames may live on the CPU
         x = self.fc2(nn.functional.gelu(self.fc1(self.norm_in(x))))
         lengths = [len(s) for s in stacked]
         if self.context:
@@ -62,7 +62,7 @@ class Projector(nn.Module):
         blocks = [b for clip in x.split(lengths) for b in clip.split(self.block)]
         sizes = [len(b) for b in blocks]
         padded = nn.utils.rnn.pad_sequence(blocks, batch_first=True)  # [B, block, D]
-        pad = torch.arange(padded.shape[1])[None, :] >= torch.tensor(sizes)[:, None]
+        pad = torch.arange(padded.shape[1], device=x.device)[None, :] >= torch.tensor(sizes, device=x.device)[:, None]
         for layer in self.context:
             padded = layer(padded, src_key_padding_mask=pad)
         return torch.cat([b[:n] for b, n in zip(padded, sizes)])

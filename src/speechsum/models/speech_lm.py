@@ -64,7 +64,8 @@ class SpeechLMConfig:
     )
     """Linear layer names that get LoRA adapters."""
     train_encoder: bool = False
-    """Train the Whisper encoder too (off: it is frozen and its outputs can be cached)."""
+    """Must stay off: the Whisper encoder is frozen (its frames are computed without gradient and
+    cached on disk). Kept so that saved model configs that name it still load."""
     train_projector: bool = True
     """Train the projector (off: a connector aligned on hours of speech stays as aligned while a
     small task set trains LoRA, and no gradient flows back through the readout)."""
@@ -90,6 +91,9 @@ class SpeechLMConfig:
             raise ValueError(f"projector_layers must be >= 0, got {self.projector_layers}")
         if self.lora_r < 1:
             raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.train_encoder:
+            raise ValueError("train_encoder: training the Whisper encoder is not supported (its frames are computed "
+                             "without gradient and cached); leave it false")
 
 
 # A segment is token ids or audio embeddings; `target` marks ids that are trained on.
@@ -196,7 +200,7 @@ class SpeechLM(nn.Module):
 
     def _apply_trainability(self) -> None:
         for p in self.encoder.parameters():
-            p.requires_grad_(self.config.train_encoder)
+            p.requires_grad_(False)
         for name, p in self.llm.named_parameters():
             if self.config.llm_training == "full":
                 p.requires_grad_(True)
@@ -211,6 +215,12 @@ class SpeechLM(nn.Module):
     def base_llm(self) -> nn.Module:
         """The causal LM under any peft wrapper (LoRA layers stay injected in it)."""
         return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    @property
+    def device(self) -> torch.device:
+        """Where the LLM (and the batches built for it) live. Encoder frames stay on the CPU (the
+        on-disk cache's side); `project` and `build_batch` move what they make to this device."""
+        return self.base_llm.get_input_embeddings().weight.device
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """Write config JSON + safetensors (projector, LoRA adapter or full LLM); atomic rename."""
@@ -229,9 +239,6 @@ class SpeechLM(nn.Module):
             elif self.config.llm_training == "full":
                 self.base_llm.save_pretrained(tmp / "llm", safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp / "llm")
-            if self.config.train_encoder:
-                save_file({k: v.detach().contiguous() for k, v in self.encoder.encoder.state_dict().items()},
-                          tmp / "encoder.safetensors")
             if out_dir.exists():
                 old = out_dir.with_name(f".{out_dir.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -335,7 +342,7 @@ class SpeechLM(nn.Module):
 
     def encode_audio(self, clips: list[np.ndarray]) -> list[torch.Tensor]:
         """16 kHz samples -> encoder frames [T_i, C] (through the on-disk cache when one is set)."""
-        if self.encoder_cache is not None and not self.config.train_encoder:
+        if self.encoder_cache is not None:
             return self.encoder_cache.encode(self.encoder, clips)
         return self.encoder.encode(clips)
 
@@ -368,7 +375,7 @@ class SpeechLM(nn.Module):
         if state != self._readout_state:  # the connector (or the embeddings) changed: every entry is stale
             self._readout_cache.clear()
             self._readout_state = state
-        keys = [(f.shape, hashlib.blake2b(f.detach().contiguous().view(torch.uint8).numpy(), digest_size=16).digest())
+        keys = [(f.shape, hashlib.blake2b(f.detach().cpu().contiguous().view(torch.uint8).numpy(), digest_size=16).digest())
                 for f in frames]
         todo = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in self._readout_cache}.values())
         if todo:  # plain tensors even inside inference_mode: a later training forward may read them
@@ -491,9 +498,11 @@ class SpeechLM(nn.Module):
                     audio_mask[b, pos : pos + n] = True
                     audio_chunks.append(s.embeds)
                 pos += n
+        dev = emb_layer.weight.device  # built on the CPU (many small writes), moved once
+        ids, labels, audio_mask, attn = ids.to(dev), labels.to(dev), audio_mask.to(dev), attn.to(dev)
         embeds = emb_layer(ids)
         if audio_chunks:
-            embeds = embeds.masked_scatter(audio_mask[..., None], torch.cat(audio_chunks).to(embeds.dtype))
+            embeds = embeds.masked_scatter(audio_mask[..., None], torch.cat(audio_chunks).to(embeds.device, embeds.dtype))
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
         return Batch(embeds, attn, position_ids, labels)
 
@@ -510,7 +519,7 @@ class SpeechLM(nn.Module):
         hidden = self.hidden_states(batch)
         next_labels = batch.labels[:, 1:]  # position t predicts token t+1
         sel = next_labels != -100
-        rows = torch.arange(len(next_labels))[:, None].expand_as(next_labels)[sel]
+        rows = torch.arange(len(next_labels), device=sel.device)[:, None].expand_as(next_labels)[sel]
         logits = self.base_llm.get_output_embeddings()(hidden[:, :-1][sel])
         return TargetLogits(logits.float(), next_labels[sel], rows)
 
@@ -530,8 +539,6 @@ class SpeechLM(nn.Module):
             set_peft_model_state_dict(self.llm, load_file(path / "adapter" / "adapter_model.safetensors"))
         elif self.config.llm_training == "full":
             self.base_llm.load_state_dict(load_file(path / "llm" / "model.safetensors"), strict=False)
-        if self.config.train_encoder:
-            self.encoder.encoder.load_state_dict(load_file(path / "encoder.safetensors"))
 
     # ------------------------------------------------------------------ generation
 

@@ -79,7 +79,10 @@ class TextLM:
             idx = order[s : s + batch_size]
             ids, mask, pos = left_pad([prompts[i] for i in idx], pad)
             with torch.inference_mode():
-                embeds = self.llm.get_input_embeddings()(ids)
+                emb_layer = self.llm.get_input_embeddings()
+                dev = emb_layer.weight.device
+                ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
+                embeds = emb_layer(ids)
             set_int8_decoding(self.llm, self.decode_int8)
             gens = decode(self.llm, self.tokenizer, embeds, mask, pos, self.stop_ids, max_new_tokens,
                           do_sample=temperature > 0, temperature=max(temperature, 1e-5), generator=gen,

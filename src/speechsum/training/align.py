@@ -215,7 +215,7 @@ def feature_term(model, pairs) -> torch.Tensor:
     from speechsum.training.losses import feature_alignment_loss
 
     emb = model.base_llm.get_input_embeddings()
-    text = [emb(torch.tensor(ids)) for _, ids in pairs]
+    text = [emb(torch.tensor(ids, device=emb.weight.device)) for _, ids in pairs]
     return feature_alignment_loss([a for a, _ in pairs], text)
 
 
@@ -286,7 +286,7 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
             mb = common.rank_slice(step_examples, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
             with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
                 items, pairs = segments_for(mb)
-                loss = torch.zeros(())
+                loss = torch.zeros((), device=acc.device)
                 if cfg.lm_weight > 0:
                     out = run.ddp_model(model.build_batch(items))
                     # sum over this rank's tokens / global tokens, x ranks because DDP averages gradients

@@ -576,8 +576,8 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
         model.projector.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("nothing to train: the LLM is frozen and so are the projector and the encoder "
-                         "(set model.llm_training, model.train_projector or model.train_encoder)")
+        raise ValueError("nothing to train: the LLM and the projector are both frozen "
+                         "(set model.llm_training or model.train_projector)")
     return Run(cfg, acc, model, params, build_optimizer(params, cfg.optim), Path(cfg.loop.out_dir), log)
 
 

@@ -627,12 +627,12 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
             with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
                 seq, out = pair_logps(run.ddp_model, model, frames, mb)
                 p = len(mb)
-                ref_c = torch.tensor([r["pair"]["ref_chosen"] for r in mb])
-                ref_r = torch.tensor([r["pair"]["ref_rejected"] for r in mb])
+                ref_c = torch.tensor([r["pair"]["ref_chosen"] for r in mb], device=seq.device)
+                ref_r = torch.tensor([r["pair"]["ref_rejected"] for r in mb], device=seq.device)
                 # a mean over this rank's pairs; every rank has batch_size of them, so DDP's gradient
                 # average is the mean over all ranks' pairs
-                lens = (torch.tensor([len(r["pair"]["chosen_ids"]) for r in mb], dtype=torch.float32),
-                        torch.tensor([len(r["pair"]["rejected_ids"]) for r in mb], dtype=torch.float32)
+                lens = (torch.tensor([len(r["pair"]["chosen_ids"]) for r in mb], dtype=torch.float32, device=seq.device),
+                        torch.tensor([len(r["pair"]["rejected_ids"]) for r in mb], dtype=torch.float32, device=seq.device)
                         ) if cfg.length_normalize else (None, None)
                 loss, rc, rr = dpo_loss(seq[:p], seq[p:], ref_c, ref_r, cfg.beta, *lens, positive=cfg.dpop_lambda)
                 if cfg.sft_weight > 0 or cfg.stop_guard > 0:
@@ -655,7 +655,7 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
                            ("reward_chosen", rc), ("reward_rejected", rr)):
                 sums[key] += v.mean().item() / cfg.optim.grad_accum
             new = torch.tensor(common.rank_slice(fresh, micro, cfg.loop.batch_size, acc.process_index,
-                                                 acc.num_processes), dtype=torch.bool)
+                                                 acc.num_processes), dtype=torch.bool, device=rc.device)
             step_unseen["pairs"] += float(new.sum())
             step_unseen["preferred"] += float((rc > rr)[new].sum())
             step_unseen["margin"] += float((rc - rr)[new].sum())

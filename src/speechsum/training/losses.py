@@ -25,8 +25,8 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, rows: torch
     if reduction == "sequence":
         assert rows is not None, "sequence reduction needs rows"
         n_rows = int(rows.max()) + 1
-        per_row = torch.zeros(n_rows, dtype=nll.dtype).index_add_(0, rows, nll)
-        counts = torch.zeros(n_rows, dtype=nll.dtype).index_add_(0, rows, torch.ones_like(nll))
+        per_row = nll.new_zeros(n_rows).index_add_(0, rows, nll)
+        counts = nll.new_zeros(n_rows).index_add_(0, rows, torch.ones_like(nll))
         return (per_row[counts > 0] / counts[counts > 0]).mean()
     raise ValueError(f"unknown reduction {reduction!r}")
 
@@ -87,7 +87,7 @@ def embedding_ctc_loss(audio: list[torch.Tensor], targets: list[list[int]], embe
     width = max(x.shape[1] for x in small)
     small = [F.pad(x, (0, width - x.shape[1]), value=-1e4) for x in small]  # padding columns are never read
     padded = torch.nn.utils.rnn.pad_sequence(small)  # T, B, max U + 1
-    loss = F.ctc_loss(padded, torch.cat(labels), lengths, torch.tensor([len(t) for _, t in keep]), blank=0,
+    loss = F.ctc_loss(padded, torch.cat(labels).to(padded.device), lengths, torch.tensor([len(t) for _, t in keep]), blank=0,
                       reduction="mean", zero_infinity=True)
     return loss, len(keep)
 
@@ -157,7 +157,7 @@ def topk_buckets(student_logp: torch.Tensor, topk_ids: torch.Tensor,
 
 def sequence_logps(token_logp: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Sum of per-token log-probs [N] into one value per sequence [n_rows]."""
-    return torch.zeros(n_rows, dtype=token_logp.dtype).index_add(0, rows, token_logp)
+    return token_logp.new_zeros(n_rows).index_add(0, rows, token_logp)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
