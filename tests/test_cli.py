@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 from tiny import speech, tiny_speechlm
 
@@ -79,6 +80,22 @@ def test_unknown_style_and_bad_model_are_one_line(tmp_path, capsys):
     assert main(["summarize", str(tmp_path / "a.wav"), "--repeat-stop", "1"]) == 2
     assert capsys.readouterr().err.strip() == (
         "speechsum: error: --repeat-stop=1: expected 0 (off) or a number of copies >= 2")
+    assert main(["summarize", str(tmp_path / "a.wav"), "--device", "gpu0"]) == 2
+    assert capsys.readouterr().err.strip() == "speechsum: error: --device gpu0: not a device (auto, cpu, cuda or cuda:N)"
+    assert main(["summarize", str(tmp_path / "a.wav"), "--device", "meta"]) == 2
+    assert "--device meta: only cpu and cuda are supported" in capsys.readouterr().err
+
+
+def test_device_auto_is_the_cpu_without_a_gpu_and_cuda_is_refused_without_one(monkeypatch):
+    import torch
+
+    from speechsum.cli import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device cuda:0: this machine has no CUDA GPU"):
+        resolve_device("cuda:0")
 
 
 def test_no_traceback_from_the_console_script(tmp_path):

@@ -94,10 +94,34 @@ def load_speechlm(model: str | None):
                             f"with final/{CONFIG_NAME}")
 
 
+def resolve_device(name: str):
+    """`--device`: auto, cpu, cuda or cuda:N -> a torch.device; ValueError with a one-line reason."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA GPU that torch can use (use cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
 def cmd_summarize(args) -> int:
     from speechsum.audio import AudioError
     from speechsum.data.styles import instruction_for, style_names
 
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        error(str(e))
+        return EXIT_USAGE
     if args.instruction is None and args.style not in style_names():
         error(f"--style {args.style}: unknown style (choose from {', '.join(style_names())})")
         return EXIT_USAGE
@@ -134,8 +158,8 @@ def cmd_summarize(args) -> int:
     except (ModelError, FileNotFoundError, ValueError) as e:
         error(str(e))
         return EXIT_USAGE
-    model.eval()
-    model.decode_int8 = args.int8 and model.decode_bf16
+    model.eval().to(device)
+    model.decode_int8 = args.int8 and model.decode_bf16  # int8 weights are used on the CPU only
     from speechsum.models.speech_lm import AudioTooLongError
 
     long = [num_parts(r.num_samples, args.window_seconds) > 1 for r in recs]
@@ -306,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                    help="decode one file at a time with int8 weights where bf16 is native (~1.9x the tokens/s "
                         "here); --no-int8: bf16 weights")
+    s.add_argument("--device", default="auto",
+                   help="where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N")
     s.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
     s.set_defaults(func=cmd_summarize)
     t = sub.add_parser("train", help="run one training stage")
