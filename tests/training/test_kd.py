@@ -65,6 +65,39 @@ def test_teacher_weights_is_refused_for_an_endpoint_teacher():
         KDConfig(teacher="openai:http://127.0.0.1:8000/v1#qwen", teacher_weights="bf16")
 
 
+@pytest.mark.parametrize("divergence,temperature,remote", [("jsd", 1.0, False), ("forward_kl", 2.0, False),
+                                                          ("reverse_kl", 1.0, False), ("jsd", 0.5, True)])
+def test_chunked_kd_loss_is_the_whole_loss_in_value_and_gradient(divergence, temperature, remote):
+    """loss_chunk computes the divergence a few positions at a time (checkpointed): the same loss
+    and the same gradient on the student's logits as all positions at once, for 10 positions in
+    chunks of 3 (the last chunk shorter), with full teacher log-probs and with remote top-k buckets."""
+    from speechsum.training.teachers import TeacherScores
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(10, 50, generator=g).to(torch.bfloat16)
+    t_logp = torch.log_softmax(torch.randn(10, 50, generator=g) * 2, -1)
+    if remote:
+        top = t_logp.topk(5, -1)
+        scores = TeacherScores(rows=torch.zeros(10, dtype=torch.long), topk_ids=top.indices, topk_logp=top.values)
+    else:
+        scores = TeacherScores(rows=torch.zeros(10, dtype=torch.long), logp=t_logp)
+    out = []
+    for chunk in (0, 3):
+        cfg = kd.KDConfig(divergence=divergence, temperature=temperature, loss_chunk=chunk)
+        x = logits.clone().requires_grad_(True)
+        loss = kd.kd_loss(cfg, x, scores)
+        loss.backward()
+        out.append((loss.detach(), x.grad.float()))
+    assert out[0][0] > 0
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-2, atol=1e-6)  # bf16 gradients
+
+
+def test_negative_loss_chunk_is_refused():
+    with pytest.raises(ValueError, match="loss_chunk must be >= 0"):
+        kd.KDConfig(loss_chunk=-1)
+
+
 def test_student_and_teacher_rows_line_up_for_left_and_right_padding(tiny_model, teacher):
     frames = tiny_model.encode_audio([torch.randn(16000).numpy(), torch.randn(40000).numpy(),
                                       torch.randn(24000).numpy()])

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from speechsum.training.losses import feature_alignment_loss, token_cross_entropy
@@ -215,3 +216,19 @@ def test_sums_by_row_stay_on_the_inputs_device():
 
     out = sequence_logps(torch.zeros(5, device="meta"), torch.zeros(5, dtype=torch.long, device="meta"), 2)
     assert out.device.type == "meta" and out.shape == (2,)
+
+
+def test_chunked_row_mean_golden_and_gradient():
+    """Mean of row sums of squares over rows [1, 2, 3, 4, 5] (x 2 columns of the same value):
+    (2 + 8 + 18 + 32 + 50) / 5 = 22, in chunks of 2 (the last one a single row) as in one call,
+    with the same gradient (2x / 5 per element) and a None input passed through."""
+    from speechsum.training.losses import chunked_row_mean
+
+    x = torch.arange(1.0, 6.0)[:, None].repeat(1, 2).requires_grad_(True)
+    fn = lambda a, none: (a**2).sum(-1).mean()  # noqa: E731
+    for chunk in (0, 2, 5, 7):
+        x.grad = None
+        out = chunked_row_mean(fn, [x, None], chunk)
+        out.backward()
+        assert out.item() == pytest.approx(22.0)
+        torch.testing.assert_close(x.grad, 2 * x.detach() / 5)
