@@ -84,12 +84,14 @@ def test_unknown_style_and_bad_model_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "speechsum: error: --device gpu0: not a device (auto, cpu, cuda or cuda:N)"
     assert main(["summarize", str(tmp_path / "a.wav"), "--device", "meta"]) == 2
     assert "--device meta: only cpu and cuda are supported" in capsys.readouterr().err
+    assert main(["eval", "--model", "cascade", "--data", str(tmp_path), "--device", "cuda:x"]) == 2
+    assert "--device cuda:x: not a device" in capsys.readouterr().err
 
 
 def test_device_auto_is_the_cpu_without_a_gpu_and_cuda_is_refused_without_one(monkeypatch):
     import torch
 
-    from speechsum.cli import resolve_device
+    from speechsum.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")

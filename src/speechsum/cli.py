@@ -94,27 +94,9 @@ def load_speechlm(model: str | None):
                             f"with final/{CONFIG_NAME}")
 
 
-def resolve_device(name: str):
-    """`--device`: auto, cpu, cuda or cuda:N -> a torch.device; ValueError with a one-line reason."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name}: not a device (auto, cpu, cuda or cuda:N)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: only cpu and cuda are supported")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: this machine has no CUDA GPU that torch can use (use cpu or auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
-    return device
-
-
 def cmd_summarize(args) -> int:
     from speechsum.audio import AudioError
+    from speechsum.device import resolve_device
     from speechsum.data.styles import instruction_for, style_names
 
     try:
@@ -233,8 +215,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from speechsum.device import resolve_device
     from speechsum.evaluation.run_eval import evaluate, split_pair
 
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        error(str(e))
+        return EXIT_USAGE
     pairs = []
     for spec in args.compare:  # A:B, A and B --model entries (which may hold colons: text:DIR) or lists A1,A2
         pair = split_pair(spec, args.model)
@@ -246,7 +234,7 @@ def cmd_eval(args) -> int:
     try:
         evaluate(args.model, args.data, args.out, llm=args.llm, limit=args.limit, batch_size=args.batch_size,
                  max_new_tokens=args.max_new_tokens, task=args.task, compare=pairs, repeat_stop=args.repeat_stop,
-                 int8=args.int8)
+                 int8=args.int8, device=device)
     except (FileNotFoundError, ValueError) as e:
         error(str(e))
         return EXIT_USAGE
@@ -359,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="transcribe: verbatim transcripts per document, scored with WER and fact recall "
                          "(the alignment gate); readout: the connector's greedy CTC read-out per document, "
                          "no LLM (cascade: the whisper transcript)")
+    ev.add_argument("--device", default="auto",
+                    help="as summarize's: where the SpeechLMs and text LLMs decode (the cascade's whisper stays on the CPU)")
     ev.add_argument("--compare", nargs="*", default=[], metavar="A:B",
                     help="paired differences B - A of the fact scores with bootstrap intervals (A, B: --model entries, "
                          "or comma-separated lists of them, e.g. one stage trained with several seeds: each item's "

@@ -259,6 +259,7 @@ def stage_comparisons(systems: list[str]) -> list[tuple[str, str]]:
 def run_eval_stage(cfg: PipelineConfig, data: Path, out: Path, folders: dict[str, str], log) -> None:
     import json
 
+    from speechsum.device import resolve_device
     from speechsum.evaluation.run_eval import decoding_settings, evaluate, system_names
 
     specs = eval_system_specs(cfg.eval.systems, folders)
@@ -278,4 +279,4 @@ def run_eval_stage(cfg: PipelineConfig, data: Path, out: Path, folders: dict[str
     evaluate(specs, str(data / "test"), out=str(out / "eval"), limit=cfg.eval.limit,
              batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
              embeddings=cfg.eval.embeddings, compare=compare, repeat_stop=cfg.eval.repeat_stop, int8=cfg.eval.int8,
-             log=log)
+             device=resolve_device("auto"), log=log)  # the GPU the stages trained on, when there is one

@@ -79,7 +79,8 @@ def system_names(specs: list[str]) -> list[str]:
 
 
 def generate_speechlm(spec: str, items: list[dict], batch_size: int, max_new_tokens: int, log,
-                      readout: bool = False, repeat_stop: int = 0, int8: bool = True) -> tuple[list[str], str]:
+                      readout: bool = False, repeat_stop: int = 0, int8: bool = True,
+                      device: str | torch.device = "cpu") -> tuple[list[str], str]:
     """Summaries from audio by a SpeechLM folder / run folder / 'untrained'; returns (texts, llm).
     `readout`: the connector's greedy CTC read-out of each clip instead (no LLM generation).
     `int8`: batch-1 decoding steps use int8 weights where bf16 is native (precision.py)."""
@@ -89,7 +90,7 @@ def generate_speechlm(spec: str, items: list[dict], batch_size: int, max_new_tok
     from speechsum.training.common import resolve_init
 
     model = SpeechLM.from_config(SpeechLMConfig()) if spec == "untrained" else SpeechLM.from_pretrained(resolve_init(spec))
-    model.eval()
+    model.eval().to(device)
     model.decode_int8 = int8 and model.decode_bf16
     model.readout_cache_mb = 256  # a document's clip is read once for all its instructions
     cache_root = Path(items[0]["audio_path"]).parents[2] / "encoder_cache" if items else None
@@ -148,7 +149,8 @@ def transcript_conversations(transcripts: list[str], instructions: list[str], sy
 
 
 def generate_text(llm: str, transcripts: list[str], items: list[dict], batch_size: int, max_new_tokens: int,
-                  system_prompt: str, repeat_stop: int = 0, int8: bool = True) -> list[str]:
+                  system_prompt: str, repeat_stop: int = 0, int8: bool = True,
+                  device: str | torch.device = "cpu") -> list[str]:
     """The LLM reading a transcript with the same system prompt and instruction as the SpeechLM
     (`int8`: as the SpeechLM's batch-1 decoding steps, precision.py)."""
     from speechsum.models.text_lm import TextLM
@@ -157,6 +159,7 @@ def generate_text(llm: str, transcripts: list[str], items: list[dict], batch_siz
 
     # bf16 weights where native: decoding is memory-bound (the SpeechLMs decode with a bf16 copy too)
     lm = TextLM.from_pretrained(llm, dtype=torch.bfloat16 if bf16_native() else torch.float32)
+    lm.llm.to(device)
     lm.decode_int8 = int8
     convs = transcript_conversations(transcripts, [r["instruction"] for r in items], system_prompt)
     return lm.chat(convs, max_new_tokens=max_new_tokens, batch_size=batch_size, repeat_stop=repeat_stop)
@@ -480,7 +483,7 @@ def as_transcription(items: list[dict]) -> list[dict]:
 def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | None = None, limit: int = 0,
              batch_size: int = 16, max_new_tokens: int = 128, embeddings: bool = True, task: str = "summarize",
              compare: list[tuple] | None = None, repeat_stop: int = 3, int8: bool = True,
-             log=print) -> dict:
+             device: str | torch.device = "cpu", log=print) -> dict:
     """Run and score every system; `compare` pairs (a, b) of system specs (or of lists of specs:
     one stage's runs with several seeds, averaged per item) get paired differences b - a of the
     fact scores (`paired_deltas`: is b better than a on the same items?); task 'transcribe' asks each document for a verbatim transcript
@@ -489,7 +492,8 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
     decodes greedily with the same `repeat_stop` as `summarize` (a looping answer stops at its
     first copy, an answer repeating a sentence or line before that sentence; 0: off; recorded with
     its `loop_rule`) and the same `int8` (a single row's decoding steps multiply by int8 weights
-    where bf16 is native, as `summarize` does; precision.py), both recorded in metrics.json."""
+    where bf16 is native, as `summarize` does; precision.py), both recorded in metrics.json.
+    `device`: where the SpeechLMs and text LLMs run (the cascade's faster-whisper runs on the CPU)."""
     from speechsum.evaluation.wer import wer
     from speechsum.models.generation import check_repeat_stop
     from speechsum.models.speech_lm import SpeechLMConfig
@@ -522,14 +526,14 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
         if spec == "cascade":
             asr = asr if asr is not None else asr_transcripts(items)
             preds = asr if task == "readout" else generate_text(llm or first_llm or SpeechLMConfig().llm, asr, items, batch_size, max_new_tokens,
-                                  SpeechLMConfig().system_prompt, repeat_stop, int8)
+                                  SpeechLMConfig().system_prompt, repeat_stop, int8, device)
         elif spec == "text-teacher" or spec.startswith("text:"):
             text_llm = spec.removeprefix("text:") if spec.startswith("text:") else llm or first_llm or SpeechLMConfig().llm
             preds = generate_text(text_llm, [r["transcript"] for r in items], items, batch_size, max_new_tokens,
-                                  SpeechLMConfig().system_prompt, repeat_stop, int8)
+                                  SpeechLMConfig().system_prompt, repeat_stop, int8, device)
         else:
             preds, used_llm = generate_speechlm(spec, items, batch_size, max_new_tokens, log, readout=task == "readout",
-                                                repeat_stop=repeat_stop, int8=int8)
+                                                repeat_stop=repeat_stop, int8=int8, device=device)
             first_llm = first_llm or used_llm
         dt = time.time() - t
         name = name_of[spec]
