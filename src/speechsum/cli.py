@@ -96,8 +96,8 @@ def load_speechlm(model: str | None):
 
 def cmd_summarize(args) -> int:
     from speechsum.audio import AudioError
-    from speechsum.device import resolve_device
     from speechsum.data.styles import instruction_for, style_names
+    from speechsum.device import resolve_device
 
     try:
         device = resolve_device(args.device)

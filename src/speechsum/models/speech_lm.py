@@ -498,7 +498,7 @@ class SpeechLM(nn.Module):
                     audio_mask[b, pos : pos + n] = True
                     audio_chunks.append(s.embeds)
                 pos += n
-        dev = emb_layer.weight.device  # built on the CPU (many small writes), moved once
+        dev = self.device  # built on the CPU (many small writes), moved once
         ids, labels, audio_mask, attn = ids.to(dev), labels.to(dev), audio_mask.to(dev), attn.to(dev)
         embeds = emb_layer(ids)
         if audio_chunks:
