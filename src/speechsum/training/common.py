@@ -174,7 +174,10 @@ def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
     np_state = np.random.get_state()
     js = {"python": [py[0], list(py[1]), py[2]],
           "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
-    return js, {"torch": torch.get_rng_state()}
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():  # dropout on a GPU draws from the device's generator
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    return js, tensors
 
 
 def set_rng_state(js: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -183,6 +186,8 @@ def set_rng_state(js: dict, tensors: dict[str, torch.Tensor]) -> None:
     n = js["numpy"]
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
