@@ -126,6 +126,23 @@ def test_paired_bootstrap_cancels_item_difficulty():
     assert diff == 0.0 and lo < 0 < hi
 
 
+def test_paired_ratio_bootstrap_golden():
+    """Pooled ratios: b = (1 + 1 + 0) / (4 + 1 + 2) = 2/7, a = (2 + 0 + 1) / (2 + 0 + 3) = 3/5."""
+    from speechsum.evaluation.metrics import paired_ratio_bootstrap_ci
+
+    diff, lo, hi = paired_ratio_bootstrap_ci([1, 1, 0], [4, 1, 2], [2, 0, 1], [2, 0, 3])
+    assert diff == pytest.approx(2 / 7 - 3 / 5)
+    assert lo < diff < hi
+    # documents d1 = items 1-2, d2 = item 3: resamples are d1 d1 (4/10 - 4/4 = -0.6), d1 d2 or d2 d1
+    # (the point, -0.314, half the draws) and d2 d2 (0/4 - 2/6 = -0.333): the interval spans -0.6 to the point
+    diff, lo, hi = paired_ratio_bootstrap_ci([1, 1, 0], [4, 1, 2], [2, 0, 1], [2, 0, 3], groups=["d1", "d1", "d2"])
+    assert (lo, hi) == pytest.approx((4 / 10 - 1.0, 2 / 7 - 3 / 5))
+    with pytest.raises(ValueError, match="positive denominator"):
+        paired_ratio_bootstrap_ci([1], [0], [1], [1])
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_ratio_bootstrap_ci([1, 2], [1, 2], [1], [1])
+
+
 def test_bootstrap_rejects_bad_input():
     with pytest.raises(ValueError):
         bootstrap_ci([])

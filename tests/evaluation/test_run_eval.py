@@ -160,6 +160,32 @@ def test_rows_and_table_carry_answer_length_and_claims():
     assert header[-4:] == ["style", "words", "repeated 4-grams", "s/item"] and "claims/summary" in header
     assert [r["repeated_4grams"] for r in rows] == [0.0, 0.0]  # no phrase said twice
     assert cells[0][header.index("words")] == "5.0" and cells[0][header.index("claims/summary")].startswith("1.5")
+    # invented over claims pooled: 1 invented of 3 claims; the summary with no claims adds nothing
+    assert overall["invented_per_claim"] == pytest.approx(1 / 3)
+    assert cells[0][header.index("invented/claim")] == "0.333"
+
+
+def test_paired_deltas_pool_the_invented_share_of_claims_golden():
+    """invented/claim: invented claims over claims stated, pooled over the items, b - a, with the
+    items or documents resampled together on both sides."""
+    from speechsum.evaluation.run_eval import markdown_deltas, paired_deltas
+
+    def row(inv, claims):
+        return {"fact_f1": 0.5, "fact_recall": 0.5, "invented_per_summary": inv, "claims_per_summary": claims}
+
+    # a: 2 of 2 claims invented, then an empty answer; b: 1 of 4, then 1 of 1 -> 2/5 - 2/2 = -0.6
+    rows = {"a": [row(2, 2), row(0, 0)], "b": [row(1, 4), row(1, 1)]}
+    (d,) = paired_deltas(rows, [("a", "b")])
+    # resamples: item 1 twice -> 2/8 - 4/4 = -0.75; both items -> -0.6; item 2 twice: a has no claims, left out
+    assert d["invented_per_claim"] == pytest.approx([-0.6, -0.75, -0.6])
+    # invented/summary: -1 and +1 per item (mean 0), while the pooled share falls
+    assert "| a -> b | +0.000 [+0.00, +0.00] | +0.000 [+0.00, +0.00] | +0.000 [-1.00, +1.00] | -0.600 [-0.75, -0.60] |" \
+        in markdown_deltas([d])
+    (d,) = paired_deltas(rows, [("a", "b")], groups=["d1", "d1"])  # one document: always all of it
+    assert d["invented_per_claim"] == pytest.approx([-0.6, -0.6, -0.6])
+    # no claims at all on one side: no ratio to compare
+    (d,) = paired_deltas({"a": [row(0, 0)], "b": [row(1, 2)]}, [("a", "b")])
+    assert "invented_per_claim" not in d
 
 
 def test_cascade_asr_is_greedy_without_the_sampling_fallback():

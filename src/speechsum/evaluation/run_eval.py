@@ -30,6 +30,9 @@ HEADLINE = ("fact_recall", "fact_f1", "invented_per_summary", "rouge_l", "simila
 PRIMARY = "fact_f1"  # the primary score: facts carried (recall) and not invented (claim precision)
 # paired differences between two systems on the same items (`compare`): the recipe's claims
 DELTA_KEYS = (("fact F1", "fact_f1"), ("fact recall", "fact_recall"), ("invented/summary", "invented_per_summary"))
+# invented claims over claims stated, pooled over the summaries: a ratio, so its paired interval
+# comes from `metrics.paired_ratio_bootstrap_ci`, not from per-item differences
+RATIO_DELTA = ("invented/claim", "invented_per_claim")
 
 
 def load_test_items(data: str | Path, limit: int = 0) -> list[dict]:
@@ -194,6 +197,21 @@ def score_items(items: list[dict], preds: list[str], embeddings: bool = True) ->
     return rows
 
 
+def invented_counts(rows: list[dict]) -> tuple[list[float], list[float]]:
+    """(invented claims, claims stated) of each summary with a fact check (rows of `score_items`)."""
+    kept = [r for r in rows if r.get("invented_per_summary") is not None and r.get("claims_per_summary") is not None]
+    return [r["invented_per_summary"] for r in kept], [r["claims_per_summary"] for r in kept]
+
+
+def pooled_invented_rate(rows: list[dict]) -> float | None:
+    """Invented claims over all claims stated, pooled over summaries (None: no claims at all). A
+    stage that answers longer can invent more per summary while a smaller share of what it states
+    is invented; this is that share, with a summary of no claims adding nothing (eval's per-summary
+    fact precision counts an empty answer as 1.0)."""
+    invented, claims = invented_counts(rows)
+    return sum(invented) / sum(claims) if sum(claims) > 0 else None
+
+
 def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
     from speechsum.evaluation.metrics import bootstrap_ci
 
@@ -202,6 +220,7 @@ def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
         for key in ("rouge_1", "rouge_2", "rouge_l", "similarity", "fact_recall", "fact_precision", "fact_f1",
                     "invented_per_summary", "claims_per_summary", "words", "repeated_4grams", "compliance"):
             out[key] = _mean([rows[i].get(key) for i in sel])  # .get: scores saved before a key existed
+        out["invented_per_claim"] = pooled_invented_rate([rows[i] for i in sel])
         return out
 
     everything = list(range(len(rows)))
@@ -229,7 +248,7 @@ def summarize_scores(rows: list[dict], items: list[dict]) -> dict:
 # longer states more claims and can invent more while its share of invented claims falls (docs/experiments.md:
 # DPO and invented facts)
 TABLE_COLUMNS = [("fact recall", "fact_recall"), ("fact F1", "fact_f1"), ("invented/summary", "invented_per_summary"),
-                 ("claims/summary", "claims_per_summary"), ("ROUGE-L", "rouge_l"), ("similarity", "similarity"),
+                 ("claims/summary", "claims_per_summary"), ("invented/claim", "invented_per_claim"), ("ROUGE-L", "rouge_l"), ("similarity", "similarity"),
                  ("style", "compliance"), ("words", "words"), ("repeated 4-grams", "repeated_4grams")]
 COUNT_COLUMNS = ("claims_per_summary", "words")  # means of counts: one decimal, not three
 
@@ -295,7 +314,7 @@ def paired_deltas(rows: dict[str, list[dict]], pairs: list[tuple], groups: list 
     `groups`: each row's document; the bootstrap then resamples documents. When both sides list the
     same number (> 1) of systems, `runs` adds run i of A against run i of B (`across_runs`): the
     bootstrap holds the systems fixed, this interval lets the runs vary."""
-    from speechsum.evaluation.metrics import paired_bootstrap_ci
+    from speechsum.evaluation.metrics import paired_bootstrap_ci, paired_ratio_bootstrap_ci
 
     out = []
     for pair in pairs:
@@ -307,6 +326,13 @@ def paired_deltas(rows: dict[str, list[dict]], pairs: list[tuple], groups: list 
             if keep:
                 rec[key] = list(paired_bootstrap_ci([rows[b][i][key] for i in keep], [rows[a][i][key] for i in keep],
                                                     groups=[groups[i] for i in keep] if groups else None))
+        # the share of stated claims that are invented, pooled over summaries (RATIO_DELTA)
+        keep = [i for i, (ra, rb) in enumerate(zip(rows[a], rows[b]))
+                if all(r.get(k) is not None for r in (ra, rb) for k in ("invented_per_summary", "claims_per_summary"))]
+        (inv_a, cl_a), (inv_b, cl_b) = (invented_counts([rows[s][i] for i in keep]) for s in (a, b))
+        if sum(cl_a) > 0 and sum(cl_b) > 0:
+            rec[RATIO_DELTA[1]] = list(paired_ratio_bootstrap_ci(inv_b, cl_b, inv_a, cl_a,
+                                                                 groups=[groups[i] for i in keep] if groups else None))
         sa, sb = _side(pair[0]), _side(pair[1])
         if len(sa) == len(sb) > 1:  # run i of A against run i of B, over the items every run has a score on
             rec["runs"] = {}
@@ -328,9 +354,10 @@ def deltas_cells(deltas: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and formatted rows of the paired-difference table (markdown here, HTML in report.py)."""
     rows = []
     for d in deltas:
-        cells = [f"{d[k][0]:+.3f} [{d[k][1]:+.2f}, {d[k][2]:+.2f}]" if k in d else "-" for _, k in DELTA_KEYS]
+        cells = [f"{d[k][0]:+.3f} [{d[k][1]:+.2f}, {d[k][2]:+.2f}]" if k in d else "-"
+                 for _, k in DELTA_KEYS + (RATIO_DELTA,)]
         rows.append([f"{d['from']} -> {d['to']}"] + cells)
-    return ["change"] + [f"{label} (paired 95 % CI)" for label, _ in DELTA_KEYS], rows
+    return ["change"] + [f"{label} (paired 95 % CI)" for label, _ in DELTA_KEYS + (RATIO_DELTA,)], rows
 
 
 def markdown_deltas(deltas: list[dict]) -> str:
