@@ -220,6 +220,13 @@ def _values(values: Sequence[float]) -> np.ndarray:
     return x
 
 
+def _group_index(groups: Sequence, n: int) -> np.ndarray:
+    """Each value's group as an integer 0..G-1 (the clusters a bootstrap resamples)."""
+    if len(groups) != n:
+        raise ValueError(f"groups: {len(groups)} labels for {n} values")
+    return np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1]
+
+
 def bootstrap_ci(values: Sequence[float], n: int = 1000, alpha: float = 0.05,
                  seed: int = 0, groups: Sequence | None = None) -> tuple[float, float, float]:
     """(mean, lo, hi): the sample mean and a percentile-bootstrap (1 - alpha) interval.
@@ -234,9 +241,7 @@ def bootstrap_ci(values: Sequence[float], n: int = 1000, alpha: float = 0.05,
     if groups is None:
         means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
     else:
-        if len(groups) != len(x):
-            raise ValueError(f"groups: {len(groups)} labels for {len(x)} values")
-        _, idx = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+        idx = _group_index(groups, len(x))
         sums, counts = np.bincount(idx, weights=x), np.bincount(idx).astype(np.float64)
         draw = rng.integers(0, len(sums), size=(n, len(sums)))
         means = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
@@ -278,9 +283,7 @@ def paired_ratio_bootstrap_ci(num_a: Sequence[float], den_a: Sequence[float], nu
     if groups is None:
         sums = np.stack(cols)  # 4, items
     else:
-        if len(groups) != len(cols[0]):
-            raise ValueError(f"groups: {len(groups)} labels for {len(cols[0])} values")
-        _, idx = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+        idx = _group_index(groups, len(cols[0]))
         sums = np.stack([np.bincount(idx, weights=c) for c in cols])  # 4, groups
     draw = rng.integers(0, sums.shape[1], size=(n, sums.shape[1]))
     na, da, nb, db = (sums[k][draw].sum(axis=1) for k in range(4))
