@@ -484,8 +484,9 @@ def compare_saved(eval_dirs: Sequence[str | Path], compare: Sequence[str], out: 
     rows = {n: score_items(items, preds[n], embeddings=False) for n in used}
     deltas = paired_deltas(rows, pairs, [doc_of(r) for r in items])
     means = {n: summarize_scores(rows[n], items)["overall"] for n in used}
-    rows = [[n] + ["-" if means[n][k] is None else f"{means[n][k]:.3f}" for _, k in DELTA_KEYS] for n in used]
-    table = markdown(["system"] + [label for label, _ in DELTA_KEYS], rows) + "\n\n" + markdown_deltas(deltas)
+    cols = DELTA_KEYS + (RATIO_DELTA,)
+    rows = [[n] + ["-" if means[n][k] is None else f"{means[n][k]:.3f}" for _, k in cols] for n in used]
+    table = markdown(["system"] + [label for label, _ in cols], rows) + "\n\n" + markdown_deltas(deltas)
     result = {"eval_dirs": [str(d) for d in eval_dirs], "n_items": len(items), "systems": means, "deltas": deltas,
               "table": table}
     if out is not None:
