@@ -94,15 +94,23 @@ def load_speechlm(model: str | None):
                             f"with final/{CONFIG_NAME}")
 
 
-def cmd_summarize(args) -> int:
-    from speechsum.audio import AudioError
-    from speechsum.data.styles import instruction_for, style_names
+def device_arg(name: str):
+    """`--device` of summarize and eval as a torch.device, or None after a one-line error."""
     from speechsum.device import resolve_device
 
     try:
-        device = resolve_device(args.device)
+        return resolve_device(name)
     except ValueError as e:
         error(str(e))
+        return None
+
+
+def cmd_summarize(args) -> int:
+    from speechsum.audio import AudioError
+    from speechsum.data.styles import instruction_for, style_names
+
+    device = device_arg(args.device)
+    if device is None:
         return EXIT_USAGE
     if args.instruction is None and args.style not in style_names():
         error(f"--style {args.style}: unknown style (choose from {', '.join(style_names())})")
@@ -215,13 +223,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from speechsum.device import resolve_device
     from speechsum.evaluation.run_eval import evaluate, split_pair
 
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        error(str(e))
+    device = device_arg(args.device)
+    if device is None:
         return EXIT_USAGE
     pairs = []
     for spec in args.compare:  # A:B, A and B --model entries (which may hold colons: text:DIR) or lists A1,A2

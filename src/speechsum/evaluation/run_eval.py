@@ -197,9 +197,14 @@ def score_items(items: list[dict], preds: list[str], embeddings: bool = True) ->
     return rows
 
 
+def fact_checked(row: dict) -> bool:
+    """Whether a `score_items` row counts invented and stated claims (the item has known facts)."""
+    return row.get("invented_per_summary") is not None and row.get("claims_per_summary") is not None
+
+
 def invented_counts(rows: list[dict]) -> tuple[list[float], list[float]]:
-    """(invented claims, claims stated) of each summary with a fact check (rows of `score_items`)."""
-    kept = [r for r in rows if r.get("invented_per_summary") is not None and r.get("claims_per_summary") is not None]
+    """(invented claims, claims stated) of each fact-checked summary."""
+    kept = [r for r in rows if fact_checked(r)]
     return [r["invented_per_summary"] for r in kept], [r["claims_per_summary"] for r in kept]
 
 
@@ -327,8 +332,7 @@ def paired_deltas(rows: dict[str, list[dict]], pairs: list[tuple], groups: list 
                 rec[key] = list(paired_bootstrap_ci([rows[b][i][key] for i in keep], [rows[a][i][key] for i in keep],
                                                     groups=[groups[i] for i in keep] if groups else None))
         # the share of stated claims that are invented, pooled over summaries (RATIO_DELTA)
-        keep = [i for i, (ra, rb) in enumerate(zip(rows[a], rows[b]))
-                if all(r.get(k) is not None for r in (ra, rb) for k in ("invented_per_summary", "claims_per_summary"))]
+        keep = [i for i, (ra, rb) in enumerate(zip(rows[a], rows[b])) if fact_checked(ra) and fact_checked(rb)]
         (inv_a, cl_a), (inv_b, cl_b) = (invented_counts([rows[s][i] for i in keep]) for s in (a, b))
         if sum(cl_a) > 0 and sum(cl_b) > 0:
             rec[RATIO_DELTA[1]] = list(paired_ratio_bootstrap_ci(inv_b, cl_b, inv_a, cl_a,
