@@ -14,14 +14,16 @@ from tiny import save_tiny_models
 from speechsum.models.speech_lm import SpeechLM
 
 
-def _config(tmp_path, data, out, batch_size, **stage):
+def _config(tmp_path, data, out, batch_size, loop_steps: int = 2, llm_training: str = "lora", fsdp: bool = False,
+            **stage):
     enc, llm = save_tiny_models(tmp_path / "models")
     cfg = {
         "model": {"encoder": str(enc), "llm": str(llm), "stack": 4, "projector_hidden": 32, "lora_r": 4,
-                  "lora_alpha": 8, "system_prompt": "you are a helpful assistant"},
+                  "lora_alpha": 8, "system_prompt": "you are a helpful assistant", "llm_training": llm_training},
         "data": {"path": str(data)},
         "optim": {"lr": 0.01, "warmup_steps": 1, "grad_accum": 2},
-        "loop": {"out_dir": str(out), "max_steps": 2, "batch_size": batch_size, "save_every": 2, "bf16": False,
+        "loop": {"out_dir": str(out), "max_steps": loop_steps, "batch_size": batch_size, "save_every": 2, "bf16": False,
+                 "fsdp": fsdp,
                  "eval_items": 1},
         **stage,
     }
@@ -34,32 +36,50 @@ def _config(tmp_path, data, out, batch_size, **stage):
 def _run(cmd, env):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+# accelerate's FSDP flag (FSDP1 by default, which accelerate alone refuses on a CPU): speechsum reads
+# it as loop.fsdp and shards the decoder layers itself
+FSDP = ["--use_fsdp"]
+
+
+def _launch(stage: str, config, *args: str, launch: list[str] = ("--multi_gpu",)) -> str:
+    """`speechsum train STAGE` on 2 CPU ranks under `accelerate launch` (`launch`: its mode flags);
+    returns what it printed."""
+    return _run([sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "speechsum.cli", "train", stage,
+          "--config", str(config), *args], ENV).stdout
 
 
 def _one_and_two_ranks(tmp_path, data, stage: str, **stage_cfg) -> tuple[list[dict], list[dict]]:
     """Run `stage` on 1 rank x batch 2 and on 2 ranks x batch 1 (same global batch); returns both
     metric logs, after checking the final trainable weights are the same."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     one = _config(tmp_path, data, tmp_path / "one", batch_size=2, **stage_cfg)
     two = _config(tmp_path, data, tmp_path / "two", batch_size=1, **stage_cfg)
-    _run([sys.executable, "-m", "speechsum.cli", "train", stage, "--config", str(one)], env)
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "speechsum.cli", "train", stage,
-          "--config", str(two)], env)
-    a = SpeechLM.from_pretrained(tmp_path / "one" / "final")
-    b = SpeechLM.from_pretrained(tmp_path / "two" / "final")
+    _run([sys.executable, "-m", "speechsum.cli", "train", stage, "--config", str(one)], ENV)
+    _launch(stage, two)
+    _assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final")
+    return _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+
+
+def _metrics(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(x)]
+
+
+def _assert_same_weights(one, two) -> None:
+    a = SpeechLM.from_pretrained(one)
+    b = SpeechLM.from_pretrained(two)
     # Adam divides each gradient by its own running RMS, so an element whose gradient is ~1e-9
     # (float noise of the all-reduce order) can move by a visible fraction of lr: weights are
     # compared to 1 % of one step (lr 0.01); the losses below are compared to 1e-5
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4, msg=n)
-    metrics = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()  # noqa: E731
-                         if "loss" in json.loads(x)]
-    return metrics(tmp_path / "one"), metrics(tmp_path / "two")
 
 
-def _assert_same(one: list[dict], two: list[dict], *keys: str) -> None:
-    assert len(one) == len(two) == 2
+def _assert_same(one: list[dict], two: list[dict], *keys: str, n: int = 2) -> None:
+    assert len(one) == len(two) == n
     for k in keys:
         torch.testing.assert_close(torch.tensor([r[k] for r in two]), torch.tensor([r[k] for r in one]),
                                    atol=1e-5, rtol=1e-5, msg=k)
@@ -80,6 +100,40 @@ def _vary_target_lengths(data) -> None:
 def test_two_ranks_equal_one_rank(tmp_path, tiny_data):
     one, two = _one_and_two_ranks(tmp_path, tiny_data, "sft")
     _assert_same(one, two, "loss")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("llm_training", ["lora", "full"])
+def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_training):
+    # the decoder layers sharded over 2 ranks (their trained weights and Adam moments in halves; under
+    # `full` the replicated embedding/head train too, their gradients averaged by hand), the run
+    # stopped after step 2 and resumed to step 4: the same losses and weights as 1 rank
+    # uninterrupted. Stopping and resuming covers saving gathered shards and loading them back, the
+    # optimizer state included; dev samples at the end are decoded from the gathered layers.
+    _vary_target_lengths(tiny_data)
+    one = _config(tmp_path, tiny_data, tmp_path / "one", batch_size=2, loop_steps=4, llm_training=llm_training)
+    two = _config(tmp_path, tiny_data, tmp_path / "two", batch_size=1, loop_steps=4, llm_training=llm_training)
+    _run([sys.executable, "-m", "speechsum.cli", "train", "sft", "--config", str(one)], ENV)
+    _launch("sft", two, "loop.max_steps=2", launch=FSDP)
+    _launch("sft", two, "--resume", launch=FSDP)
+    assert (tmp_path / "two" / "samples" / "step-0000004.jsonl").is_file()
+    _assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final")
+    _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"), "loss", "grad_norm", n=4)
+    state = lambda d: json.loads((d / "memory.json").read_text())["state_mb"]  # noqa: E731
+    assert state(tmp_path / "two") < state(tmp_path / "one")  # a rank holds half of each layer
+
+
+@pytest.mark.slow
+def test_fsdp_kd_samples_on_policy_from_the_gathered_layers(tmp_path, tiny_data):
+    # on-policy samples need every layer whole on every rank: each rank samples its own items from
+    # the gathered weights (no collective inside), then the layers go back to their shards
+    _, llm = save_tiny_models(tmp_path / "models")
+    cfg = _config(tmp_path, tiny_data, tmp_path / "two", batch_size=1, teacher=str(llm), lam=1.0, max_new_tokens=8)
+    out = _launch("kd", cfg, "loop.fsdp=true")  # the config's switch, under a plain multi-process launch
+    assert "fsdp: 2 decoder layers sharded over 2 ranks" in out
+    rows = _metrics(tmp_path / "two")
+    assert [r["on_policy"] for r in rows] == [1, 1] and all(r["completion_tokens"] > 0 for r in rows)
+    SpeechLM.from_pretrained(tmp_path / "two" / "final")
 
 
 @pytest.mark.slow
@@ -108,7 +162,8 @@ def test_kd_two_ranks_equal_one_rank(tmp_path, tiny_data):
 
 
 @pytest.mark.slow
-def test_dpo_two_ranks_equal_one_rank(tmp_path, tiny_data):
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_dpo_two_ranks_equal_one_rank(tmp_path, tiny_data, fsdp):
     # a given preference file, with chosen/rejected of different lengths per pair (the pair
     # sampling is rank 0's alone; this compares the training)
     eot = 4  # <|im_end|> in the tiny tokenizer
@@ -117,7 +172,8 @@ def test_dpo_two_ranks_equal_one_rank(tmp_path, tiny_data):
         "instruction": "summarize", "chosen_ids": list(range(20, 22 + 2 * i)) + [eot],
         "rejected_ids": list(range(40, 41 + i)) + [eot], "ref_chosen": -10.0 - i, "ref_rejected": -8.0 - i,
     }}) + "\n" for i in range(6)))
-    one, two = _one_and_two_ranks(tmp_path, tiny_data, "dpo", pairs=str(pairs), sft_weight=0.5, beta=0.1)
+    one, two = _one_and_two_ranks(tmp_path, tiny_data, "dpo", pairs=str(pairs), sft_weight=0.5, beta=0.1,
+                                  fsdp=fsdp)
     _assert_same(one, two, "loss", "reward_margin", "reward_accuracy", "reward_chosen", "reward_rejected")
 
 

@@ -222,22 +222,47 @@ class SpeechLM(nn.Module):
         on-disk cache's side); `project` and `build_batch` move what they make to this device."""
         return self.base_llm.get_input_embeddings().weight.device
 
-    def save_pretrained(self, out_dir: str | Path) -> None:
-        """Write config JSON + safetensors (projector, LoRA adapter or full LLM); atomic rename."""
+    def _saved_key(self, name: str) -> bool:
+        """Whether a parameter of this model is one `save_pretrained` writes."""
+        if name.startswith("projector."):
+            return True
+        if not name.startswith("llm."):
+            return False
+        return self.config.llm_training == "full" or (self.config.llm_training == "lora" and "lora_" in name)
+
+    def trainable_state(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """What `save_pretrained` writes (projector; LoRA weights or the whole LLM), by parameter
+        name, whole: under FSDP the sharded ones are gathered (a collective: every rank calls it;
+        `keep=False` on the ranks that do not write drops each gathered tensor at once)."""
+        from speechsum.training.shard import full_tensor
+
+        out = {}
+        for k, v in self.state_dict().items():
+            if self._saved_key(k):
+                v = full_tensor(v.detach())
+                if keep:
+                    out[k] = v
+        return out
+
+    def save_pretrained(self, out_dir: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write config JSON + safetensors (projector, LoRA adapter or full LLM); atomic rename.
+        `state`: this model's `trainable_state`, gathered beforehand (a sharded model's)."""
         from safetensors.torch import save_file
 
+        state = self.trainable_state() if state is None else state
         out_dir = Path(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
         try:
             meta = {"format_version": FORMAT_VERSION, "config": to_dict(self.config)}
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
-            save_file({k: v.detach().contiguous() for k, v in self.projector.state_dict().items()},
-                      tmp / "projector.safetensors")
+            save_file({k.removeprefix("projector."): v.contiguous() for k, v in state.items()
+                       if k.startswith("projector.")}, tmp / "projector.safetensors")
+            llm_state = {k.removeprefix("llm."): v for k, v in state.items() if k.startswith("llm.")}
             if self.config.llm_training == "lora":
-                self.llm.save_pretrained(tmp / "adapter", safe_serialization=True)
+                self.llm.save_pretrained(tmp / "adapter", safe_serialization=True, state_dict=llm_state)
             elif self.config.llm_training == "full":
-                self.base_llm.save_pretrained(tmp / "llm", safe_serialization=True)
+                self.base_llm.save_pretrained(tmp / "llm", safe_serialization=True, state_dict=llm_state)
                 self.tokenizer.save_pretrained(tmp / "llm")
             if out_dir.exists():
                 old = out_dir.with_name(f".{out_dir.name}.old")
@@ -531,7 +556,11 @@ class SpeechLM(nn.Module):
         """Load the trainable weights of a saved folder into this model (resume)."""
         from safetensors.torch import load_file
 
+        from speechsum.training.shard import is_sharded
+
         path = Path(path)
+        if any(is_sharded(p) for p in self.parameters()):
+            return self._load_trainable_sharded(path)
         self.projector.load_state_dict(load_file(path / "projector.safetensors"))
         if self.config.llm_training == "lora":
             from peft import set_peft_model_state_dict
@@ -539,6 +568,25 @@ class SpeechLM(nn.Module):
             set_peft_model_state_dict(self.llm, load_file(path / "adapter" / "adapter_model.safetensors"))
         elif self.config.llm_training == "full":
             self.base_llm.load_state_dict(load_file(path / "llm" / "model.safetensors"), strict=False)
+
+    def _load_trainable_sharded(self, path: Path) -> None:
+        """`load_trainable` into a model whose layers FSDP sharded: the saved tensors are whole, each
+        rank copies its shard of them (training/shard.py)."""
+        from safetensors.torch import load_file
+
+        from speechsum.training.shard import load_full_state
+
+        state = {f"projector.{k}": v for k, v in load_file(path / "projector.safetensors").items()}
+        names = [n for n, _ in self.named_parameters() if self._saved_key(n) and n.startswith("llm.")]
+        if self.config.llm_training == "lora":
+            # peft saves `...q_proj.lora_A.weight` for the parameter `llm.` + `...q_proj.lora_A.<adapter>.weight`
+            adapter = self.llm.active_adapter
+            saved = load_file(path / "adapter" / "adapter_model.safetensors")
+            state.update({n: saved[n.removeprefix("llm.").replace(f".{adapter}.", ".")] for n in names})
+        elif self.config.llm_training == "full":  # a tied head is one parameter, saved once
+            saved = load_file(path / "llm" / "model.safetensors")
+            state.update({n: saved[n.removeprefix("llm.")] for n in names})
+        load_full_state(self, state)
 
     # ------------------------------------------------------------------ generation
 
@@ -571,13 +619,20 @@ class SpeechLM(nn.Module):
                 merged[f"{name}.weight"] = w
                 if mod.base_layer.bias is not None:
                     merged[f"{name}.bias"] = mod.base_layer.bias
-        for k, v in base.state_dict().items():
+        # parameters and buffers by name, not `state_dict()`: under FSDP (inside shard.full_params) that
+        # would hand back the shards, the named tensors are the gathered weights
+        for k, v in [*base.named_parameters(remove_duplicate=False), *base.named_buffers()]:
             if "lora_" not in k and ".base_layer." not in k:
                 merged.setdefault(k, v)
         llm = self._decode_copy["llm"]
-        llm.load_state_dict(merged)  # copies into the bf16 parameters
+        llm.load_state_dict({k: merged[k] for k in llm.state_dict()})  # copies into the bf16 parameters
         self._decode_copy_key = key
         return set_int8_decoding(llm, self.decode_int8)
+
+    def forget_decode_copy(self) -> None:
+        """Make the next `decoding_llm` copy the weights again (FSDP gathers the layers into new
+        tensors whose write state says nothing about the shards the optimizer stepped)."""
+        self._decode_copy_key = ()
 
     def generate_items(self, items: list[list[Segment]], max_new_tokens: int = 128, do_sample: bool = False,
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,

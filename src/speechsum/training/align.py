@@ -247,7 +247,7 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
 
     # --- model, optimizer
     run = common.start_run(cfg, log)
-    model, acc, opt = run.model, run.acc, run.opt
+    model, acc = run.model, run.acc
 
     # --- data: spans, tasks and behaviour targets (teacher answers cached by request)
     train_items = load_items(cfg.data, cfg.data.train_split)
@@ -267,6 +267,7 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
         blank_id(model.tokenizer, cfg.ctc_blank)  # fail before any work
     order = common.DataOrder(len(examples), cfg.loop.seed)
     common.resume_or_begin(run, order, resume)
+    opt = run.opt  # under FSDP rebuilt on the sharded parameters
 
     def segments_for(exs):
         docs = {ex.item["doc_id"]: ex.item for ex in exs}
@@ -306,7 +307,7 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
                 common.check_finite(loss, run.step,
                                     [f"{ex.item['doc_id']}:{ex.first}-{ex.last}:{ex.task}" for ex in mb])
                 acc.backward(loss)
-        if cfg.lm_weight == 0:  # no pass through the DDP-wrapped model: sync the connector here
+        if cfg.lm_weight == 0 and not run.units:  # no pass through the DDP-wrapped model: sync the connector here
             common.average_grads(acc, run.params)
         grad_norm = common.clip_and_step(acc, run.params, opt, cfg.optim.grad_clip)
         run.step += 1

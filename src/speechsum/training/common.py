@@ -59,7 +59,8 @@ class OptimConfig:
 @dataclass
 class LoopConfig:
     out_dir: str = "runs/tiny"
-    """Run folder: checkpoints/, metrics.jsonl, tb/, samples/, config.yaml."""
+    """Run folder: checkpoints/, metrics.jsonl, tb/, samples/, config.yaml, memory.json (what a rank
+    holds of weights, gradients and optimizer state, after the first step)."""
     max_steps: int = 100
     """Optimizer steps to train."""
     batch_size: int = 4
@@ -86,6 +87,12 @@ class LoopConfig:
     (HF gradient checkpointing, non-reentrant): training memory falls with the number of layers,
     each step costs about one more forward. For long audio, bigger batches and the reference LLM;
     `bench/train.py` measures both."""
+    fsdp: bool = False
+    """Shard the LLM's decoder layers over the ranks (PyTorch FSDP2, `training/shard.py`) instead of
+    replicating the whole model on each (DDP): the layers' weights, and their gradients and Adam state
+    where they train, take 1/N of the memory per rank; the projector, embedding and head stay whole.
+    Also on when launched with `accelerate launch --use_fsdp` (or an accelerate config with
+    `distributed_type: FSDP`). No effect in a single process."""
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "save_every", "keep_last", "log_every"):
@@ -190,25 +197,42 @@ def set_rng_state(js: dict, tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(tensors["cuda"])
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
+def optimizer_tensors(opt: torch.optim.Optimizer, keep: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(JSON part, tensor part) of the optimizer's state, whole: the state of a sharded parameter is
+    gathered (a collective: under FSDP every rank calls this; `keep=False` on the ranks that do not
+    write drops each gathered tensor at once)."""
+    from speechsum.training.shard import full_tensor
+
     sd = opt.state_dict()
     tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
     for idx, st in sd["state"].items():
         meta["state"][str(idx)] = []
         for k, v in st.items():
-            tensors[f"{idx}.{k}"] = v.detach().clone().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+            v = full_tensor(v.detach()).clone().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+            if keep:
+                tensors[f"{idx}.{k}"] = v
             meta["state"][str(idx)].append(k)
     return meta, tensors
 
 
 def load_optimizer_tensors(opt: torch.optim.Optimizer, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """The inverse of `optimizer_tensors`; a sharded parameter's state is cut to its shard."""
+    from speechsum.training.shard import like_param
+
+    params = [p for g in opt.param_groups for p in g["params"]]
     state = {int(idx): {k: tensors[f"{idx}.{k}"] for k in keys} for idx, keys in meta["state"].items()}
+    for idx, st in state.items():
+        for k, v in st.items():
+            if v.shape == params[idx].shape and v.dim():  # a moment of the parameter, not the step count
+                st[k] = like_param(v, params[idx])
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(run_dir: Path, step: int, model, opt: torch.optim.Optimizer, trainer_state: dict,
-                    keep_last: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, opt: torch.optim.Optimizer | tuple, trainer_state: dict,
+                    keep_last: int, model_state: dict | None = None) -> Path:
     """checkpoints/step-N/{model/, optimizer.*, rng.safetensors, state.json}, then `latest` points to it.
+    `opt` may be the optimizer or its `optimizer_tensors`, and `model_state` the model's
+    `trainable_state` (both gathered beforehand on every rank when the model is sharded).
 
     The folder is complete before it is renamed into place, and `latest` is replaced atomically
     after that, so a kill at any moment leaves the previous good checkpoint as `latest`."""
@@ -218,8 +242,8 @@ def save_checkpoint(run_dir: Path, step: int, model, opt: torch.optim.Optimizer,
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".step-{step:07d}-"))
-    model.save_pretrained(tmp / "model")
-    meta, tensors = optimizer_tensors(opt)
+    model.save_pretrained(tmp / "model", state=model_state)
+    meta, tensors = opt if isinstance(opt, tuple) else optimizer_tensors(opt)
     save_file(tensors, tmp / "optimizer.safetensors")
     (tmp / "optimizer.json").write_text(json.dumps(meta))
     rng_js, rng_t = rng_state()
@@ -246,6 +270,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_trainer_state(ckpt: Path, opt: torch.optim.Optimizer) -> dict:
+    """Optimizer state, RNG states and the trainer's counters of a checkpoint."""
     from safetensors.torch import load_file
 
     load_optimizer_tensors(opt, json.loads((ckpt / "optimizer.json").read_text()),
@@ -450,6 +475,16 @@ def average_grads(acc, params: list[torch.nn.Parameter]) -> None:
 
 
 def clip_and_step(acc, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, clip: float) -> float:
+    """Clip the global gradient norm and step. Under FSDP (some parameters sharded) the replicated
+    parameters' gradients are averaged over the ranks here first, as DDP would have done."""
+    from speechsum.training import shard
+
+    if any(shard.is_sharded(p) for p in params):
+        average_grads(acc, [p for p in params if not shard.is_sharded(p)])
+        norm = shard.clip_grad_norm(params, clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return norm
     norm = acc.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -525,10 +560,21 @@ class Run:
     metrics: object = None
     bar: object = None
     step: int = 0
+    units: list = field(default_factory=list)  # the FSDP-sharded layers (empty: not sharded)
+    state_logged: bool = False
 
     @property
     def main(self) -> bool:
         return self.acc.is_main_process
+
+    def full_params(self):
+        """Whole weights on every rank inside (under FSDP a collective: every rank enters; see
+        shard.full_params); nothing to do otherwise."""
+        from speechsum.training.shard import full_params
+
+        if self.units:
+            self.model.forget_decode_copy()
+        return full_params(self.units)
 
     @property
     def per_step(self) -> int:
@@ -565,7 +611,14 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
     from speechsum.models.encoder import EncoderCache
 
     bf16 = resolve_bf16(cfg.loop, log)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no")
+    # speechsum shards by itself (`loop.fsdp`, resume_or_begin): accelerate's own FSDP is kept out of
+    # the Accelerator, which would refuse a CPU under FSDP1 and cannot wrap a SpeechLM either way
+    fsdp_env = os.environ.pop("ACCELERATE_USE_FSDP", None)
+    try:
+        acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no")
+    finally:
+        if fsdp_env is not None:
+            os.environ["ACCELERATE_USE_FSDP"] = fsdp_env
     if acc.num_processes > 1:
         close_process_group_at_exit()
     seed_everything(cfg.loop.seed + acc.process_index)
@@ -586,12 +639,43 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
     return Run(cfg, acc, model, params, build_optimizer(params, cfg.optim), Path(cfg.loop.out_dir), log)
 
 
+def fsdp_requested(loop: LoopConfig) -> bool:
+    """loop.fsdp, or accelerate launched with FSDP (`--use_fsdp`, or `distributed_type: FSDP` in its
+    config: accelerate ignores that on the CPU, speechsum does not)."""
+    return loop.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+class _AutocastForward:
+    """The model's forward under the accelerator's autocast: what `accelerate.prepare` adds to a
+    forward, for a sharded model that is not wrapped by it."""
+
+    def __init__(self, acc, model):
+        self.acc, self.model = acc, model
+
+    def __call__(self, *args, **kwargs):
+        with self.acc.autocast():
+            return self.model(*args, **kwargs)
+
+
 def resume_or_begin(run: Run, order: DataOrder, resume: bool) -> None:
     """Restore the latest checkpoint (weights, optimizer, RNG, data position) or write the run
-    files of a fresh run; then wrap the model for distributed training and open the logs."""
+    files of a fresh run; then wrap the model for distributed training (DDP, or under FSDP its
+    layers sharded and the optimizer rebuilt on the shards) and open the logs. A stage reads
+    `run.opt` after this call."""
     ckpt = latest_checkpoint(run.run_dir) if resume else None
     if ckpt is not None:
         run.model.load_trainable(ckpt / "model")
+    if fsdp_requested(run.cfg.loop) and run.acc.num_processes > 1:
+        from speechsum.training.shard import shard_layers
+
+        run.model.to(run.acc.device)
+        run.units = shard_layers(run.model, run.acc.device)
+        run.params = [p for p in run.model.parameters() if p.requires_grad]
+        run.opt = build_optimizer(run.params, run.cfg.optim)
+        if run.main:
+            run.log(f"fsdp: {len(run.units)} decoder layers sharded over {run.acc.num_processes} ranks "
+                    "(projector, embedding and head replicated)")
+    if ckpt is not None:
         state = load_trainer_state(ckpt, run.opt)
         run.step, order.position = state["step"], state["data_position"]
         if run.main:
@@ -600,18 +684,45 @@ def resume_or_begin(run: Run, order: DataOrder, resume: bool) -> None:
     elif run.main:
         write_run_files(run.run_dir, run.cfg)
     run.model.train()
-    run.ddp_model, run.opt = run.acc.prepare(run.model, run.opt)
+    if run.units:
+        run.ddp_model = _AutocastForward(run.acc, run.model)
+    else:
+        run.ddp_model, run.opt = run.acc.prepare(run.model, run.opt)
     run.metrics = MetricsLog(run.run_dir, enabled=run.main)
     run.bar = progress(run.cfg.loop.max_steps, run.step, enabled=run.main)
+
+
+def state_bytes(run: Run) -> int:
+    """Bytes this rank holds of the model's weights, their gradients and the optimizer's state (the
+    local shard of a sharded tensor): what FSDP divides over ranks, and what the resident set hides
+    behind the allocator's cached memory."""
+    from speechsum.training.shard import is_sharded
+
+    def local(t):
+        return t.to_local() if is_sharded(t) else t
+
+    params = list(run.model.parameters())
+    grads = [p for p in params if p.requires_grad]  # a gradient each during the step (freed after it)
+    tensors = [*params, *grads, *(v for st in run.opt.state.values() for v in st.values() if torch.is_tensor(v))]
+    return sum(local(t).nbytes for t in tensors)
 
 
 def end_step(run: Run, order: DataOrder) -> None:
     """Checkpoint every `save_every` steps and at the last one (main process; others wait)."""
     loop = run.cfg.loop
+    if not run.state_logged and run.main:  # once a run, after its first step: what a rank holds (FSDP divides it)
+        _atomic_write(run.run_dir / "memory.json", json.dumps({
+            "step": run.step, "state_mb": round(state_bytes(run) / 2**20, 3), "ranks": run.acc.num_processes,
+            "sharded_layers": len(run.units)}) + "\n")
+        run.state_logged = True
     if run.step % loop.save_every == 0 or run.step == loop.max_steps:
+        model_state = opt_state = None
+        if run.main or run.units:  # sharded: gathered by every rank (collectives), kept by the writer
+            model_state = run.model.trainable_state(keep=run.main)
+            opt_state = optimizer_tensors(run.opt, keep=run.main)
         if run.main:
-            save_checkpoint(run.run_dir, run.step, run.acc.unwrap_model(run.ddp_model), run.opt,
-                            {"data_position": order.position}, loop.keep_last)
+            save_checkpoint(run.run_dir, run.step, run.model, opt_state, {"data_position": order.position},
+                            loop.keep_last, model_state=model_state)
         run.acc.wait_for_everyone()
 
 
@@ -644,17 +755,24 @@ class BestOnDev:
     def __call__(self, step: int) -> None:
         """Score the current model at `step` (when due: 0, every save or not, the last step) and keep it if best."""
         run = self.run
-        if run.main and self.due(step):
-            model = run.model
-            was_training = model.training
-            model.eval()
-            value = float(self.score(model))
-            model.train(was_training)
+        if not self.due(step):
+            run.acc.wait_for_everyone()
+            return
+        model = run.model
+        state = model.trainable_state(keep=run.main) if run.units else None  # sharded: every rank gathers
+        value = None
+        with run.full_params():  # every rank gathers; the main process alone scores (no collective inside)
+            if run.main:
+                was_training = model.training
+                model.eval()
+                value = float(self.score(model))
+                model.train(was_training)
+        if run.main:
             self.scores[step] = value
             run.metrics.log(step, dev_select=value)
             old = self.best
             if old is None or value > self.scores[old]:
-                model.save_pretrained(run.run_dir / f"best-step-{step:07d}")
+                model.save_pretrained(run.run_dir / f"best-step-{step:07d}", state=state)
                 self.best = step
             _atomic_write(self.path, json.dumps({"scores": {str(k): v for k, v in sorted(self.scores.items())},
                                                  "best": self.best}, indent=1) + "\n")
@@ -681,8 +799,9 @@ def finish_run(run: Run, stage: str) -> Path:
     run.bar.close()
     run.metrics.close()
     final = final_model_dir(run.run_dir)
+    state = run.model.trainable_state(keep=run.main) if run.units else None  # sharded: every rank gathers
     if run.main:
-        run.acc.unwrap_model(run.ddp_model).save_pretrained(final)
+        run.model.save_pretrained(final, state=state)
         run.log(f"{stage}: done; final model in {final}")
     run.acc.wait_for_everyone()
     return final

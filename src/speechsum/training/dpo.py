@@ -573,7 +573,7 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
 
     # --- model, optimizer
     run = common.start_run(cfg, log)
-    model, acc, opt = run.model, run.acc, run.opt
+    model, acc = run.model, run.acc
 
     # --- data: preference pairs (sampled and judged once by the starting policy = the reference)
     train_items = load_items(cfg.data, cfg.data.train_split)
@@ -596,6 +596,7 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
                          "sample_temperature, or loosen the rules")
     order = common.DataOrder(len(pairs), cfg.loop.seed)
     common.resume_or_begin(run, order, resume)
+    opt = run.opt  # under FSDP rebuilt on the sharded parameters
     select = None
     if cfg.select != "last":
         select = common.BestOnDev(run, lambda m: dev_fact_f1(m, dev_items, cfg.select_max_new_tokens,

@@ -12,6 +12,7 @@ generalised JSD with `beta`, at `temperature`), plus an optional SFT term on the
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -136,7 +137,7 @@ def train(cfg: KDConfig, resume: bool = False, log=print) -> Path:
 
     # --- model, teacher, optimizer
     run = common.start_run(cfg, log)
-    model, acc, opt = run.model, run.acc, run.opt
+    model, acc = run.model, run.acc
     teacher = build_teacher(cfg, model, log if run.main else None, acc.device)
 
     # --- data
@@ -145,6 +146,7 @@ def train(cfg: KDConfig, resume: bool = False, log=print) -> Path:
         train_items = train_items[: cfg.data.max_items]
     order = common.DataOrder(len(train_items), cfg.loop.seed)
     common.resume_or_begin(run, order, resume)
+    opt = run.opt  # under FSDP rebuilt on the sharded parameters
 
     # --- train
     while run.step < cfg.loop.max_steps:
@@ -160,7 +162,8 @@ def train(cfg: KDConfig, resume: bool = False, log=print) -> Path:
             gen = torch.Generator().manual_seed(hash((cfg.loop.seed, run.step, micro, acc.process_index)) % 2**31)
             with torch.no_grad():
                 frames = item_frames(model, mb)
-            completions, dt_sample = completions_for(model, frames, mb, on_policy, cfg, gen)
+            with run.full_params() if on_policy else contextlib.nullcontext():  # FSDP: every rank samples
+                completions, dt_sample = completions_for(model, frames, mb, on_policy, cfg, gen)
             t = time.time()
             scores = teacher.score([r["transcript"] for r in mb], [r["instruction"] for r in mb], completions)
             scores = scores.to(acc.device)

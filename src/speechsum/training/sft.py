@@ -116,7 +116,7 @@ def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
     # --- model, optimizer
     text_mode = cfg.data.input == "transcript"
     run = common.start_run(cfg, log, freeze_projector=text_mode)
-    model, acc, opt = run.model, run.acc, run.opt
+    model, acc = run.model, run.acc
 
     # --- data
     train_items = load_items(cfg.data, cfg.data.train_split)
@@ -124,6 +124,7 @@ def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
         train_items = train_items[: cfg.data.max_items]
     order = common.DataOrder(len(train_items), cfg.loop.seed, weights=item_weights(train_items, cfg.data))
     common.resume_or_begin(run, order, resume)
+    opt = run.opt  # under FSDP rebuilt on the sharded parameters
     segments = lambda m, items: sft_segments(m, items, text_mode)  # noqa: E731
 
     # --- train
@@ -156,10 +157,11 @@ def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
                             epoch=order.epoch, seconds=dt)
         run.bar.update(loss=loss_sum, tok_s=tokens / dt)
         common.end_step(run, order)
-        if run.main and ((cfg.loop.eval_every and run.step % cfg.loop.eval_every == 0)
-                         or run.step == cfg.loop.max_steps):
-            common.evaluate_dev(model, cfg.data, run.run_dir, run.step, cfg.loop.eval_items, load_items,
-                                segments, run.metrics)
+        if (cfg.loop.eval_every and run.step % cfg.loop.eval_every == 0) or run.step == cfg.loop.max_steps:
+            with run.full_params():  # (FSDP: every rank gathers the layers; the main process evaluates)
+                if run.main:
+                    common.evaluate_dev(model, cfg.data, run.run_dir, run.step, cfg.loop.eval_items, load_items,
+                                        segments, run.metrics)
     return common.finish_run(run, "sft (text mode)" if text_mode else "sft")
 
 
