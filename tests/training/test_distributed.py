@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,9 +41,10 @@ def _run(cmd, env):
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-# accelerate's FSDP flag (FSDP1 by default, which accelerate alone refuses on a CPU): speechsum reads
-# it as loop.fsdp and shards the decoder layers itself
+# accelerate's FSDP flag (FSDP1 by default, which accelerate alone refuses on a CPU) and the shipped
+# accelerate config: speechsum reads either as loop.fsdp and shards the decoder layers itself
 FSDP = ["--use_fsdp"]
+FSDP_CONFIG = ["--config_file", str(Path(__file__).parents[2] / "configs" / "accelerate" / "fsdp.yaml")]
 
 
 def _launch(stage: str, config, *args: str, launch: list[str] = ("--multi_gpu",)) -> str:
@@ -103,8 +105,8 @@ def test_two_ranks_equal_one_rank(tmp_path, tiny_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("llm_training", ["lora", "full"])
-def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_training):
+@pytest.mark.parametrize("llm_training,launch", [("lora", FSDP), ("full", FSDP_CONFIG)], ids=["lora", "full"])
+def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_training, launch):
     # the decoder layers sharded over 2 ranks (their trained weights and Adam moments in halves; under
     # `full` the replicated embedding/head train too, their gradients averaged by hand), the run
     # stopped after step 2 and resumed to step 4: the same losses and weights as 1 rank
@@ -114,8 +116,8 @@ def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_train
     one = _config(tmp_path, tiny_data, tmp_path / "one", batch_size=2, loop_steps=4, llm_training=llm_training)
     two = _config(tmp_path, tiny_data, tmp_path / "two", batch_size=1, loop_steps=4, llm_training=llm_training)
     _run([sys.executable, "-m", "speechsum.cli", "train", "sft", "--config", str(one)], ENV)
-    _launch("sft", two, "loop.max_steps=2", launch=FSDP)
-    _launch("sft", two, "--resume", launch=FSDP)
+    _launch("sft", two, "loop.max_steps=2", launch=launch)
+    _launch("sft", two, "--resume", launch=launch)
     assert (tmp_path / "two" / "samples" / "step-0000004.jsonl").is_file()
     _assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final")
     _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"), "loss", "grad_norm", n=4)
