@@ -139,13 +139,14 @@ def test_fsdp_kd_samples_on_policy_from_the_gathered_layers(tmp_path, tiny_data)
 
 
 @pytest.mark.slow
-def test_align_two_ranks_equal_one_rank(tmp_path, tiny_data):
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_align_two_ranks_equal_one_rank(tmp_path, tiny_data, fsdp):
     # behaviour targets from the student's own LLM (rank 0 writes them into the data's cache first,
     # the other rank reads them) plus the feature term; the connector alone trains. The feature term
     # is a mean over each micro-batch's audio spans, so one audio span per example (one sentence, no
     # interleaving) makes 2 ranks x 1 example the same average as 1 rank x 2 examples
     one, two = _one_and_two_ranks(tmp_path, tiny_data, "align", examples_per_doc=2, feature_weight=0.5,
-                                  max_sentences=1, interleave_prob=0.0, tasks=["transcribe", "title"])
+                                  max_sentences=1, interleave_prob=0.0, tasks=["transcribe", "title"], fsdp=fsdp)
     _assert_same(one, two, "loss", "feature")
 
 
