@@ -167,3 +167,16 @@ class FakePairwiseJudge:
                             lambda model, tok, prompt, labels: {"1": self.pair(prompt), "2": 0.0})
         return self
 
+
+
+def dev_with_facts(data):
+    """The tiny dataset's dev items, each given one known fact (its day): what DPO's dev selection scores."""
+    import json
+
+    from speechsum.data.dataset import read_manifest, write_manifest
+
+    rows = read_manifest(data / "dev")
+    for r in rows:
+        r["facts"] = json.dumps([{"id": "f1", "kind": "date", "value": "Friday", "mention": "friday", "attrs": {}}])
+    write_manifest(data / "dev", rows)
+    return data

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import save_tiny_models
+from tiny import dev_with_facts, save_tiny_models
 
 from speechsum.models.speech_lm import SpeechLM
 
@@ -175,9 +175,13 @@ def test_dpo_two_ranks_equal_one_rank(tmp_path, tiny_data, fsdp):
         "instruction": "summarize", "chosen_ids": list(range(20, 22 + 2 * i)) + [eot],
         "rejected_ids": list(range(40, 41 + i)) + [eot], "ref_chosen": -10.0 - i, "ref_rejected": -8.0 - i,
     }}) + "\n" for i in range(6)))
-    one, two = _one_and_two_ranks(tmp_path, tiny_data, "dpo", pairs=str(pairs), sft_weight=0.5, beta=0.1,
-                                  fsdp=fsdp)
+    # with dev selection at every checkpoint: scored by rank 0 alone (under FSDP from the gathered
+    # layers, the other rank waiting), the best step's folder loaded back on every rank
+    one, two = _one_and_two_ranks(tmp_path, dev_with_facts(tiny_data), "dpo", pairs=str(pairs), sft_weight=0.5,
+                                  beta=0.1, fsdp=fsdp, select="best", select_max_new_tokens=6)
     _assert_same(one, two, "loss", "reward_margin", "reward_accuracy", "reward_chosen", "reward_rejected")
+    select = lambda d: json.loads((d / "select.json").read_text())  # noqa: E731
+    assert select(tmp_path / "one") == select(tmp_path / "two") and len(select(tmp_path / "one")["scores"]) == 2
 
 
 def test_a_stage_called_from_python_closes_its_process_group_at_exit(tmp_path):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tiny import FakePairwiseJudge, save_tiny_models
+from tiny import FakePairwiseJudge, dev_with_facts, save_tiny_models
 
 from speechsum.models.speech_lm import SpeechLMConfig
 from speechsum.training import common, dpo
@@ -391,17 +391,6 @@ def test_dpo_pairs_per_item_trains_on_every_recorded_pair(tmp_path, tiny_data, m
 # ------------------------------------------------------------------------------------ select: guard / best
 
 
-def _dev_with_facts(data):
-    """The tiny dataset's dev items, each given one known fact (its day)."""
-    from speechsum.data.dataset import read_manifest, write_manifest
-
-    rows = read_manifest(data / "dev")
-    for r in rows:
-        r["facts"] = json.dumps([{"id": "f1", "kind": "date", "value": "Friday", "mention": "friday", "attrs": {}}])
-    write_manifest(data / "dev", rows)
-    return data
-
-
 def _projector(path):
     from safetensors.torch import load_file
 
@@ -410,7 +399,7 @@ def _projector(path):
 
 def test_select_dev_scores_every_checkpoint_with_the_fact_judge(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
-    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="best", select_max_new_tokens=6)
+    cfg = _cfg(tmp_path, dev_with_facts(tiny_data), select="best", select_max_new_tokens=6)
     cfg.loop.save_every = 1
     logs = []
     final = dpo.train(cfg, log=logs.append)
@@ -433,7 +422,7 @@ def _scripted_select(tmp_path, tiny_data, monkeypatch, scores, select, logs=None
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
     script = iter(scores)
     monkeypatch.setattr(dpo, "dev_fact_f1", lambda *a: next(script))
-    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select=select)
+    cfg = _cfg(tmp_path, dev_with_facts(tiny_data), select=select)
     cfg.loop.save_every = 1
     return dpo.train(cfg, log=(logs.append if logs is not None else lambda *a: None))
 
@@ -464,7 +453,7 @@ def test_select_dev_resumes_without_rescoring(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
     calls = []
     monkeypatch.setattr(dpo, "dev_fact_f1", lambda *a: calls.append(1) or 0.1 * len(calls))
-    cfg = _cfg(tmp_path, _dev_with_facts(tiny_data), select="best")
+    cfg = _cfg(tmp_path, dev_with_facts(tiny_data), select="best")
     cfg.loop.save_every = 1
     dpo.train(cfg, log=lambda *a: None)
     assert len(calls) == 3
