@@ -621,8 +621,12 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
             os.environ["ACCELERATE_USE_FSDP"] = fsdp_env
     if acc.num_processes > 1:
         close_process_group_at_exit()
-    seed_everything(cfg.loop.seed + acc.process_index)
+    # the starting weights' random parts (a fresh LoRA, an untrained projector) are drawn under one
+    # seed on every rank (FSDP shards each rank's own copy); dropout and the like then draw per rank
+    seed_everything(cfg.loop.seed)
     model, model_cfg = build_model(cfg.model, cfg.init, log if acc.is_main_process else None)
+    if acc.num_processes > 1:
+        seed_everything(cfg.loop.seed + acc.process_index)
     cfg.model = model_cfg
     model.encoder_cache = EncoderCache(cfg.data.encoder_cache or Path(cfg.data.path) / "encoder_cache")
     model.decode_bf16 = bf16  # samples (KD, DPO, dev) from a bf16 copy only where the run is bf16
@@ -668,8 +672,8 @@ def resume_or_begin(run: Run, order: DataOrder, resume: bool) -> None:
     if fsdp_requested(run.cfg.loop) and run.acc.num_processes > 1:
         from speechsum.training.shard import shard_layers
 
-        run.model.to(run.acc.device)
         run.units = shard_layers(run.model, run.acc.device)
+        run.model.to(run.acc.device)  # what is not sharded (the layers' shards are there already)
         run.params = [p for p in run.model.parameters() if p.requires_grad]
         run.opt = build_optimizer(run.params, run.cfg.optim)
         if run.main:

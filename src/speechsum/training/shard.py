@@ -43,20 +43,39 @@ def decoder_layers(model) -> nn.ModuleList:
     return layers
 
 
+def check_same_weights(model, device: torch.device) -> None:
+    """Raise unless every rank holds the same trainable weights. `fully_shard` keeps each rank's own
+    slice of what that rank has, so ranks that built different starting weights (a fresh LoRA or
+    projector drawn with per-rank seeds) would train a patchwork; `start_run` builds them under one
+    seed. (DDP instead broadcasts rank 0's weights; here that would put the whole model on each GPU
+    and need the CPU tensors on a GPU-only backend.)"""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        local = torch.zeros(2, dtype=torch.float64, device=device)
+        for p in model.parameters():
+            if p.requires_grad:
+                x = p.detach().to(device, torch.float64)
+                local += torch.stack([x.sum(), x.pow(2).sum()])
+        lo, hi = local.clone(), local.clone()
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if not torch.equal(lo, hi):
+        raise RuntimeError("fsdp: the ranks built different starting weights (trainable weights' sums "
+                           f"{lo.tolist()} to {hi.tolist()}); every rank must build the model under the same seed")
+
+
 def shard_layers(model, device: torch.device) -> list[nn.Module]:
-    """Shard each decoder layer of `model` (a SpeechLM, weights already loaded) over all ranks of the
-    default process group; returns the FSDP units. The optimizer must be built after this: the layers'
-    parameters are replaced by sharded ones."""
+    """Shard each decoder layer of `model` (a SpeechLM, weights already loaded, the same on every
+    rank) over all ranks of the default process group; returns the FSDP units. Each layer goes to
+    `device` one at a time (only this rank's shard stays there); the rest of the model is moved by
+    the caller. The optimizer must be built after this: the layers' parameters are replaced by
+    sharded ones."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    # every rank starts from rank 0's weights (as DDP does when it wraps): the random parts (a fresh
-    # LoRA, an untrained projector) were drawn with each rank's own seed, and `fully_shard` keeps each
-    # rank's own slice of what it has
-    with torch.no_grad():
-        for t in [*model.parameters(), *model.buffers()]:
-            dist.broadcast(t.data, src=0)
+    check_same_weights(model, device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     units = []
     for layer in decoder_layers(model):
