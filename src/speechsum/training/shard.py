@@ -36,10 +36,12 @@ def is_sharded(t: torch.Tensor) -> bool:
 
 def decoder_layers(model) -> nn.ModuleList:
     """The LLM's stack of decoder layers (HF causal LMs keep them at `get_decoder().layers`)."""
+    from speechsum.training.common import InputError
+
     layers = getattr(model.base_llm.get_decoder(), "layers", None)
     if not isinstance(layers, nn.ModuleList) or not len(layers):
-        raise ValueError(f"fsdp: no decoder layers found in {type(model.base_llm).__name__} "
-                         "(expected get_decoder().layers)")
+        raise InputError(f"loop.fsdp: {type(model.base_llm).__name__} has no decoder layers where speechsum "
+                         "shards them (get_decoder().layers); train it without fsdp")
     return layers
 
 
