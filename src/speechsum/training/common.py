@@ -700,10 +700,7 @@ def state_bytes(run: Run) -> int:
     """Bytes this rank holds of the model's weights, their gradients and the optimizer's state (the
     local shard of a sharded tensor): what FSDP divides over ranks, and what the resident set hides
     behind the allocator's cached memory."""
-    from speechsum.training.shard import is_sharded
-
-    def local(t):
-        return t.to_local() if is_sharded(t) else t
+    from speechsum.training.shard import local
 
     params = list(run.model.parameters())
     grads = [p for p in params if p.requires_grad]  # a gradient each during the step (freed after it)

@@ -105,6 +105,11 @@ def full_params(units: list[nn.Module]):
             u.reshard()
 
 
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor: a sharded one's local shard, a plain one itself."""
+    return t.to_local() if is_sharded(t) else t
+
+
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """A sharded tensor gathered whole (a collective), a plain one as it is."""
     return t.full_tensor() if is_sharded(t) else t
@@ -130,8 +135,7 @@ def load_full_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, value in state.items():
             p = params[name]
-            src = like_param(value, p)
-            (p.to_local() if is_sharded(p) else p).copy_(src.to_local() if is_sharded(src) else src)
+            local(p).copy_(local(like_param(value, p)))
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
@@ -145,13 +149,13 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
         if p.grad is not None:
             (sharded if is_sharded(p.grad) else whole).append(p.grad)
     dev = (sharded or whole)[0].device if (sharded or whole) else torch.device("cpu")
-    local = torch.zeros((), device=dev, dtype=torch.float64)
+    squares = torch.zeros((), device=dev, dtype=torch.float64)
     for g in sharded:
-        local += g.to_local().double().pow(2).sum()
-    dist.all_reduce(local)
+        squares += local(g).double().pow(2).sum()
+    dist.all_reduce(squares)  # the shards' squares summed over ranks; whole gradients counted once
     for g in whole:
-        local += g.double().pow(2).sum()
-    norm = float(local.sqrt())
+        squares += g.double().pow(2).sum()
+    norm = float(squares.sqrt())
     if max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for g in sharded + whole:
