@@ -228,11 +228,11 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, meta: dict, tensors: dict
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(run_dir: Path, step: int, model, opt: torch.optim.Optimizer | tuple, trainer_state: dict,
+def save_checkpoint(run_dir: Path, step: int, model, opt_state: tuple[dict, dict], trainer_state: dict,
                     keep_last: int, model_state: dict | None = None) -> Path:
     """checkpoints/step-N/{model/, optimizer.*, rng.safetensors, state.json}, then `latest` points to it.
-    `opt` may be the optimizer or its `optimizer_tensors`, and `model_state` the model's
-    `trainable_state` (both gathered beforehand on every rank when the model is sharded).
+    `opt_state` is the optimizer's `optimizer_tensors` and `model_state` the model's `trainable_state`
+    (None: read from the model), both gathered beforehand on every rank when the model is sharded.
 
     The folder is complete before it is renamed into place, and `latest` is replaced atomically
     after that, so a kill at any moment leaves the previous good checkpoint as `latest`."""
@@ -243,7 +243,7 @@ def save_checkpoint(run_dir: Path, step: int, model, opt: torch.optim.Optimizer 
     final = ckpt_root / f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".step-{step:07d}-"))
     model.save_pretrained(tmp / "model", state=model_state)
-    meta, tensors = opt if isinstance(opt, tuple) else optimizer_tensors(opt)
+    meta, tensors = opt_state
     save_file(tensors, tmp / "optimizer.safetensors")
     (tmp / "optimizer.json").write_text(json.dumps(meta))
     rng_js, rng_t = rng_state()
@@ -576,6 +576,11 @@ class Run:
             self.model.forget_decode_copy()
         return full_params(self.units)
 
+    def saved_state(self) -> dict | None:
+        """The model's `trainable_state` for the main process to save: under FSDP gathered by every
+        rank (a collective) and kept by the main one; None otherwise (save_pretrained reads it)."""
+        return self.model.trainable_state(keep=self.main) if self.units else None
+
     @property
     def per_step(self) -> int:
         """Items per optimizer step over all ranks and micro-batches."""
@@ -717,10 +722,9 @@ def end_step(run: Run, order: DataOrder) -> None:
             "sharded_layers": len(run.units)}) + "\n")
         run.state_logged = True
     if run.step % loop.save_every == 0 or run.step == loop.max_steps:
-        model_state = opt_state = None
-        if run.main or run.units:  # sharded: gathered by every rank (collectives), kept by the writer
-            model_state = run.model.trainable_state(keep=run.main)
-            opt_state = optimizer_tensors(run.opt, keep=run.main)
+        model_state = run.saved_state()
+        # sharded: gathered by every rank (collectives), kept by the writer
+        opt_state = optimizer_tensors(run.opt, keep=run.main) if run.main or run.units else None
         if run.main:
             save_checkpoint(run.run_dir, run.step, run.model, opt_state, {"data_position": order.position},
                             loop.keep_last, model_state=model_state)
@@ -760,7 +764,7 @@ class BestOnDev:
             run.acc.wait_for_everyone()
             return
         model = run.model
-        state = model.trainable_state(keep=run.main) if run.units else None  # sharded: every rank gathers
+        state = run.saved_state()
         value = None
         with run.full_params():  # every rank gathers; the main process alone scores (no collective inside)
             if run.main:
@@ -800,7 +804,7 @@ def finish_run(run: Run, stage: str) -> Path:
     run.bar.close()
     run.metrics.close()
     final = final_model_dir(run.run_dir)
-    state = run.model.trainable_state(keep=run.main) if run.units else None  # sharded: every rank gathers
+    state = run.saved_state()
     if run.main:
         run.model.save_pretrained(final, state=state)
         run.log(f"{stage}: done; final model in {final}")
