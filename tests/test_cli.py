@@ -163,3 +163,15 @@ def test_eval_compare_accepts_lists_of_models(tmp_path, capsys):
     code = main(["eval", "--model", *models, "--data", str(tmp_path), "--compare", "runs/s0/sft,runs/s2/sft:runs/s0/kd"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--compare runs/s0/sft,runs/s2/sft:runs/s0/kd" in err[0]
+
+
+@pytest.mark.parametrize("stage", ["align", "sft", "kd", "dpo"])
+def test_deepspeed_launch_is_refused_in_one_line_before_any_work(stage, tmp_path, capsys, monkeypatch):
+    # `accelerate launch --use_deepspeed` sets this; DeepSpeed's engine would take over the stage's
+    # own accumulation, clipping, stepping and checkpoints
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    out = tmp_path / "run"
+    assert main(["train", stage, "--config", f"configs/{stage}/tiny.yaml", f"loop.out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "DeepSpeed" in err[0] and "--use_fsdp" in err[0]
+    assert not out.exists()

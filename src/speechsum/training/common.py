@@ -615,6 +615,7 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
 
     from speechsum.models.encoder import EncoderCache
 
+    refuse_deepspeed()
     bf16 = resolve_bf16(cfg.loop, log)
     # speechsum shards by itself (`loop.fsdp`, resume_or_begin): accelerate's own FSDP is kept out of
     # the Accelerator, which would refuse a CPU under FSDP1 and cannot wrap a SpeechLM either way
@@ -646,6 +647,16 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
         raise ValueError("nothing to train: the LLM and the projector are both frozen "
                          "(set model.llm_training or model.train_projector)")
     return Run(cfg, acc, model, params, build_optimizer(params, cfg.optim), Path(cfg.loop.out_dir), log)
+
+
+def refuse_deepspeed() -> None:
+    """accelerate launched with DeepSpeed (`--use_deepspeed`, or `distributed_type: DEEPSPEED` in its
+    config) is refused before any work: the stages accumulate, clip, step and checkpoint by
+    themselves, which DeepSpeed's engine takes over (and without a GPU accelerate does not apply it). FSDP shards the decoder layers' weights, gradients and Adam state instead."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise InputError("accelerate launch with DeepSpeed: the training stages do not run under DeepSpeed; "
+                         "launch with --use_fsdp (or --config_file configs/accelerate/fsdp.yaml) to shard "
+                         "the model, or with --multi_gpu for DDP")
 
 
 def fsdp_requested(loop: LoopConfig) -> bool:
