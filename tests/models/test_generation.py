@@ -216,3 +216,32 @@ def test_decode_drops_a_last_line_that_repeats_an_earlier_one_at_the_stop_token(
     assert free.text == "- Book the room\n- Send the plan\n- Book the room" and free.finished
     assert cut.text == "- Book the room\n- Send the plan" and cut.looped and cut.finished
     assert cut.ids == list(range(2, 10))
+
+
+def test_samples_from_a_shared_prefill_equal_samples_from_repeated_prompts():
+    """DPO's N samples per prompt decode from one prefill repeated N times (`Prefill.repeat`), and
+    its greedy summary from the original: the same tokens and log-probs as prefilling each copy."""
+    from speechsum.models.generation import decode_from, prefill
+
+    tok = tiny_tokenizer()
+    llm = tiny_llm(len(tok), seed=5).eval()
+    prompts = [tok(t)["input_ids"] for t in ["the meeting", "budget friday team report", "send the plan"]]
+    stops = stop_token_ids(tok, llm)
+    n = 4
+    with torch.inference_mode():
+        ids, mask, pos = left_pad(prompts, tok.pad_token_id)
+        embeds = llm.get_input_embeddings()(ids)
+        r_ids, r_mask, r_pos = left_pad([p for p in prompts for _ in range(n)], tok.pad_token_id)
+        r_embeds = llm.get_input_embeddings()(r_ids)
+    each = decode(llm, tok, r_embeds, r_mask, r_pos, stops, max_new_tokens=24, do_sample=True,
+                  generator=torch.Generator().manual_seed(3))
+    greedy = decode(llm, tok, embeds, mask, pos, stops, max_new_tokens=24)
+    start = prefill(llm, embeds, mask, pos)
+    shared = decode_from(llm, tok, start.repeat(n), stops, max_new_tokens=24, do_sample=True,
+                         generator=torch.Generator().manual_seed(3))
+    shared_greedy = decode_from(llm, tok, start, stops, max_new_tokens=24)  # the original, untouched by the copy
+    assert len({tuple(g.ids) for g in each}) > len(prompts)  # the samples differ within a prompt
+    assert [g.ids for g in shared] == [g.ids for g in each]
+    assert [g.ids for g in shared_greedy] == [g.ids for g in greedy]
+    for a, b in zip(shared + shared_greedy, each + greedy):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)

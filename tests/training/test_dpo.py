@@ -314,7 +314,7 @@ def test_dpo_unfinished_rule_gets_each_candidates_end(tmp_path, tiny_data, monke
     from speechsum.models.speech_lm import SpeechLM
 
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
-    real = SpeechLM.generate_items
+    real = SpeechLM.decode_prefilled
 
     def some_end(self, *a, **kw):
         ends.add(self.end_of_turn_id)
@@ -323,7 +323,7 @@ def test_dpo_unfinished_rule_gets_each_candidates_end(tmp_path, tiny_data, monke
             g.finished = k % 2 == 0
         return gens
 
-    monkeypatch.setattr(SpeechLM, "generate_items", some_end)
+    monkeypatch.setattr(SpeechLM, "decode_prefilled", some_end)
     ends = set()
 
     def run(name, **kw):

@@ -149,7 +149,38 @@ def pick_tokens(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0,
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+@dataclass
+class Prefill:
+    """The prompts' KV cache and next-token logits: where decoding starts. Decoding extends the
+    cache, so one Prefill serves one decode; `repeat(n)` gives an independent copy with each row
+    n times (the n samples of one prompt share its prefill instead of computing it n times)."""
+    cache: object  # transformers.DynamicCache
+    logits: torch.Tensor  # [B, V] fp32, the next token's
+    attention_mask: torch.Tensor  # [B, T]
+    next_pos: torch.Tensor  # [B]
+
+    @torch.inference_mode()
+    def repeat(self, n: int) -> "Prefill":
+        import copy
+
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(n)
+        return Prefill(cache, self.logits.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0),
+                       self.next_pos.repeat_interleave(n, 0))
+
+
 @torch.inference_mode()
+def prefill(llm, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> Prefill:
+    """Run left-padded prompts (embeds [B, T, D], mask and positions [B, T]) through the decoder once."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    out = llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                            past_key_values=cache, use_cache=True)
+    logits = llm.get_output_embeddings()(out.last_hidden_state[:, -1]).float()  # the LM head on the last position only
+    return Prefill(cache, logits, attention_mask, position_ids[:, -1] + 1)
+
+
 def decode(llm, tokenizer, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
            stop_ids: list[int], max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
            top_p: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None,
@@ -157,16 +188,20 @@ def decode(llm, tokenizer, embeds: torch.Tensor, attention_mask: torch.Tensor, p
     """Decode from left-padded inputs (embeds [B, T, D], mask and positions [B, T]); `repeat_stop`:
     see the module docstring."""
     check_repeat_stop(repeat_stop)
-    from transformers import DynamicCache
+    return decode_from(llm, tokenizer, prefill(llm, embeds, attention_mask, position_ids), stop_ids, max_new_tokens,
+                       do_sample, temperature, top_p, top_k, generator, repeat_stop)
 
+
+@torch.inference_mode()
+def decode_from(llm, tokenizer, start: Prefill, stop_ids: list[int], max_new_tokens: int = 128,
+                do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                generator: torch.Generator | None = None, repeat_stop: int = 0) -> list[Generation]:
+    """Decode from a prefill (which this consumes: its cache grows); see `decode`."""
+    check_repeat_stop(repeat_stop)
     decoder, head, emb_layer = llm.get_decoder(), llm.get_output_embeddings(), llm.get_input_embeddings()
-    cache = DynamicCache()
-    out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                  past_key_values=cache, use_cache=True)
-    logits = head(out.last_hidden_state[:, -1]).float()  # prefill: the LM head on the last position only
-    attn = attention_mask
-    next_pos = position_ids[:, -1] + 1
-    n = len(embeds)
+    cache, logits = start.cache, start.logits
+    attn, next_pos = start.attention_mask, start.next_pos
+    n = len(logits)
     active = torch.arange(n, device=logits.device)  # original row of each live batch row
     ids_out: list[list[int]] = [[] for _ in range(n)]
     lps_out: list[list[float]] = [[] for _ in range(n)]

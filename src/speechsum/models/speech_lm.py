@@ -27,7 +27,7 @@ from torch import nn
 
 from speechsum.config import from_dict, to_dict
 from speechsum.models.encoder import EncoderCache, EncoderMode, WhisperEncoder
-from speechsum.models.generation import Generation, decode, stop_token_ids
+from speechsum.models.generation import Generation, Prefill, decode_from, prefill, stop_token_ids
 from speechsum.models.projector import Projector
 from speechsum.precision import bf16_native, set_int8_decoding, write_state
 
@@ -634,17 +634,30 @@ class SpeechLM(nn.Module):
         tensors whose write state says nothing about the shards the optimizer stepped)."""
         self._decode_copy_key = ()
 
+    def prefill_items(self, items: list[list[Segment]]) -> Prefill:
+        """The prompts' prefill (left-padded, on the decoding LLM): `decode_prefilled` starts there,
+        and `Prefill.repeat(n)` shares it among n samples of each prompt."""
+        with torch.inference_mode():
+            batch = self.build_batch(items, padding_side="left")
+        llm = self.decoding_llm()
+        embeds = batch.embeds.to(llm.get_input_embeddings().weight.dtype)
+        return prefill(llm, embeds, batch.attention_mask, batch.position_ids)
+
+    def decode_prefilled(self, start: Prefill, max_new_tokens: int = 128, do_sample: bool = False,
+                         temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                         generator: torch.Generator | None = None, repeat_stop: int = 0) -> list[Generation]:
+        """Batched decoding from a prefill (KV cache); see models/generation.py (`repeat_stop`: stop a
+        row once its answer loops)."""
+        return decode_from(self.decoding_llm(), self.tokenizer, start, self.stop_ids, max_new_tokens, do_sample,
+                           temperature, top_p, top_k, generator, repeat_stop)
+
     def generate_items(self, items: list[list[Segment]], max_new_tokens: int = 128, do_sample: bool = False,
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                        generator: torch.Generator | None = None, repeat_stop: int = 0) -> list[Generation]:
         """Batched decoding (left padding, KV cache) of segment lists; see models/generation.py
         (`repeat_stop`: stop a row once its answer loops)."""
-        with torch.inference_mode():
-            batch = self.build_batch(items, padding_side="left")
-        llm = self.decoding_llm()
-        embeds = batch.embeds.to(llm.get_input_embeddings().weight.dtype)
-        return decode(llm, self.tokenizer, embeds, batch.attention_mask, batch.position_ids,
-                      self.stop_ids, max_new_tokens, do_sample, temperature, top_p, top_k, generator, repeat_stop)
+        return self.decode_prefilled(self.prefill_items(items), max_new_tokens, do_sample, temperature, top_p, top_k,
+                                     generator, repeat_stop)
 
     def generate(self, audio: list[np.ndarray], instructions: list[str], **kw) -> list[Generation]:
         """Summaries (or any answer) for 16 kHz clips and one instruction each."""

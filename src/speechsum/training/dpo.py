@@ -474,10 +474,11 @@ def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, 
             frames = item_frames(model, chunk)
             with torch.no_grad():
                 prompts = model.audio_items(frames, [r["instruction"] for r in chunk])
-            reps = [p for p in prompts for _ in range(cfg.num_samples)]  # N samples per item, one batch
-            gens = model.generate_items(reps, max_new_tokens=cfg.max_new_tokens, do_sample=True,
-                                        temperature=cfg.sample_temperature, generator=gen)
-            greedy = (model.generate_items(prompts, max_new_tokens=cfg.max_new_tokens, do_sample=False)
+            # N samples per item in one batch, and the greedy summary, all from one prefill of the prompts
+            start = model.prefill_items(prompts)
+            gens = model.decode_prefilled(start.repeat(cfg.num_samples), max_new_tokens=cfg.max_new_tokens,
+                                          do_sample=True, temperature=cfg.sample_temperature, generator=gen)
+            greedy = (model.decode_prefilled(start, max_new_tokens=cfg.max_new_tokens, do_sample=False)
                       if cfg.greedy != "off" else [])
             g_idx = cfg.num_samples if greedy else None  # the greedy summary's index among the candidates
             recs, new, new_frames = [], [], []
