@@ -33,6 +33,22 @@ def test_real_piper_one_sentence():
     assert np.abs(audio).max() > 0.05
 
 
+def test_piper_in_a_synth_worker_runs_on_one_thread(monkeypatch):
+    pytest.importorskip("piper", reason="piper-tts not installed (pip install 'speechsum[data]')")
+    try:
+        tts.check_voice("piper:en_US-joe-medium")
+    except tts.VoiceError as e:
+        pytest.skip(f"piper voice unavailable: {e}")
+    monkeypatch.setattr(tts, "ORT_THREADS", 0)
+    default = tts.PiperVoice("en_US-joe-medium").voice.session.get_session_options().intra_op_num_threads
+    tts.one_thread_per_worker()  # what synth's worker processes run first
+    assert tts.ORT_THREADS == 1
+    worker = tts.PiperVoice("en_US-joe-medium")
+    assert default != 1 and worker.voice.session.get_session_options().intra_op_num_threads == 1
+    audio = worker.synthesize("We meet again on Friday at ten.", 1.0)
+    assert 1.0 < len(audio) / SAMPLE_RATE < 5 and np.abs(audio).max() > 0.05
+
+
 @needs_espeak
 @pytest.mark.parametrize("voice, fragment", [
     ("espeak:en-us+nosuchvariant", "no variant"),

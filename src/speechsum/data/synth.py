@@ -498,7 +498,10 @@ def synthesize(cfg: SynthConfig, out_dir: str | Path, *, target_writer: TargetWr
             # concurrent.futures rather than multiprocessing.Pool: Pool.terminate() can deadlock on a
             # queue lock held by a worker it just killed; here we cancel queued jobs and let running
             # ones finish (each is atomic, so either outcome is safe).
-            executor = ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=mp.get_context("spawn"))
+            from speechsum.data.tts import one_thread_per_worker
+
+            executor = ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=mp.get_context("spawn"),
+                                           initializer=one_thread_per_worker)
             results = (f.result() for f in as_completed([executor.submit(run_job, j, target_writer) for j in todo]))
         for n, r in enumerate(results, 1):
             made_items += r.get("items", 0)
