@@ -652,7 +652,8 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
 def refuse_deepspeed() -> None:
     """accelerate launched with DeepSpeed (`--use_deepspeed`, or `distributed_type: DEEPSPEED` in its
     config) is refused before any work: the stages accumulate, clip, step and checkpoint by
-    themselves, which DeepSpeed's engine takes over (and without a GPU accelerate does not apply it). FSDP shards the decoder layers' weights, gradients and Adam state instead."""
+    themselves, which DeepSpeed's engine takes over (and without a GPU accelerate does not apply
+    it). FSDP shards the decoder layers' weights, gradients and Adam state instead."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         raise InputError("accelerate launch with DeepSpeed: the training stages do not run under DeepSpeed; "
                          "launch with --use_fsdp (or --config_file configs/accelerate/fsdp.yaml) to shard "
