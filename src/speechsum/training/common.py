@@ -649,12 +649,17 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
     return Run(cfg, acc, model, params, build_optimizer(params, cfg.optim), Path(cfg.loop.out_dir), log)
 
 
+def launched_with(kind: str) -> bool:
+    """Whether `accelerate launch` asked for `kind` (FSDP, DEEPSPEED): its ACCELERATE_USE_<kind> flag."""
+    return os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() == "true"
+
+
 def refuse_deepspeed() -> None:
     """accelerate launched with DeepSpeed (`--use_deepspeed`, or `distributed_type: DEEPSPEED` in its
     config) is refused before any work: the stages accumulate, clip, step and checkpoint by
     themselves, which DeepSpeed's engine takes over (and without a GPU accelerate does not apply
     it). FSDP shards the decoder layers' weights, gradients and Adam state instead."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    if launched_with("DEEPSPEED"):
         raise InputError("accelerate launch with DeepSpeed: the training stages do not run under DeepSpeed; "
                          "launch with --use_fsdp (or --config_file configs/accelerate/fsdp.yaml) to shard "
                          "the model, or with --multi_gpu for DDP")
@@ -663,7 +668,7 @@ def refuse_deepspeed() -> None:
 def fsdp_requested(loop: LoopConfig) -> bool:
     """loop.fsdp, or accelerate launched with FSDP (`--use_fsdp`, or `distributed_type: FSDP` in its
     config: accelerate ignores that on the CPU, speechsum does not)."""
-    return loop.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return loop.fsdp or launched_with("FSDP")
 
 
 class _AutocastForward:
