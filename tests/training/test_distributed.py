@@ -107,11 +107,11 @@ def test_two_ranks_equal_one_rank(tmp_path, tiny_data):
 @pytest.mark.slow
 @pytest.mark.parametrize("llm_training,launch", [("lora", FSDP), ("full", FSDP_CONFIG)], ids=["lora", "full"])
 def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_training, launch):
-    # the decoder layers sharded over 2 ranks (their trained weights and Adam moments in halves; under
-    # `full` the replicated embedding/head train too, their gradients averaged by hand), the run
-    # stopped after step 2 and resumed to step 4: the same losses and weights as 1 rank
+    # the model sharded over 2 ranks (trained weights and Adam moments in halves; under `full` the
+    # embedding/head train too, gathered for each micro-batch, their gradients reduce-scattered), the
+    # run stopped after step 2 and resumed to step 4: the same losses and weights as 1 rank
     # uninterrupted. Stopping and resuming covers saving gathered shards and loading them back, the
-    # optimizer state included; dev samples at the end are decoded from the gathered layers.
+    # optimizer state included; dev samples at the end are decoded from the gathered model.
     _vary_target_lengths(tiny_data)
     one = _config(tmp_path, tiny_data, tmp_path / "one", batch_size=2, loop_steps=4, llm_training=llm_training)
     two = _config(tmp_path, tiny_data, tmp_path / "two", batch_size=1, loop_steps=4, llm_training=llm_training)
@@ -123,6 +123,58 @@ def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_train
     _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"), "loss", "grad_norm", n=4)
     state = lambda d: json.loads((d / "memory.json").read_text())["state_mb"]  # noqa: E731
     assert state(tmp_path / "two") < state(tmp_path / "one")  # a rank holds half of each layer
+
+
+SHARD_RANK = """
+import json, sys
+from pathlib import Path
+import torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[3])
+from tiny import tiny_speechlm
+from speechsum.training import shard
+dist.init_process_group("gloo", init_method=sys.argv[2], rank=int(sys.argv[1]), world_size=2)
+torch.manual_seed(0)
+model = tiny_speechlm(Path(sys.argv[4]), llm_training="full")
+shard.shard_model(model, torch.device("cpu"))
+llm = model.base_llm
+print(json.dumps({"tied": llm.get_output_embeddings().weight is llm.get_input_embeddings().weight, "rows": {
+    n: [p.shape[0], shard.local(p).shape[0], shard.is_sharded(p)] for n, p in model.named_parameters()}}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_shards_the_embedding_head_and_projector_rows_and_their_state(tmp_path, tiny_data):
+    # 2 ranks: the embedding (the head tied to it), the final norm and the projector are sharded like
+    # the layers, each rank holding half of their rows; only the frozen encoder stays whole
+    save_tiny_models(tmp_path / "models")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [subprocess.Popen([sys.executable, "-c", SHARD_RANK, str(r), init, str(Path(__file__).parents[1]),
+                               str(tmp_path / "models")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=ENV) for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:] + outs[1][1][-3000:]
+    ranks = [json.loads(out.splitlines()[-1]) for out, _ in outs]
+    assert all(r["tied"] for r in ranks)
+    rows = [r["rows"] for r in ranks]
+    emb = next(n for n in rows[0] if n.endswith("embed_tokens.weight"))
+    norm = next(n for n in rows[0] if n.endswith("model.norm.weight"))
+    for name in [emb, norm, *(n for n in rows[0] if n.startswith("projector."))]:
+        total = rows[0][name][0]
+        assert [r[name][1] for r in rows] == [(total + 1) // 2, total // 2], name  # rank 0 the larger half
+        assert all(r[name][2] for r in rows), name
+    assert all(not sharded for n, (_, _, sharded) in rows[0].items() if n.startswith("encoder."))
+    assert all(sharded for n, (_, _, sharded) in rows[0].items() if not n.startswith("encoder."))
+
+    # the training state of each rank (weights, gradients, Adam moments) is half the 1-rank one, but
+    # for the encoder's weights, whole on both
+    one = _config(tmp_path, tiny_data, tmp_path / "one", batch_size=2, loop_steps=1, llm_training="full")
+    two = _config(tmp_path, tiny_data, tmp_path / "two", batch_size=1, loop_steps=1, llm_training="full", fsdp=True)
+    _run([sys.executable, "-m", "speechsum.cli", "train", "sft", "--config", str(one)], ENV)
+    _launch("sft", two)
+    state = lambda d: json.loads((d / "memory.json").read_text())["state_mb"]  # noqa: E731
+    encoder = sum(p.nbytes for p in SpeechLM.from_pretrained(tmp_path / "one" / "final").encoder.parameters()) / 2**20
+    assert state(tmp_path / "two") == pytest.approx(encoder + (state(tmp_path / "one") - encoder) / 2, rel=0.02)
 
 
 @pytest.mark.slow

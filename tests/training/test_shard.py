@@ -30,7 +30,7 @@ def test_a_model_without_decoder_layers_is_a_one_line_input_error():
         shard.decoder_layers(Model())
 
 
-def test_sharded_layers_keep_the_weights_the_forward_and_load_back(tiny_model, one_rank_group):
+def test_sharding_keeps_the_weights_the_forward_and_loads_back(tiny_model, one_rank_group):
     model = tiny_model.train()
     torch.manual_seed(0)
     frames = [torch.randn(40, model.encoder.dim)]
@@ -38,11 +38,16 @@ def test_sharded_layers_keep_the_weights_the_forward_and_load_back(tiny_model, o
     before = model.target_logits(model.build_batch(items)).logits.detach()
     state = {k: v.clone() for k, v in model.trainable_state().items()}
 
-    units = shard.shard_layers(model, torch.device("cpu"))
-    assert len(units) == len(shard.decoder_layers(model))
-    assert all(shard.is_sharded(p) for u in units for p in u.parameters())
-    assert not any(shard.is_sharded(p) for p in model.projector.parameters())  # replicated
-    after = model.target_logits(model.build_batch(items)).logits.detach()
+    units = shard.shard_model(model, torch.device("cpu"))
+    assert units == [*shard.decoder_layers(model), model.projector, model]  # the root (the model) last
+    # every weight is sharded but the frozen encoder's: the embedding and the head tied to it too
+    names = [n for n, p in model.named_parameters() if not shard.is_sharded(p)]
+    assert names and all(n.startswith("encoder.") for n in names)
+    assert shard.is_sharded(model.base_llm.get_output_embeddings().weight)
+    with shard.gathered(model):  # the root unit whole: build_batch looks the prompt up in the embedding
+        assert not shard.is_sharded(model.base_llm.get_input_embeddings().weight)
+        after = model.target_logits(model.build_batch(items)).logits.detach()
+    assert shard.is_sharded(model.base_llm.get_input_embeddings().weight)  # no backward: resharded on exit
     torch.testing.assert_close(after, before)
     got = model.trainable_state()
     assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
@@ -55,23 +60,76 @@ def test_sharded_layers_keep_the_weights_the_forward_and_load_back(tiny_model, o
     with pytest.raises(KeyError, match="no parameter named nope"):
         shard.load_full_state(model, {"nope": torch.zeros(1)})
 
-    # inside full_params the layers are whole tensors: a forward there needs no collective
+    # inside full_params every unit is whole: a forward there needs no collective
     with shard.full_params(units):
-        assert not any(shard.is_sharded(p) for u in units for p in u.parameters())
-        model.target_logits(model.build_batch(items))
-    assert all(shard.is_sharded(p) for u in units for p in u.parameters())
+        assert not any(shard.is_sharded(p) for p in model.parameters())
+        model.target_logits(model.build_batch(model.audio_items(frames, ["summarize"], ["the budget"])))
+    assert all(shard.is_sharded(p) for u in units[:-1] for p in u.parameters())
+
+
+def test_gradients_of_weights_used_outside_the_forward_reach_their_shards(tiny_dir, one_rank_group):
+    # the full LLM trained: the embedding gets gradient from build_batch's lookup and from the head
+    # tied to it, the projector from the audio; FSDP reduces them at the end of the backward
+    import copy
+
+    from tiny import tiny_speechlm
+
+    model = tiny_speechlm(tiny_dir, llm_training="full").train()
+    reference = copy.deepcopy(model)
+    torch.manual_seed(0)
+    frames = [torch.randn(40, model.encoder.dim)]
+
+    def loss(m):
+        out = m.target_logits(m.build_batch(m.audio_items(frames, ["summarize"], ["the budget meeting on friday"])))
+        return torch.nn.functional.cross_entropy(out.logits, out.targets)
+
+    loss(reference).backward()
+    shard.shard_model(model, torch.device("cpu"))
+    with shard.gathered(model):
+        loss(model).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+    assert grads.keys() == expected.keys()
+    for n, g in grads.items():
+        assert shard.is_sharded(g), n
+        torch.testing.assert_close(shard.full_tensor(g), expected[n], msg=n)
+
+    # align's CTC/feature terms alone (lm_weight 0): no layer runs, the projector's backward has
+    # FSDP reduce the embedding's gradient too
+    def feature(m):
+        emb = m.base_llm.get_input_embeddings()
+        audio = m.project(frames, readout=False)[0]
+        return (audio.mean(0) - emb(torch.tensor([20, 21])).mean(0)).pow(2).sum()
+
+    model.zero_grad(set_to_none=True)
+    reference.zero_grad(set_to_none=True)
+    feature(reference).backward()
+    with shard.gathered(model):
+        feature(model).backward()
+    for n, p in reference.named_parameters():
+        got = dict(model.named_parameters())[n].grad
+        assert (got is None) == (p.grad is None), n
+        if p.grad is not None:
+            torch.testing.assert_close(shard.full_tensor(got), p.grad, msg=n)
+
+    # a gradient that reached no layer and no projector is never reduced by FSDP: refused in one line
+    with pytest.raises(InputError, match="loop.fsdp: the gradient of .*embed_tokens.weight reached no layer"):
+        with shard.gathered(model):
+            emb = model.base_llm.get_input_embeddings()
+            emb(torch.tensor([1, 2])).sum().backward()
 
 
 def test_grad_norm_over_sharded_and_whole_gradients_is_torchs(tiny_model, one_rank_group):
     model = tiny_model.train()
-    shard.shard_layers(model, torch.device("cpu"))
-    params = [p for p in model.parameters() if p.requires_grad]
-    assert any(shard.is_sharded(p) for p in params) and not all(shard.is_sharded(p) for p in params)
+    shard.shard_model(model, torch.device("cpu"))
+    whole = nn.Parameter(torch.ones(3))  # a parameter FSDP would have left whole
+    params = [p for p in model.parameters() if p.requires_grad] + [whole]
+    assert all(shard.is_sharded(p) for p in params[:-1])
     for i, p in enumerate(params):
         g = torch.full(p.shape, 0.01 * (i + 1))
         p.grad = shard.like_param(g, p)
-    whole = [shard.full_tensor(p.grad).clone() for p in params]
-    expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in whole]))
+    grads = [shard.full_tensor(p.grad).clone() for p in params]
+    expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     norm = shard.clip_grad_norm(params, 0.1)
     assert norm == pytest.approx(float(expected), rel=1e-6)
     clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(shard.full_tensor(p.grad)) for p in params]))

@@ -155,15 +155,19 @@ class SpeechLM(nn.Module):
         # int8 weights (precision.py: ~1.9x the tokens/s of bf16 here); training stages turn it off
         self.decode_int8 = self.decode_bf16
         self._decode_copy: dict[str, nn.Module] = {}  # a plain dict: not a registered submodule
-        self._decode_copy_key: tuple = ()
+        self._decode_copy_key: tuple | None = ()
         # `readout: vocab` scores every audio token against the whole vocabulary (~0.1 s per clip
         # here): with a frozen connector it is a function of the clip alone, so stages that
         # read one clip many times (KD, DPO, eval) keep it, up to this many MB (0: off)
         self.readout_cache_mb = 0.0
         self._readout_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._readout_state: tuple = ()
-        self._readout_emb_key: tuple = ()
+        self._readout_state: tuple | None = ()
+        self._readout_emb_key: tuple | None = ()
         self._readout_emb: tuple = ()
+        # the copies above are keyed on their weights' write state; FSDP (training/shard.py) refills
+        # gathered weights in place with their version counters kept, turns this off and has the
+        # loop drop the copies of trained weights itself (`forget_copies`)
+        self.copies_follow_writes = True
 
     # ------------------------------------------------------------------ building and IO
 
@@ -394,9 +398,7 @@ class SpeechLM(nn.Module):
         never hits an old entry; least recently used entries go past `readout_cache_mb`."""
         import hashlib
 
-        from speechsum.precision import write_state
-
-        state = write_state([*self.projector.parameters(), self.base_llm.get_input_embeddings().weight])
+        state = self._written([*self.projector.parameters(), self.base_llm.get_input_embeddings().weight])
         if state != self._readout_state:  # the connector (or the embeddings) changed: every entry is stale
             self._readout_cache.clear()
             self._readout_state = state
@@ -449,7 +451,7 @@ class SpeechLM(nn.Module):
         from speechsum.models.projector import coarse_embedding
 
         weight = self.base_llm.get_input_embeddings().weight
-        key = (dtype, *write_state([weight]))
+        key = (dtype, *self._written([weight]))
         if self._readout_emb_key != key:
             # plain tensors even inside inference_mode: a later training forward may read them
             with torch.inference_mode(False), torch.no_grad():
@@ -549,7 +551,8 @@ class SpeechLM(nn.Module):
         return TargetLogits(logits.float(), next_labels[sel], rows)
 
     def forward(self, batch: Batch) -> TargetLogits:
-        """Training forward = `target_logits` (so DDP/FSDP wrappers see a normal forward)."""
+        """Training forward = `target_logits` (so a DDP wrapper sees a normal forward; under FSDP the
+        stages call `target_logits` itself, training/shard.py says why)."""
         return self.target_logits(batch)
 
     def load_trainable(self, path: str | Path) -> None:
@@ -587,6 +590,7 @@ class SpeechLM(nn.Module):
             saved = load_file(path / "llm" / "model.safetensors")
             state.update({n: saved[n.removeprefix("llm.")] for n in names})
         load_full_state(self, state)
+        self.forget_copies(frozen_too=True)  # the shards were written, behind any gathered tensor
 
     # ------------------------------------------------------------------ generation
 
@@ -599,7 +603,7 @@ class SpeechLM(nn.Module):
         base = self.base_llm
         if not self.decode_bf16 or next(base.parameters()).dtype == torch.bfloat16:
             return set_int8_decoding(base, self.decode_int8 and next(base.parameters()).dtype == torch.bfloat16)
-        key = write_state(base.parameters())
+        key = self._written(base.parameters())
         if "llm" in self._decode_copy and key == self._decode_copy_key:
             return set_int8_decoding(self._decode_copy["llm"], self.decode_int8)
         if "llm" not in self._decode_copy:
@@ -629,10 +633,23 @@ class SpeechLM(nn.Module):
         self._decode_copy_key = key
         return set_int8_decoding(llm, self.decode_int8)
 
-    def forget_decode_copy(self) -> None:
-        """Make the next `decoding_llm` copy the weights again (FSDP gathers the layers into new
-        tensors whose write state says nothing about the shards the optimizer stepped)."""
-        self._decode_copy_key = ()
+    def _written(self, tensors) -> tuple:
+        """What a copy made from `tensors` is keyed on: their write state, or nothing while
+        `copies_follow_writes` is off (then only `forget_copies` makes it again)."""
+        return write_state(tensors) if self.copies_follow_writes else ()
+
+    def forget_copies(self, frozen_too: bool = False) -> None:
+        """Make the copies of trained weights (of every weight with `frozen_too`) again at their next
+        use: the decoding LLM, the read-out's embedding and its cache. For a loop that writes the
+        weights where their write state does not show it (FSDP's shards, behind gathered tensors)."""
+        changed = lambda params: frozen_too or any(p.requires_grad for p in params)  # noqa: E731
+        emb = self.base_llm.get_input_embeddings().weight
+        if changed(self.base_llm.parameters()):
+            self._decode_copy_key = None
+        if changed([emb]):
+            self._readout_emb_key = None
+        if changed([emb, *self.projector.parameters()]):
+            self._readout_state = None
 
     def prefill_items(self, items: list[list[Segment]]) -> Prefill:
         """The prompts' prefill (left-padded, on the decoding LLM): `decode_prefilled` starts there,

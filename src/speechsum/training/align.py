@@ -285,7 +285,7 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
         loss_sum, feat_sum, ctc_sum, ctc_spans, tokens = 0.0, 0.0, 0.0, 0, 0
         for micro in range(cfg.optim.grad_accum):
             mb = common.rank_slice(step_examples, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
-            with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
+            with run.micro_batch(last=micro == cfg.optim.grad_accum - 1):
                 items, pairs = segments_for(mb)
                 loss = torch.zeros((), device=acc.device)
                 if cfg.lm_weight > 0:

@@ -88,11 +88,11 @@ class LoopConfig:
     each step costs about one more forward. For long audio, bigger batches and the reference LLM;
     `bench/train.py` measures both."""
     fsdp: bool = False
-    """Shard the LLM's decoder layers over the ranks (PyTorch FSDP2, `training/shard.py`) instead of
-    replicating the whole model on each (DDP): the layers' weights, and their gradients and Adam state
-    where they train, take 1/N of the memory per rank; the projector, embedding and head stay whole.
-    Also on when launched with `accelerate launch --use_fsdp` (or an accelerate config with
-    `distributed_type: FSDP`). No effect in a single process."""
+    """Shard the model over the ranks (PyTorch FSDP2, `training/shard.py`) instead of replicating it
+    on each (DDP): the LLM's decoder layers, the projector, the embedding, final norm and head take
+    1/N of the memory per rank, and so do their gradients and Adam state where they train; only the
+    frozen Whisper encoder stays whole. Also on when launched with `accelerate launch --use_fsdp`
+    (or an accelerate config with `distributed_type: FSDP`). No effect in a single process."""
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "save_every", "keep_last", "log_every"):
@@ -475,8 +475,8 @@ def average_grads(acc, params: list[torch.nn.Parameter]) -> None:
 
 
 def clip_and_step(acc, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, clip: float) -> float:
-    """Clip the global gradient norm and step. Under FSDP (some parameters sharded) the replicated
-    parameters' gradients are averaged over the ranks here first, as DDP would have done."""
+    """Clip the global gradient norm and step. Under FSDP (parameters sharded) the sharded gradients
+    are already reduced; one that FSDP left whole would be averaged over the ranks here, as DDP does."""
     from speechsum.training import shard
 
     if any(shard.is_sharded(p) for p in params):
@@ -560,7 +560,7 @@ class Run:
     metrics: object = None
     bar: object = None
     step: int = 0
-    units: list = field(default_factory=list)  # the FSDP-sharded layers (empty: not sharded)
+    units: list = field(default_factory=list)  # FSDP units, the root (the model) last; empty: not sharded
     state_logged: bool = False
 
     @property
@@ -573,8 +573,19 @@ class Run:
         from speechsum.training.shard import full_params
 
         if self.units:
-            self.model.forget_decode_copy()
+            self.model.forget_copies()
         return full_params(self.units)
+
+    def micro_batch(self, last: bool):
+        """The context of one micro-batch's forward and backward. DDP: no gradient all-reduce but on
+        the `last` one. FSDP (a collective: every rank enters): the root unit's weights (embedding,
+        final norm, head) gathered, which the stages use outside any module's forward (shard.gathered)."""
+        from speechsum.training.shard import gathered
+
+        if not self.units:
+            return maybe_no_sync(self.acc, self.ddp_model, last)
+        self.model.forget_copies()
+        return gathered(self.model)
 
     def saved_state(self) -> dict | None:
         """The model's `trainable_state` for the main process to save: under FSDP gathered by every
@@ -658,7 +669,7 @@ def refuse_deepspeed() -> None:
     """accelerate launched with DeepSpeed (`--use_deepspeed`, or `distributed_type: DEEPSPEED` in its
     config) is refused before any work: the stages accumulate, clip, step and checkpoint by
     themselves, which DeepSpeed's engine takes over (and without a GPU accelerate does not apply
-    it). FSDP shards the decoder layers' weights, gradients and Adam state instead."""
+    it). FSDP shards the weights, gradients and Adam state instead."""
     if launched_with("DEEPSPEED"):
         raise InputError("accelerate launch with DeepSpeed: the training stages do not run under DeepSpeed; "
                          "launch with --use_fsdp (or --config_file configs/accelerate/fsdp.yaml) to shard "
@@ -672,35 +683,36 @@ def fsdp_requested(loop: LoopConfig) -> bool:
 
 
 class _AutocastForward:
-    """The model's forward under the accelerator's autocast: what `accelerate.prepare` adds to a
-    forward, for a sharded model that is not wrapped by it."""
+    """The model's `target_logits` under the accelerator's autocast: what `accelerate.prepare` adds to
+    a forward, for a sharded model that is not wrapped by it. Not the module's forward, which under
+    FSDP is the root unit's (training/shard.py)."""
 
     def __init__(self, acc, model):
         self.acc, self.model = acc, model
 
     def __call__(self, *args, **kwargs):
         with self.acc.autocast():
-            return self.model(*args, **kwargs)
+            return self.model.target_logits(*args, **kwargs)
 
 
 def resume_or_begin(run: Run, order: DataOrder, resume: bool) -> None:
     """Restore the latest checkpoint (weights, optimizer, RNG, data position) or write the run
-    files of a fresh run; then wrap the model for distributed training (DDP, or under FSDP its
-    layers sharded and the optimizer rebuilt on the shards) and open the logs. A stage reads
+    files of a fresh run; then wrap the model for distributed training (DDP, or under FSDP the
+    model sharded and the optimizer rebuilt on the shards) and open the logs. A stage reads
     `run.opt` after this call."""
     ckpt = latest_checkpoint(run.run_dir) if resume else None
     if ckpt is not None:
         run.model.load_trainable(ckpt / "model")
     if fsdp_requested(run.cfg.loop) and run.acc.num_processes > 1:
-        from speechsum.training.shard import shard_layers
+        from speechsum.training.shard import shard_model
 
-        run.units = shard_layers(run.model, run.acc.device)
-        run.model.to(run.acc.device)  # what is not sharded (the layers' shards are there already)
+        run.units = shard_model(run.model, run.acc.device)
+        run.model.to(run.acc.device)  # the encoder (the shards are there already)
         run.params = [p for p in run.model.parameters() if p.requires_grad]
         run.opt = build_optimizer(run.params, run.cfg.optim)
         if run.main:
-            run.log(f"fsdp: {len(run.units)} decoder layers sharded over {run.acc.num_processes} ranks "
-                    "(projector, embedding and head replicated)")
+            run.log(f"fsdp: {len(run.units) - 2} decoder layers sharded over {run.acc.num_processes} ranks, "
+                    "and the projector and the rest of the LLM (embedding, final norm, head) as two more units")
     if ckpt is not None:
         state = load_trainer_state(ckpt, run.opt)
         run.step, order.position = state["step"], state["data_position"]
@@ -736,7 +748,7 @@ def end_step(run: Run, order: DataOrder) -> None:
     if not run.state_logged and run.main:  # once a run, after its first step: what a rank holds (FSDP divides it)
         _atomic_write(run.run_dir / "memory.json", json.dumps({
             "step": run.step, "state_mb": round(state_bytes(run) / 2**20, 3), "ranks": run.acc.num_processes,
-            "sharded_layers": len(run.units)}) + "\n")
+            "fsdp_units": len(run.units)}) + "\n")
         run.state_logged = True
     if run.step % loop.save_every == 0 or run.step == loop.max_steps:
         model_state = run.saved_state()

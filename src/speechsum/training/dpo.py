@@ -626,7 +626,7 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
             mb = common.rank_slice(step_pairs, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
             with torch.no_grad():
                 frames = item_frames(model, [by_id[r["id"]] for r in mb])
-            with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
+            with run.micro_batch(last=micro == cfg.optim.grad_accum - 1):
                 seq, out = pair_logps(run.ddp_model, model, frames, mb)
                 p = len(mb)
                 ref_c = torch.tensor([r["pair"]["ref_chosen"] for r in mb], device=seq.device)

@@ -174,7 +174,7 @@ def train(cfg: KDConfig, resume: bool = False, log=print) -> Path:
             # divergence is a mean over this rank's), x ranks because DDP averages gradients, so
             # 1 rank x batch 2B == 2 ranks x batch B
             n_comp = common.all_reduce_sum(acc, sum(map(len, completions)))
-            with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
+            with run.micro_batch(last=micro == cfg.optim.grad_accum - 1):
                 items = model.audio_items(frames, [r["instruction"] for r in mb], completions)
                 out = run.ddp_model(model.build_batch(items))
                 assert torch.equal(out.rows, scores.rows), "teacher and student positions must be the same tokens"

@@ -139,7 +139,7 @@ def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
         loss_sum, tokens = 0.0, 0
         for micro in range(cfg.optim.grad_accum):
             mb = common.rank_slice(step_items, micro, cfg.loop.batch_size, acc.process_index, acc.num_processes)
-            with common.maybe_no_sync(acc, run.ddp_model, last=micro == cfg.optim.grad_accum - 1):
+            with run.micro_batch(last=micro == cfg.optim.grad_accum - 1):
                 out = run.ddp_model(model.build_batch(segments(model, mb)))
                 # sum over this rank's tokens / global tokens, x ranks because DDP averages gradients
                 loss = token_cross_entropy(out.logits, out.targets, reduction="sum") / n_tokens * acc.num_processes

@@ -1,20 +1,31 @@
-"""FSDP for the stage loops: the LLM's decoder layers sharded over the ranks (PyTorch FSDP2,
-`fully_shard`), everything outside them replicated.
+"""FSDP for the stage loops: the SpeechLM sharded over the ranks (PyTorch FSDP2, `fully_shard`),
+all of it but the frozen Whisper encoder.
 
-What is sharded: each decoder layer is its own FSDP unit, so a rank holds 1/N of every layer's
-weights (and, under LoRA, of the adapters and their optimizer state; under `llm_training: full`,
-of the weights' gradients and Adam moments too). A layer's full weights exist only while it runs
-(all-gathered before its forward and again before its backward; its gradient is reduce-scattered).
+What is sharded: each decoder layer is an FSDP unit, the projector is another, and the SpeechLM
+itself is the root unit, which owns the rest of the LLM: the embedding matrix (with the LM head
+tied to it, or an untied head) and the final norm. A rank holds 1/N of every unit's weights (on
+dim 0: 1/N of the embedding's rows) and, where they train, of their gradients and Adam moments
+(LoRA adapters live in the layers; `llm_training: full` trains the embedding and head as well).
+The encoder is left out (`ignored_params`): it never trains and its frames are cached, so
+sharding it would only add gathers.
 
-What is replicated: the projector, the embedding matrix, the final norm and the LM head. They are
-used outside the layers' forwards (`SpeechLM.build_batch` looks the prompt up in the embedding,
-the vocabulary read-out scores audio against it, the head runs only at target positions), so each
-rank keeps them whole and their gradients are averaged after the backward (`average_grads`), as DDP
-would. For the LLMs this project uses the layers are most of the weights: 86 % of Qwen2.5-7B's,
-72 % of Qwen2.5-0.5B's (its 136M-parameter embedding is large next to its layers).
+When a unit is whole: a layer or the projector only while it runs, gathered by FSDP's own hooks
+before its forward and again before its backward (its inputs never carry a gradient of its own
+weights). The root unit cannot work that way, because the stages use its weights outside any
+forward of its module: `SpeechLM.build_batch` looks the prompt up in the embedding before the LLM
+runs, the vocabulary read-out and align's CTC and feature terms read the matrix, and the head runs
+on target positions only. So `gathered` all-gathers it at the start of each micro-batch and it
+stays whole through that micro-batch's backward, at whose end FSDP's callback (queued by the
+backward hook of a layer or of the projector) reduce-scatters its gradients, all of them by then,
+and reshards it. For the same reason the stages call `SpeechLM.target_logits`, never the root
+module's forward: FSDP's hook there would register the reduction on the batch's input embeddings,
+so it would run before the gradient of the lookup that made them (a projector inside the root
+would even be freed before its backward). And FSDP takes for root the unit whose forward runs
+first, while in training the layers and the projector run outside the root's forward: so
+`shard_model` runs one token through that forward first.
 
 Decoding (on-policy samples, dev samples, selection) and saving need whole weights: `full_params`
-gathers every layer on every rank (a collective: all ranks enter it together) and keeps them
+gathers every unit on every rank (a collective: all ranks enter it together) and keeps them
 gathered until it exits, so the code inside runs as on one rank and can be run by one rank alone.
 
 Works on the CPU (gloo), which is how the tests check that 2 sharded ranks train exactly as 1 rank.
@@ -67,15 +78,19 @@ def check_same_weights(model, device: torch.device) -> None:
                            f"{lo.tolist()} to {hi.tolist()}); every rank must build the model under the same seed")
 
 
-def shard_layers(model, device: torch.device) -> list[nn.Module]:
-    """Shard each decoder layer of `model` (a SpeechLM, weights already loaded, the same on every
-    rank) over all ranks of the default process group; returns the FSDP units. Each layer goes to
-    `device` one at a time (only this rank's shard stays there); the rest of the model is moved by
-    the caller. The optimizer must be built after this: the layers' parameters are replaced by
-    sharded ones."""
+def shard_model(model, device: torch.device) -> list[nn.Module]:
+    """Shard `model` (a SpeechLM, weights already loaded, the same on every rank) over all ranks of
+    the default process group: each decoder layer, the projector, then the SpeechLM as the root
+    unit (the encoder left out); returns the units, the root last. Each unit goes to `device` one at
+    a time (only this rank's shard stays there); the encoder is moved by the caller. The optimizer
+    must be built after this: the parameters are replaced by sharded ones."""
+    import warnings
+
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+
+    from speechsum.models.speech_lm import Text
 
     check_same_weights(model, device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
@@ -83,14 +98,55 @@ def shard_layers(model, device: torch.device) -> list[nn.Module]:
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, reshard_after_forward=True)
         units.append(layer)
+    units.append(fully_shard(model.projector, mesh=mesh, reshard_after_forward=True))
+    # the projector returns its clips as views of one tensor; FSDP warns that an in-place write to
+    # such a view would drop its backward hook, and nothing writes to them (build_batch scatters them
+    # into a new tensor)
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPProjector\) returned a view")
+    units.append(fully_shard(model, mesh=mesh, ignored_params=set(model.encoder.parameters())))
+    # FSDP makes the unit whose forward runs first the root, which shares its end-of-backward
+    # callback with the units inside it; in training the layers and the projector run outside the
+    # SpeechLM's forward, so one token goes through that forward first (no gradient, no randomness)
+    model.unshard()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(model.build_batch([[Text([model.end_of_turn_id])]]))
+    model.train(was_training)
+    model.reset_iter_state()  # resharded, and the forward forgotten (see full_params)
+    # FSDP refills gathered weights in place and keeps their version counters: copies made from
+    # them (decoding LLM, read-out caches) are dropped when the loop says so (`forget_copies`)
+    model.copies_follow_writes = False
     return units
 
 
 @contextlib.contextmanager
+def gathered(model):
+    """The root unit's weights (embedding, final norm, head) whole on every rank for one micro-batch's
+    forward and backward (all ranks enter together: an all-gather). FSDP's end-of-backward callback
+    reduce-scatters their gradients and reshards them; it is queued by the backward hook of a layer or
+    of the projector, so a backward that reached neither while the root's weights got a gradient
+    (align with lm_weight 0, a frozen projector and the LLM's embedding trained through the feature
+    term) would lose it: that is refused."""
+    from speechsum.training.common import InputError
+
+    model.unshard()
+    yield
+    if is_sharded(model.base_llm.get_input_embeddings().weight):
+        return
+    stuck = [n for n, p in model.named_parameters() if p.grad is not None and not is_sharded(p)]
+    if stuck:
+        raise InputError(f"loop.fsdp: the gradient of {stuck[0]} reached no layer or projector FSDP could reduce "
+                         "it with (align with lm_weight 0 and a frozen projector?); train it without fsdp")
+    model.reshard()
+
+
+@contextlib.contextmanager
 def full_params(units: list[nn.Module]):
-    """Every unit's full weights on every rank until exit (all ranks must enter together). Inside,
-    forwards run without any collective, so one rank alone may decode or score. Writes to the
-    weights inside are not kept (the shards are what the optimizer steps)."""
+    """Every unit's full weights on every rank until exit (all ranks must enter together; `units` as
+    `shard_model` returns them, the root last). Inside, forwards run without any collective, so one
+    rank alone may decode or score. Writes to the weights inside are not kept (the shards are what
+    the optimizer steps)."""
     if not units:
         yield
         return
@@ -102,7 +158,11 @@ def full_params(units: list[nn.Module]):
     finally:
         for u in units:
             u.set_reshard_after_forward(True)
-            u.reshard()
+        # every unit resharded, and the forwards run inside forgotten: FSDP's backward prefetches each
+        # unit's predecessor in the order of the forwards since the last backward, and these differ
+        # between ranks (one rank scores alone; samples stop at different lengths), which would set
+        # the ranks' next collectives apart
+        units[-1].reset_iter_state()
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
