@@ -11,7 +11,7 @@ its encoder cache; `make demo` writes runs/data), bf16 autocast where native:
 
 - one:  1 process, batch 2 x batch;
 - ddp:  2 CPU ranks (gloo) under `accelerate launch --multi_gpu`, the whole model on each;
-- fsdp: 2 CPU ranks under `accelerate launch --use_fsdp`: the decoder layers sharded.
+- fsdp: 2 CPU ranks under `accelerate launch --use_fsdp`: the model sharded but the frozen encoder.
 
 The two-rank rows have the one-rank row's global batch, so their losses must equal it up to bf16
 rounding (the table shows step 1's). "training state MB" is what a rank holds of weights,
