@@ -584,6 +584,8 @@ class Run:
 
         if not self.units:
             return maybe_no_sync(self.acc, self.ddp_model, last)
+        # at every gather, not once a step: a copy may alias the gathered storage (the read-out's
+        # embedding in the weights' own dtype), which FSDP frees at each reshard
         self.model.forget_copies()
         return gathered(self.model)
 
