@@ -30,6 +30,15 @@ def test_a_model_without_decoder_layers_is_a_one_line_input_error():
         shard.decoder_layers(Model())
 
 
+def test_a_torch_without_the_fsdp2_features_used_is_a_one_line_input_error(monkeypatch):
+    from torch.distributed.fsdp import FSDPModule
+
+    shard.check_torch_fsdp()  # this torch has them
+    monkeypatch.delattr(FSDPModule, "reset_iter_state")
+    with pytest.raises(InputError, match=r"loop.fsdp: torch \S+ has no FSDPModule.reset_iter_state"):
+        shard.check_torch_fsdp()
+
+
 def test_sharding_keeps_the_weights_the_forward_and_loads_back(tiny_model, one_rank_group):
     model = tiny_model.train()
     torch.manual_seed(0)

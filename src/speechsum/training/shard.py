@@ -56,6 +56,26 @@ def decoder_layers(model) -> nn.ModuleList:
     return layers
 
 
+def check_torch_fsdp() -> None:
+    """Raise a one-line InputError unless this torch has the FSDP2 features the stages use: the public
+    `fully_shard` with `ignored_params` (the encoder stays whole) and `FSDPModule.reset_iter_state`
+    (see full_params). Only torch 2.13 is tested; pyproject's floor is for the single-process path."""
+    from speechsum.training.common import InputError
+
+    try:
+        import inspect
+
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+    except ImportError:
+        FSDPModule = fully_shard = None
+    missing = ("torch.distributed.fsdp.fully_shard" if fully_shard is None
+               else "fully_shard(ignored_params=...)" if "ignored_params" not in inspect.signature(fully_shard).parameters
+               else "FSDPModule.reset_iter_state" if not hasattr(FSDPModule, "reset_iter_state") else None)
+    if missing:
+        raise InputError(f"loop.fsdp: torch {torch.__version__} has no {missing}; FSDP needs a newer torch "
+                         "(tested with 2.13), or train without fsdp")
+
+
 def check_same_weights(model, device: torch.device) -> None:
     """Raise unless every rank holds the same trainable weights. `fully_shard` keeps each rank's own
     slice of what that rank has, so ranks that built different starting weights (a fresh LoRA or
@@ -92,6 +112,7 @@ def shard_model(model, device: torch.device) -> list[nn.Module]:
 
     from speechsum.models.speech_lm import Text
 
+    check_torch_fsdp()
     check_same_weights(model, device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     units = []
