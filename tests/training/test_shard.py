@@ -175,7 +175,7 @@ def test_a_sharded_checkpoint_is_atomic_loads_back_and_is_no_init(tiny_model, tm
     ckpt = common.latest_checkpoint(run)
     assert ckpt.name == "step-0000001" and list((run / "checkpoints").glob(".step-0000002-*"))
     # a run folder whose latest checkpoint is sharded is no init (no whole model to load): one line
-    with pytest.raises(InputError, match=r"^init=.*run: no final/, and its latest checkpoint \(step-0000001\) is sharded"):
+    with pytest.raises(InputError, match=r"^init=.*run: no final/, and its latest checkpoint \(step-0000001\) is shar"):
         common.resolve_init(str(run))
 
     # step 1 back, into a fresh optimizer: weights, Adam state, counters and the RNG exactly
