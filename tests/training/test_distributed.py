@@ -104,25 +104,65 @@ def test_two_ranks_equal_one_rank(tmp_path, tiny_data):
     _assert_same(one, two, "loss")
 
 
+def _tensor_bytes(path: Path) -> int:
+    """The tensor data of a safetensors file: its size less the 8-byte length and the JSON header
+    (which in a shard also lists each tensor's offset in the whole one)."""
+    import struct
+
+    with open(path, "rb") as f:
+        header = struct.unpack("<Q", f.read(8))[0]
+    return path.stat().st_size - 8 - header
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("llm_training,launch", [("lora", FSDP), ("full", FSDP_CONFIG)], ids=["lora", "full"])
 def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_training, launch):
     # the model sharded over 2 ranks (trained weights and Adam moments in halves; under `full` the
     # embedding/head train too, gathered for each micro-batch, their gradients reduce-scattered), the
     # run stopped after step 2 and resumed to step 4: the same losses and weights as 1 rank
-    # uninterrupted. Stopping and resuming covers saving gathered shards and loading them back, the
-    # optimizer state included; dev samples at the end are decoded from the gathered model.
+    # uninterrupted. The step-2 checkpoint is sharded: each rank wrote its own halves of the weights
+    # and Adam state (nothing gathered); resumed on 2 ranks, and on 1 process (DCP reading both ranks'
+    # shards whole), it gives the uninterrupted run. Dev samples at the end are decoded from the
+    # gathered model, and final/ is a whole model folder.
+    import shutil
+
     _vary_target_lengths(tiny_data)
     one = _config(tmp_path, tiny_data, tmp_path / "one", batch_size=2, loop_steps=4, llm_training=llm_training)
     two = _config(tmp_path, tiny_data, tmp_path / "two", batch_size=1, loop_steps=4, llm_training=llm_training)
     _run([sys.executable, "-m", "speechsum.cli", "train", "sft", "--config", str(one)], ENV)
     _launch("sft", two, "loop.max_steps=2", launch=launch)
+
+    ckpt, whole = tmp_path / "two" / "checkpoints" / "step-0000002", tmp_path / "one" / "checkpoints" / "step-0000002"
+    files = sorted(str(f.relative_to(ckpt)) for f in ckpt.rglob("*") if f.is_file())
+    shards = [f"shard-0000{r}-model-00001-of-00001.safetensors" for r in (1, 2)]
+    assert files == sorted([*(f"{d}/{f}" for d in ("model-shards", "optimizer-shards") for f in shards),
+                            "optimizer.json", "rng-rank0.safetensors", "rng-rank1.safetensors", "state.json"])
+    assert json.loads((ckpt / "state.json").read_text())["world_size"] == 2
+    # what each rank wrote, against the whole state 1 rank writes (weights + Adam moments and steps)
+    whole_bytes = sum(map(_tensor_bytes, [*(whole / "model").rglob("*.safetensors"), whole / "optimizer.safetensors"]))
+    rank_files = [[ckpt / d / shards[r] for d in ("model-shards", "optimizer-shards")] for r in (0, 1)]
+    rank_bytes = [sum(map(_tensor_bytes, fs)) for fs in rank_files]
+    rank_files = [sum(f.stat().st_size for f in fs) for fs in rank_files]
+    msg = f"tensor bytes per rank {rank_bytes} (files {rank_files}) against {whole_bytes} written whole by 1 rank"
+    assert sum(rank_bytes) == whole_bytes, msg  # every tensor written once, by one rank
+    assert all(abs(b - whole_bytes / 2) <= 0.02 * whole_bytes for b in rank_bytes), msg
+    shutil.copytree(tmp_path / "two", tmp_path / "on-one")
+
     _launch("sft", two, "--resume", launch=launch)
     assert (tmp_path / "two" / "samples" / "step-0000004.jsonl").is_file()
     _assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final")
     _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"), "loss", "grad_norm", n=4)
     state = lambda d: json.loads((d / "memory.json").read_text())["state_mb"]  # noqa: E731
     assert state(tmp_path / "two") < state(tmp_path / "one")  # a rank holds half of each layer
+    assert (tmp_path / "two" / "checkpoints" / "step-0000004" / "model-shards").is_dir()
+
+    # the 2-rank checkpoint resumed in one process (the same global batch): DCP reads both ranks' shards
+    out = _run([sys.executable, "-m", "speechsum.cli", "train", "sft", "--config", str(two), "--resume",
+                f"loop.out_dir={tmp_path / 'on-one'}", "loop.batch_size=2"], ENV).stdout
+    assert "sharded by 2 ranks, read by 1" in out
+    _assert_same_weights(tmp_path / "one" / "final", tmp_path / "on-one" / "final")
+    _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "on-one"), "loss", "grad_norm", n=4)
+    assert (tmp_path / "on-one" / "checkpoints" / "step-0000004" / "model").is_dir()  # one process: whole again
 
 
 SHARD_RANK = """

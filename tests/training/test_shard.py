@@ -143,3 +143,62 @@ def test_grad_norm_over_sharded_and_whole_gradients_is_torchs(tiny_model, one_ra
     assert norm == pytest.approx(float(expected), rel=1e-6)
     clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(shard.full_tensor(p.grad)) for p in params]))
     assert float(clipped) == pytest.approx(0.1, rel=1e-4)
+
+
+def test_a_sharded_checkpoint_is_atomic_loads_back_and_is_no_init(tiny_model, tmp_path, one_rank_group, monkeypatch):
+    # save_sharded_checkpoint (what every FSDP rank calls) in a 1-rank group: the 2-rank layout and
+    # resuming across world sizes are in test_distributed.py
+    from speechsum.training import common
+
+    model = tiny_model.train()
+    shard.shard_model(model, torch.device("cpu"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    torch.manual_seed(0)
+    frames = [torch.randn(40, model.encoder.dim)]
+
+    def step():
+        with shard.gathered(model):
+            out = model.target_logits(model.build_batch(model.audio_items(frames, ["summarize"], ["the budget"])))
+            torch.nn.functional.cross_entropy(out.logits, out.targets).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    run = tmp_path / "run"
+    step()
+    common.save_sharded_checkpoint(run, 1, model, opt, {"data_position": 2}, keep_last=1)
+    draws = torch.rand(3)  # what the RNG gives next, from the state the checkpoint holds
+    weights = {k: v.clone() for k, v in model.trainable_state().items()}
+    moments = {k: v.clone() for k, v in common.optimizer_tensors(opt)[1].items()}
+
+    # killed in the middle of the next save, after the weights' shards were written
+    real = shard.save_sharded
+
+    def dying(model, opt, folder):
+        real(model, opt, folder)
+        raise KeyboardInterrupt
+
+    step()
+    monkeypatch.setattr(shard, "save_sharded", dying)
+    with pytest.raises(KeyboardInterrupt):
+        common.save_sharded_checkpoint(run, 2, model, opt, {"data_position": 4}, keep_last=1)
+    ckpt = common.latest_checkpoint(run)
+    assert ckpt.name == "step-0000001" and list((run / "checkpoints").glob(".step-0000002-*"))
+    # a run folder whose latest checkpoint is sharded is no init (no whole model to load): one line
+    with pytest.raises(InputError, match=r"^init=.*run: no final/, and its latest checkpoint \(step-0000001\) is shar"):
+        common.resolve_init(str(run))
+
+    # step 1 back, into a fresh optimizer: weights, Adam state, counters and the RNG exactly
+    fresh = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    state = common.load_trainer_state(ckpt, model, fresh)
+    assert (state["step"], state["data_position"], state["world_size"]) == (1, 2, 1)
+    got = model.trainable_state()
+    assert got.keys() == weights.keys() and all(torch.equal(got[k], weights[k]) for k in weights)
+    got = common.optimizer_tensors(fresh)[1]
+    assert got.keys() == moments.keys() and all(torch.equal(got[k], moments[k]) for k in moments)
+    assert torch.equal(torch.rand(3), draws)
+
+    # the next complete save replaces `latest`, prunes to keep_last and clears the killed save's folder
+    monkeypatch.setattr(shard, "save_sharded", real)
+    common.save_sharded_checkpoint(run, 2, model, fresh, {"data_position": 4}, keep_last=1)
+    assert common.latest_checkpoint(run).name == "step-0000002"
+    assert [p.name for p in (run / "checkpoints").iterdir() if p.is_dir()] == ["step-0000002"]

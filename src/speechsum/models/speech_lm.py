@@ -234,6 +234,11 @@ class SpeechLM(nn.Module):
             return False
         return self.config.llm_training == "full" or (self.config.llm_training == "lora" and "lora_" in name)
 
+    def saved_parameter_names(self) -> set[str]:
+        """Names of the parameters `save_pretrained` writes; a shared one (a head tied to the
+        embedding) once, under its first name."""
+        return {n for n, _ in self.named_parameters() if self._saved_key(n)}
+
     def trainable_state(self, keep: bool = True) -> dict[str, torch.Tensor]:
         """What `save_pretrained` writes (projector; LoRA weights or the whole LLM), by parameter
         name, whole: under FSDP the sharded ones are gathered (a collective: every rank calls it;

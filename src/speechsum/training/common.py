@@ -199,8 +199,9 @@ def set_rng_state(js: dict, tensors: dict[str, torch.Tensor]) -> None:
 
 def optimizer_tensors(opt: torch.optim.Optimizer, keep: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
     """(JSON part, tensor part) of the optimizer's state, whole: the state of a sharded parameter is
-    gathered (a collective: under FSDP every rank calls this; `keep=False` on the ranks that do not
-    write drops each gathered tensor at once)."""
+    gathered (a collective: every rank calls this; `keep=False` on the ranks that do not keep it
+    drops each gathered tensor at once). Checkpoints of a sharded model do not call it
+    (`save_sharded_checkpoint`)."""
     from speechsum.training.shard import full_tensor
 
     sd = opt.state_dict()
@@ -230,9 +231,10 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, meta: dict, tensors: dict
 
 def save_checkpoint(run_dir: Path, step: int, model, opt_state: tuple[dict, dict], trainer_state: dict,
                     keep_last: int, model_state: dict | None = None) -> Path:
-    """checkpoints/step-N/{model/, optimizer.*, rng.safetensors, state.json}, then `latest` points to it.
+    """checkpoints/step-N/{model/, optimizer.*, rng.safetensors, state.json}, then `latest` points to it:
+    the checkpoint of a model that is not sharded (one process, DDP), written by the main process.
     `opt_state` is the optimizer's `optimizer_tensors` and `model_state` the model's `trainable_state`
-    (None: read from the model), both gathered beforehand on every rank when the model is sharded.
+    (None: read from the model).
 
     The folder is complete before it is renamed into place, and `latest` is replaced atomically
     after that, so a kill at any moment leaves the previous good checkpoint as `latest`."""
@@ -240,7 +242,6 @@ def save_checkpoint(run_dir: Path, step: int, model, opt_state: tuple[dict, dict
 
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".step-{step:07d}-"))
     model.save_pretrained(tmp / "model", state=model_state)
     meta, tensors = opt_state
@@ -249,6 +250,12 @@ def save_checkpoint(run_dir: Path, step: int, model, opt_state: tuple[dict, dict
     rng_js, rng_t = rng_state()
     save_file(rng_t, tmp / "rng.safetensors")
     (tmp / "state.json").write_text(json.dumps({**trainer_state, "step": step, "rng": rng_js}))
+    return _publish(ckpt_root, tmp, step, keep_last)
+
+
+def _publish(ckpt_root: Path, tmp: Path, step: int, keep_last: int) -> Path:
+    """Rename a complete checkpoint folder into place as step-N, point `latest` to it, then prune."""
+    final = ckpt_root / f"step-{step:07d}"
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -261,6 +268,47 @@ def save_checkpoint(run_dir: Path, step: int, model, opt_state: tuple[dict, dict
     return final
 
 
+def save_sharded_checkpoint(run_dir: Path, step: int, model, opt: torch.optim.Optimizer, trainer_state: dict,
+                            keep_last: int) -> Path:
+    """The checkpoint of a model sharded over the ranks (FSDP), written by every rank (a collective)
+    without gathering anything: checkpoints/step-N/{model-shards/, optimizer-shards/ (one safetensors
+    file per rank in each: that rank's shards, shard.save_sharded), optimizer.json (param groups),
+    rng-rank<r>.safetensors (each rank's RNG states), state.json (step, data position, world size)}.
+
+    Atomic as `save_checkpoint`: the ranks write into one temp folder (named by rank 0), meet at a
+    barrier once all their files are complete, and only then does rank 0 rename it into place and
+    replace `latest`. The run folder must be one every rank sees (one machine, or a shared file
+    system), as `--resume` already needs."""
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from speechsum.training.shard import save_sharded
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ckpt_root = run_dir / "checkpoints"
+    name = [None]
+    if rank == 0:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        name[0] = tempfile.mkdtemp(dir=ckpt_root, prefix=f".step-{step:07d}-")
+    dist.broadcast_object_list(name, src=0)
+    tmp = Path(name[0])
+    param_groups = save_sharded(model, opt, tmp)
+    rng_js, rng_t = rng_state()
+    save_file(rng_t, tmp / f"rng-rank{rank}.safetensors", metadata={"rng": json.dumps(rng_js)})
+    if rank == 0:
+        (tmp / "optimizer.json").write_text(json.dumps({"param_groups": param_groups}))
+        (tmp / "state.json").write_text(json.dumps({**trainer_state, "step": step, "world_size": world}))
+    dist.barrier()  # every rank's files are complete before the folder goes into place
+    return _publish(ckpt_root, tmp, step, keep_last) if rank == 0 else ckpt_root / f"step-{step:07d}"
+
+
+def is_sharded_checkpoint(ckpt: Path) -> bool:
+    """Whether a checkpoint was written by `save_sharded_checkpoint` (no whole model/ folder)."""
+    from speechsum.training.shard import MODEL_SHARDS
+
+    return (ckpt / MODEL_SHARDS).is_dir()
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     p = Path(run_dir) / "checkpoints" / "latest"
     if not p.is_file():
@@ -269,14 +317,31 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpt if (ckpt / "state.json").is_file() else None
 
 
-def load_trainer_state(ckpt: Path, opt: torch.optim.Optimizer) -> dict:
-    """Optimizer state, RNG states and the trainer's counters of a checkpoint."""
+def load_trainer_state(ckpt: Path, model, opt: torch.optim.Optimizer, rank: int = 0) -> dict:
+    """Optimizer state, RNG states and the trainer's counters of a checkpoint; of a sharded one the
+    trained weights too (the model laid out as it will train: sharded or not, over any number of
+    ranks; every rank calls it). A whole checkpoint's weights are loaded before sharding
+    (`resume_or_begin`), and every rank restores its one RNG state.
+
+    RNG of a sharded checkpoint: rank r restores the state rank r saved. Resumed on fewer ranks, the
+    others' states go unused; on more, a rank the checkpoint has no state of keeps the seed
+    `start_run` gave it (seed + rank). Only the same world size replays each rank's random numbers."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    load_optimizer_tensors(opt, json.loads((ckpt / "optimizer.json").read_text()),
-                           load_file(ckpt / "optimizer.safetensors"))
     state = json.loads((ckpt / "state.json").read_text())
-    set_rng_state(state["rng"], load_file(ckpt / "rng.safetensors"))
+    if not is_sharded_checkpoint(ckpt):
+        load_optimizer_tensors(opt, json.loads((ckpt / "optimizer.json").read_text()),
+                               load_file(ckpt / "optimizer.safetensors"))
+        set_rng_state(state["rng"], load_file(ckpt / "rng.safetensors"))
+        return state
+    from speechsum.training.shard import load_sharded
+
+    load_sharded(model, opt, ckpt, json.loads((ckpt / "optimizer.json").read_text())["param_groups"])
+    rng = ckpt / f"rng-rank{rank}.safetensors"
+    if rng.is_file():
+        with safe_open(rng, framework="pt") as f:
+            set_rng_state(json.loads(f.metadata()["rng"]), {k: f.get_tensor(k) for k in f.keys()})
     return state
 
 
@@ -379,6 +444,9 @@ def resolve_init(init: str) -> Path:
         if (cand / CONFIG_NAME).is_file():
             return cand
     ckpt = latest_checkpoint(p)
+    if ckpt is not None and is_sharded_checkpoint(ckpt):
+        raise InputError(f"init={init}: no final/, and its latest checkpoint ({ckpt.name}) is sharded (written "
+                         "under FSDP), not a SpeechLM folder; finish that run with --resume to get its whole final/")
     if ckpt is not None:
         return ckpt / "model"
     raise FileNotFoundError(f"init={init}: not a SpeechLM folder, nor a run folder with final/ or a checkpoint")
@@ -590,8 +658,9 @@ class Run:
         return gathered(self.model)
 
     def saved_state(self) -> dict | None:
-        """The model's `trainable_state` for the main process to save: under FSDP gathered by every
-        rank (a collective) and kept by the main one; None otherwise (save_pretrained reads it)."""
+        """The model's `trainable_state` for the main process to save as a whole model folder (final/,
+        best-step-N/): under FSDP gathered by every rank (a collective) and kept by the main one;
+        None otherwise (save_pretrained reads it). Checkpoints of a sharded model gather nothing."""
         return self.model.trainable_state(keep=self.main) if self.units else None
 
     @property
@@ -703,7 +772,7 @@ def resume_or_begin(run: Run, order: DataOrder, resume: bool) -> None:
     model sharded and the optimizer rebuilt on the shards) and open the logs. A stage reads
     `run.opt` after this call."""
     ckpt = latest_checkpoint(run.run_dir) if resume else None
-    if ckpt is not None:
+    if ckpt is not None and not is_sharded_checkpoint(ckpt):  # whole weights; a sharded checkpoint's load below
         run.model.load_trainable(ckpt / "model")
     if fsdp_requested(run.cfg.loop) and run.acc.num_processes > 1:
         from speechsum.training.shard import shard_model
@@ -716,10 +785,14 @@ def resume_or_begin(run: Run, order: DataOrder, resume: bool) -> None:
             run.log(f"fsdp: {len(run.units) - 2} decoder layers sharded over {run.acc.num_processes} ranks, "
                     "and the projector and the rest of the LLM (embedding, final norm, head) as two more units")
     if ckpt is not None:
-        state = load_trainer_state(ckpt, run.opt)
+        state = load_trainer_state(ckpt, run.model, run.opt, run.acc.process_index)
         run.step, order.position = state["step"], state["data_position"]
         if run.main:
-            run.log(f"resumed from {ckpt} at step {run.step}")
+            saved_world = state.get("world_size")
+            run.log(f"resumed from {ckpt} at step {run.step}" + (
+                f" (sharded by {saved_world} ranks, read by {run.acc.num_processes}: the weights and optimizer "
+                "state resharded; each rank's RNG state restored where the checkpoint has it)"
+                if saved_world not in (None, run.acc.num_processes) else ""))
             truncate_metrics(run.run_dir, run.step)
     elif run.main:
         write_run_files(run.run_dir, run.cfg)
@@ -745,7 +818,8 @@ def state_bytes(run: Run) -> int:
 
 
 def end_step(run: Run, order: DataOrder) -> None:
-    """Checkpoint every `save_every` steps and at the last one (main process; others wait)."""
+    """Checkpoint every `save_every` steps and at the last one: a sharded model by every rank, each
+    writing its own shards; otherwise by the main process, the others waiting."""
     loop = run.cfg.loop
     if not run.state_logged and run.main:  # once a run, after its first step: what a rank holds (FSDP divides it)
         _atomic_write(run.run_dir / "memory.json", json.dumps({
@@ -753,12 +827,11 @@ def end_step(run: Run, order: DataOrder) -> None:
             "fsdp_units": len(run.units)}) + "\n")
         run.state_logged = True
     if run.step % loop.save_every == 0 or run.step == loop.max_steps:
-        model_state = run.saved_state()
-        # sharded: gathered by every rank (collectives), kept by the writer
-        opt_state = optimizer_tensors(run.opt, keep=run.main) if run.main or run.units else None
-        if run.main:
-            save_checkpoint(run.run_dir, run.step, run.model, opt_state, {"data_position": order.position},
-                            loop.keep_last, model_state=model_state)
+        trainer_state = {"data_position": order.position}
+        if run.units:  # nothing gathered: rank 0 alone would need the whole weights and Adam state
+            save_sharded_checkpoint(run.run_dir, run.step, run.model, run.opt, trainer_state, loop.keep_last)
+        elif run.main:
+            save_checkpoint(run.run_dir, run.step, run.model, optimizer_tensors(run.opt), trainer_state, loop.keep_last)
         run.acc.wait_for_everyone()
 
 

@@ -24,9 +24,12 @@ would even be freed before its backward). And FSDP takes for root the unit whose
 first, while in training the layers and the projector run outside the root's forward: so
 `shard_model` runs one token through that forward first.
 
-Decoding (on-policy samples, dev samples, selection) and saving need whole weights: `full_params`
-gathers every unit on every rank (a collective: all ranks enter it together) and keeps them
-gathered until it exits, so the code inside runs as on one rank and can be run by one rank alone.
+Decoding (on-policy samples, dev samples, selection) and saving a model folder need whole weights:
+`full_params` gathers every unit on every rank (a collective: all ranks enter it together) and
+keeps them gathered until it exits, so the code inside runs as on one rank and can be run by one
+rank alone. Resumable checkpoints need none of that: `save_sharded` has every rank write its own
+shards of the trained weights and of the Adam state (torch.distributed.checkpoint), and
+`load_sharded` reads them back on any number of ranks, one process without a process group too.
 
 Works on the CPU (gloo), which is how the tests check that 2 sharded ranks train exactly as 1 rank.
 """
@@ -242,3 +245,76 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
         for g in sharded + whole:
             g.mul_(scale)
     return norm
+
+
+# ------------------------------------------------------------------------------------ sharded checkpoints
+# torch.distributed.checkpoint (DCP) with its safetensors storage: each rank writes one file per
+# folder, `shard-0000{rank+1}-model-00001-of-00001.safetensors`, holding its local shards, with their
+# offsets in the full tensors in the file's header (no pickled metadata file, unlike DCP's default
+# storage), so the reader rebuilds every tensor's layout from the headers and cuts each into the
+# loading ranks' shards: a checkpoint written by N ranks loads on M, or in one process whole.
+
+MODEL_SHARDS, OPTIMIZER_SHARDS = "model-shards", "optimizer-shards"
+
+
+def _dcp_state(model, opt: torch.optim.Optimizer) -> tuple[dict, dict, dict]:
+    """(weights, moments, optimizer state dict) of `model` and `opt`, keyed by parameter name
+    (`get_state_dict`: the same names sharded or not, so any world size reads them). weights: what
+    `save_pretrained` writes (a tied head once, under the embedding's name); moments: the optimizer's
+    tensors as `<parameter name>.<exp_avg|exp_avg_sq|step>`. Sharded tensors stay sharded (DTensors:
+    no gather). An optimizer without state gets it (a step with zero gradients at lr 0), so that a
+    load has tensors of the right shapes to read into."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(model, opt)
+    saved = model.saved_parameter_names()
+    weights = {k: v for k, v in msd.items() if k in saved}
+    moments = {}
+    for name, st in osd["state"].items():
+        for k, v in st.items():
+            if not torch.is_tensor(v):
+                raise TypeError(f"optimizer state {name}.{k} is a {type(v).__name__}, not a tensor: "
+                                "a sharded checkpoint writes tensors only")
+            moments[f"{name}.{k}"] = v
+    return weights, moments, osd
+
+
+def save_sharded(model, opt: torch.optim.Optimizer, folder) -> list[dict]:
+    """Write this rank's shards of the model's trained weights to `folder/model-shards/` and of the
+    optimizer's state to `folder/optimizer-shards/`, one file per rank in each (a collective: every
+    rank calls it; a tensor every rank holds whole, such as Adam's step count, is written by one of
+    them). Returns the optimizer's param groups (hyper-parameters, parameters by name) for the
+    caller to store as JSON."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    weights, moments, osd = _dcp_state(model, opt)
+    for sub, state in ((MODEL_SHARDS, weights), (OPTIMIZER_SHARDS, moments)):
+        dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(folder / sub), save_distributed=True))
+    return osd["param_groups"]
+
+
+def load_sharded(model, opt: torch.optim.Optimizer, folder, param_groups: list[dict]) -> None:
+    """The inverse of `save_sharded` into `model` and `opt` as they are laid out now (sharded over
+    any number of ranks, or whole in one process: DCP cuts what each rank reads out of the saved
+    shards). Every rank calls it; without a process group it reads alone."""
+    import warnings
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    weights, moments, osd = _dcp_state(model, opt)
+    with warnings.catch_warnings():
+        if not dist.is_initialized():  # one process reading alone is the intent here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        for sub, state in ((MODEL_SHARDS, weights), (OPTIMIZER_SHARDS, moments)):
+            dcp.load(state, storage_reader=HuggingFaceStorageReader(str(folder / sub)))
+    for key, v in moments.items():
+        name, k = key.rsplit(".", 1)
+        osd["state"][name][k] = v
+    osd["param_groups"] = param_groups
+    # strict=False: the weights hold the trained part of the model only (not the frozen encoder or LLM)
+    set_state_dict(model, opt, model_state_dict=weights, optim_state_dict=osd, options=StateDictOptions(strict=False))
+    model.forget_copies(frozen_too=True)  # the weights were written in place, behind any copy of them
