@@ -152,8 +152,9 @@ def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_train
     assert (tmp_path / "two" / "samples" / "step-0000004.jsonl").is_file()
     _assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final")
     _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"), "loss", "grad_norm", n=4)
-    state = lambda d: json.loads((d / "memory.json").read_text())["state_mb"]  # noqa: E731
-    assert state(tmp_path / "two") < state(tmp_path / "one")  # a rank holds half of each layer
+    memory = lambda d: json.loads((d / "memory.json").read_text())  # noqa: E731
+    assert memory(tmp_path / "two")["state_mb"] < memory(tmp_path / "one")["state_mb"]  # a rank holds half of each layer
+    assert memory(tmp_path / "two")["skeleton_ranks"] == 1  # rank 1 never read the LLM's weights
     assert (tmp_path / "two" / "checkpoints" / "step-0000004" / "model-shards").is_dir()
 
     # the 2-rank checkpoint resumed in one process (the same global batch): DCP reads both ranks' shards
@@ -181,6 +182,57 @@ print(json.dumps({"tied": llm.get_output_embeddings().weight is llm.get_input_em
     n: [p.shape[0], shard.local(p).shape[0], shard.is_sharded(p)] for n, p in model.named_parameters()}}))
 dist.destroy_process_group()
 """
+
+
+SKELETON_RANK = """
+import json, sys
+from pathlib import Path
+import torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[3])
+from tiny import save_tiny_models
+from speechsum.models.speech_lm import SpeechLM, SpeechLMConfig
+from speechsum.training import shard
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method=sys.argv[2], rank=rank, world_size=2)
+enc, llm = save_tiny_models(Path(sys.argv[4]))
+cfg = SpeechLMConfig(encoder=str(enc), llm=str(llm), stack=4, projector_hidden=32, lora_r=4, lora_alpha=8,
+                     system_prompt="you are a helpful assistant")
+def build(skeleton, seed):
+    torch.manual_seed(seed)  # the fresh LoRA and projector: a seed of their own on each rank
+    return SpeechLM.from_config(cfg, skeleton=skeleton)
+model = build(rank == 1, seed=rank)
+meta = [n for n, p in model.named_parameters() if p.is_meta]
+shard.shard_model(model, torch.device("cpu"))
+reference = build(False, seed=0)  # what rank 0 built
+ids = torch.tensor([[5, 6, 7, 8]])
+with shard.full_params([model]), torch.no_grad():
+    same = {n: torch.equal(shard.full_tensor(p), q) for (n, p), q in zip(model.named_parameters(), reference.parameters())}
+    rotary = [torch.equal(b, dict(reference.named_buffers())[n]) for n, b in model.named_buffers()]
+    logits_equal = torch.equal(model.base_llm(ids).logits, reference.base_llm(ids).logits)
+print(json.dumps({"meta": meta, "names": list(same), "different": [n for n, ok in same.items() if not ok],
+                  "buffers_equal": all(rotary), "logits_equal": logits_equal}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_rank1_builds_a_meta_skeleton_and_receives_rank0s_weights(tmp_path):
+    # rank 1 reads no LLM weights (its LLM, LoRA and projector are on the meta device, the encoder is
+    # real) and draws its fresh LoRA and projector under another seed; after sharding, both ranks hold
+    # rank 0's weights and buffers exactly (gathered and compared with what rank 0 built)
+    save_tiny_models(tmp_path / "models")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [subprocess.Popen([sys.executable, "-c", SKELETON_RANK, str(r), init, str(Path(__file__).parents[1]),
+                               str(tmp_path / "models")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=ENV) for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:] + outs[1][1][-3000:]
+    ranks = [json.loads(out.splitlines()[-1]) for out, _ in outs]
+    assert ranks[0]["meta"] == []
+    assert ranks[1]["meta"] == [n for n in ranks[1]["names"] if not n.startswith("encoder.")]
+    assert {n.split(".")[0] for n in ranks[1]["meta"]} == {"llm", "projector"}
+    for r in ranks:
+        assert r["different"] == [] and r["buffers_equal"] and r["logits_equal"], r
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ positions that predict target tokens; losses live in `speechsum.training.losses`
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import shutil
@@ -172,20 +174,37 @@ class SpeechLM(nn.Module):
     # ------------------------------------------------------------------ building and IO
 
     @classmethod
-    def from_config(cls, config: SpeechLMConfig, dtype: torch.dtype = torch.float32) -> "SpeechLM":
-        """Assemble an untrained SpeechLM from pretrained encoder and LLM (projector random)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def from_config(cls, config: SpeechLMConfig, dtype: torch.dtype = torch.float32,
+                    skeleton: bool = False) -> "SpeechLM":
+        """Assemble an untrained SpeechLM from pretrained encoder and LLM (projector random).
+        `skeleton`: the LLM, LoRA and projector on the meta device, no LLM weights read (see
+        `_assemble`)."""
+        from transformers import AutoTokenizer
 
         from speechsum.models.registry import resolve_model
 
         enc_dir, llm_dir = resolve_model(config.encoder), resolve_model(config.llm)
         encoder = WhisperEncoder.from_pretrained(enc_dir, config.encoder_mode, dtype=dtype)
         encoder.name = config.encoder
-        tok = AutoTokenizer.from_pretrained(llm_dir)
-        llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype)
-        model = cls(config, encoder, llm, tok)
-        model._wrap_lora()
+        model = cls._assemble(config, encoder, llm_dir, AutoTokenizer.from_pretrained(llm_dir), dtype, skeleton)
+        with torch.device("meta") if skeleton else contextlib.nullcontext():
+            model._wrap_lora()
         return model
+
+    @classmethod
+    def _assemble(cls, config: SpeechLMConfig, encoder: WhisperEncoder, llm_dir: Path, tok, dtype: torch.dtype,
+                  skeleton: bool) -> "SpeechLM":
+        """The SpeechLM around the LLM in `llm_dir`. `skeleton`: the LLM built from its config on the
+        meta device (no weights read, no memory) and the projector there too; the encoder is real.
+        That is how FSDP's ranks other than 0 start (training/shard.py: rank 0's weights are sent
+        to them shard by shard), so they never hold the whole LLM."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if not skeleton:
+            return cls(config, encoder, AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype), tok)
+        with torch.device("meta"):
+            llm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(llm_dir), dtype=dtype)
+            return cls(config, encoder, llm, tok)
 
     def _wrap_lora(self, adapter_dir: Path | None = None, trainable: bool = True) -> None:
         if self.config.llm_training != "lora":
@@ -317,10 +336,12 @@ class SpeechLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, trainable: bool = False, dtype: torch.dtype = torch.float32,
-                        **overrides) -> "SpeechLM":
-        """Load a saved SpeechLM folder; `overrides` replace config fields (printed by callers)."""
+                        skeleton: bool = False, **overrides) -> "SpeechLM":
+        """Load a saved SpeechLM folder; `overrides` replace config fields (printed by callers).
+        `skeleton`: only the encoder's weights are read, the rest is built on the meta device (see
+        `_assemble`)."""
         from safetensors.torch import load_file
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from speechsum.models.registry import resolve_model
 
@@ -334,9 +355,11 @@ class SpeechLM(nn.Module):
             encoder.encoder.load_state_dict(load_file(path / "encoder.safetensors"))
             encoder.name += f":{path.resolve()}"
         llm_dir = path / "llm" if (path / "llm").is_dir() else resolve_model(config.llm)
-        tok = AutoTokenizer.from_pretrained(llm_dir)
-        llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype)
-        model = cls(config, encoder, llm, tok)
+        model = cls._assemble(config, encoder, llm_dir, AutoTokenizer.from_pretrained(llm_dir), dtype, skeleton)
+        if skeleton:  # a fresh LoRA of the saved shape; its weights come from rank 0
+            with torch.device("meta"):
+                model._wrap_lora()
+            return model
         model.projector.load_state_dict(load_file(path / "projector.safetensors"))
         if config.llm_training == "lora":
             adapter = path / "adapter"

@@ -465,15 +465,16 @@ def stage_model_keys(cfg_model) -> dict:
             if (k in given if given is not None else v != defaults[k])}
 
 
-def build_model(cfg_model, init: str, log=None):
+def build_model(cfg_model, init: str, log=None, skeleton: bool = False):
     """(model, effective config). With `init`, the saved model config is inherited and any field
     the stage config sets explicitly (or, for configs built in code, to a non-default value)
-    overrides it (printed); shape-defining fields cannot change."""
+    overrides it (printed); shape-defining fields cannot change. `skeleton`: all but the encoder on
+    the meta device, no LLM weights read (an FSDP rank other than 0; training/shard.py)."""
     from speechsum.config import from_dict
     from speechsum.models.speech_lm import CONFIG_NAME, SpeechLM, SpeechLMConfig
 
     if not init:
-        return SpeechLM.from_config(cfg_model), cfg_model
+        return SpeechLM.from_config(cfg_model, skeleton=skeleton), cfg_model
     path = resolve_init(init)
     saved = json.loads((path / CONFIG_NAME).read_text())["config"]
     overrides = {k: v for k, v in stage_model_keys(cfg_model).items() if v != saved.get(k)}
@@ -483,7 +484,7 @@ def build_model(cfg_model, init: str, log=None):
                          f"{saved.get(bad[0])!r}; a later stage cannot change it (remove it from the config)")
     if log:
         log(f"init: {path}" + (f"; overrides: {overrides}" if overrides else "; model config inherited"))
-    model = SpeechLM.from_pretrained(path, trainable=True, **overrides)
+    model = SpeechLM.from_pretrained(path, trainable=True, skeleton=skeleton, **overrides)
     return model, from_dict(SpeechLMConfig, {**saved, **overrides})
 
 
@@ -629,6 +630,8 @@ class Run:
     bar: object = None
     step: int = 0
     units: list = field(default_factory=list)  # FSDP units, the root (the model) last; empty: not sharded
+    skeleton: bool = False  # built on the meta device until shard_model sends rank 0's weights
+    skeleton_ranks: int = 0  # how many ranks started as such a skeleton (FSDP: all but rank 0)
     state_logged: bool = False
 
     @property
@@ -710,9 +713,12 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
     if acc.num_processes > 1:
         close_process_group_at_exit()
     # the starting weights' random parts (a fresh LoRA, an untrained projector) are drawn under one
-    # seed on every rank (FSDP shards each rank's own copy); dropout and the like then draw per rank
+    # seed on every rank (DDP broadcasts rank 0's anyway); dropout and the like then draw per rank.
+    # Under FSDP only rank 0 reads the LLM's weights: the others build a meta-device skeleton and
+    # receive their shards from rank 0 (shard.shard_model), so no rank but 0 holds the whole LLM
     seed_everything(cfg.loop.seed)
-    model, model_cfg = build_model(cfg.model, cfg.init, log if acc.is_main_process else None)
+    skeleton = fsdp_requested(cfg.loop) and acc.num_processes > 1 and not acc.is_main_process
+    model, model_cfg = build_model(cfg.model, cfg.init, log if acc.is_main_process else None, skeleton=skeleton)
     if acc.num_processes > 1:
         seed_everything(cfg.loop.seed + acc.process_index)
     cfg.model = model_cfg
@@ -728,7 +734,8 @@ def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
     if not params:
         raise ValueError("nothing to train: the LLM and the projector are both frozen "
                          "(set model.llm_training or model.train_projector)")
-    return Run(cfg, acc, model, params, build_optimizer(params, cfg.optim), Path(cfg.loop.out_dir), log)
+    return Run(cfg, acc, model, params, build_optimizer(params, cfg.optim), Path(cfg.loop.out_dir), log,
+               skeleton=skeleton)
 
 
 def launched_with(kind: str) -> bool:
@@ -772,18 +779,22 @@ def resume_or_begin(run: Run, order: DataOrder, resume: bool) -> None:
     model sharded and the optimizer rebuilt on the shards) and open the logs. A stage reads
     `run.opt` after this call."""
     ckpt = latest_checkpoint(run.run_dir) if resume else None
-    if ckpt is not None and not is_sharded_checkpoint(ckpt):  # whole weights; a sharded checkpoint's load below
+    # whole weights (a sharded checkpoint is read after sharding, below); a skeleton receives rank 0's
+    if ckpt is not None and not is_sharded_checkpoint(ckpt) and not run.skeleton:
         run.model.load_trainable(ckpt / "model")
     if fsdp_requested(run.cfg.loop) and run.acc.num_processes > 1:
         from speechsum.training.shard import shard_model
 
+        run.skeleton_ranks = int(all_reduce_sum(run.acc, float(run.skeleton)))
         run.units = shard_model(run.model, run.acc.device)
+        run.skeleton = False
         run.model.to(run.acc.device)  # the encoder (the shards are there already)
         run.params = [p for p in run.model.parameters() if p.requires_grad]
         run.opt = build_optimizer(run.params, run.cfg.optim)
         if run.main:
             run.log(f"fsdp: {len(run.units) - 2} decoder layers sharded over {run.acc.num_processes} ranks, "
-                    "and the projector and the rest of the LLM (embedding, final norm, head) as two more units")
+                    "and the projector and the rest of the LLM (embedding, final norm, head) as two more units; "
+                    f"{run.skeleton_ranks} rank(s) received their shards from rank 0 without reading the weights")
     if ckpt is not None:
         state = load_trainer_state(ckpt, run.model, run.opt, run.acc.process_index)
         run.step, order.position = state["step"], state["data_position"]
@@ -824,7 +835,7 @@ def end_step(run: Run, order: DataOrder) -> None:
     if not run.state_logged and run.main:  # once a run, after its first step: what a rank holds (FSDP divides it)
         _atomic_write(run.run_dir / "memory.json", json.dumps({
             "step": run.step, "state_mb": round(state_bytes(run) / 2**20, 3), "ranks": run.acc.num_processes,
-            "fsdp_units": len(run.units)}) + "\n")
+            "fsdp_units": len(run.units), "skeleton_ranks": run.skeleton_ranks}) + "\n")
         run.state_logged = True
     if run.step % loop.save_every == 0 or run.step == loop.max_steps:
         trainer_state = {"data_position": order.position}

@@ -79,26 +79,46 @@ def check_torch_fsdp() -> None:
                          "(tested with 2.13), or train without fsdp")
 
 
-def check_same_weights(model, device: torch.device) -> None:
-    """Raise unless every rank holds the same trainable weights. `fully_shard` keeps each rank's own
-    slice of what that rank has, so ranks that built different starting weights (a fresh LoRA or
-    projector drawn with per-rank seeds) would train a patchwork; `start_run` builds them under one
-    seed. (DDP instead broadcasts rank 0's weights; here that would put the whole model on each GPU
-    and need the CPU tensors on a GPU-only backend.)"""
+def check_same_layout(model) -> None:
+    """Raise unless every rank built the same parameters and buffers (names, shapes, dtypes): rank 0's
+    weights are sent to the others tensor by tensor, and ranks that disagree would wait on each other
+    forever instead."""
+    import hashlib
+
     import torch.distributed as dist
 
+    layout = [(n, tuple(t.shape), str(t.dtype)) for n, t in (*model.named_parameters(), *model.named_buffers())]
+    digest = hashlib.sha256(repr(layout).encode()).hexdigest()
+    digests = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"fsdp: the ranks built differently shaped models (layout digests {digests}); "
+                           "every rank must build the model from the same config and init")
+
+
+def send_from_rank0(model, full: dict[str, torch.Tensor] | None, device: torch.device) -> None:
+    """Every parameter and buffer of `model` (sharded or not) set to rank 0's: `full` is rank 0's whole
+    tensors by name, taken before sharding (None on the other ranks, whose model may be a meta-device
+    skeleton: its meta tensors are allocated here first). A sharded parameter travels as its shards
+    (rank 0 scatters; the others allocate one whole tensor at a time to receive into), a whole one by
+    broadcast. Entries of `full` are dropped as they are sent, so rank 0's whole copy shrinks."""
+    import itertools
+
+    import torch.distributed as dist
+    from torch.distributed.tensor import distribute_tensor
+
+    for mod in model.modules():
+        own = itertools.chain(mod._parameters.values(), mod._buffers.values())
+        if any(t is not None and t.is_meta for t in own):
+            mod.to_empty(device=device, recurse=False)
     with torch.no_grad():
-        local = torch.zeros(2, dtype=torch.float64, device=device)
-        for p in model.parameters():
-            if p.requires_grad:
-                x = p.detach().to(device, torch.float64)
-                local += torch.stack([x.sum(), x.pow(2).sum()])
-        lo, hi = local.clone(), local.clone()
-        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    if not torch.equal(lo, hi):
-        raise RuntimeError("fsdp: the ranks built different starting weights (trainable weights' sums "
-                           f"{lo.tolist()} to {hi.tolist()}); every rank must build the model under the same seed")
+        for name, t in (*model.named_parameters(), *model.named_buffers()):
+            src = full.pop(name).to(device) if full is not None else torch.empty(t.shape, dtype=t.dtype, device=device)
+            if is_sharded(t):
+                local(t).copy_(distribute_tensor(src.to(t.dtype), t.device_mesh, t.placements, src_data_rank=0).to_local())
+            else:
+                dist.broadcast(src, 0)
+                t.copy_(src)
 
 
 def shard_model(model, device: torch.device) -> list[nn.Module]:
@@ -116,7 +136,10 @@ def shard_model(model, device: torch.device) -> list[nn.Module]:
     from speechsum.models.speech_lm import Text
 
     check_torch_fsdp()
-    check_same_weights(model, device)
+    check_same_layout(model)
+    # rank 0's whole tensors, held until sent (the other ranks may have built a meta-device skeleton);
+    # named_parameters and named_buffers list a tied weight once, under one name on every rank
+    full = dict((*model.named_parameters(), *model.named_buffers())) if dist.get_rank() == 0 else None
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     units = []
     for layer in decoder_layers(model):
@@ -128,6 +151,7 @@ def shard_model(model, device: torch.device) -> list[nn.Module]:
     # into a new tensor)
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPProjector\) returned a view")
     units.append(fully_shard(model, mesh=mesh, ignored_params=set(model.encoder.parameters())))
+    send_from_rank0(model, full, device)
     # FSDP makes the unit whose forward runs first the root, which shares its end-of-backward
     # callback with the units inside it; in training the layers and the projector run outside the
     # SpeechLM's forward, so one token goes through that forward first (no gradient, no randomness)
