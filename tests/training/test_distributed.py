@@ -155,6 +155,7 @@ def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_train
     memory = lambda d: json.loads((d / "memory.json").read_text())  # noqa: E731
     assert memory(tmp_path / "two")["state_mb"] < memory(tmp_path / "one")["state_mb"]  # a rank holds half of each layer
     assert memory(tmp_path / "two")["skeleton_ranks"] == 1  # rank 1 never read the LLM's weights
+    assert len(memory(tmp_path / "two")["peak_rss_mb_by_rank"]) == 2 and min(memory(tmp_path / "two")["peak_rss_mb_by_rank"]) > 0
     assert (tmp_path / "two" / "checkpoints" / "step-0000004" / "model-shards").is_dir()
 
     # the 2-rank checkpoint resumed in one process (the same global batch): DCP reads both ranks' shards

@@ -828,14 +828,29 @@ def state_bytes(run: Run) -> int:
     return sum(local(t).nbytes for t in tensors)
 
 
+def rank_peak_rss_mb(acc) -> list[int]:
+    """Each rank's peak resident set so far in MB (getrusage), in rank order (a collective with more
+    than one process): what loading, sharding and the steps so far cost each rank's host memory."""
+    import resource
+    import sys
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+    peak = torch.tensor([kb / 1024], dtype=torch.float64, device=acc.device)
+    peaks = acc.gather(peak) if acc.num_processes > 1 else peak
+    return [round(float(x)) for x in peaks.cpu()]
+
+
 def end_step(run: Run, order: DataOrder) -> None:
     """Checkpoint every `save_every` steps and at the last one: a sharded model by every rank, each
     writing its own shards; otherwise by the main process, the others waiting."""
     loop = run.cfg.loop
-    if not run.state_logged and run.main:  # once a run, after its first step: what a rank holds (FSDP divides it)
-        _atomic_write(run.run_dir / "memory.json", json.dumps({
-            "step": run.step, "state_mb": round(state_bytes(run) / 2**20, 3), "ranks": run.acc.num_processes,
-            "fsdp_units": len(run.units), "skeleton_ranks": run.skeleton_ranks}) + "\n")
+    if not run.state_logged:  # once a run, after its first step: what a rank holds (FSDP divides it)
+        peaks = rank_peak_rss_mb(run.acc)  # every rank takes part
+        if run.main:
+            _atomic_write(run.run_dir / "memory.json", json.dumps({
+                "step": run.step, "state_mb": round(state_bytes(run) / 2**20, 3), "ranks": run.acc.num_processes,
+                "fsdp_units": len(run.units), "skeleton_ranks": run.skeleton_ranks,
+                "peak_rss_mb_by_rank": peaks}) + "\n")
         run.state_logged = True
     if run.step % loop.save_every == 0 or run.step == loop.max_steps:
         trainer_state = {"data_position": order.position}

@@ -31,6 +31,11 @@ rank alone. Resumable checkpoints need none of that: `save_sharded` has every ra
 shards of the trained weights and of the Adam state (torch.distributed.checkpoint), and
 `load_sharded` reads them back on any number of ranks, one process without a process group too.
 
+Loading: only rank 0 reads the weights. The other ranks build the LLM, its LoRA and the projector
+on the meta device (`SpeechLM.from_config/from_pretrained(skeleton=True)`: shapes, no memory; the
+small frozen encoder is real), and `shard_model` has rank 0 send every rank its shards
+(`send_from_rank0`), so no rank but 0 ever holds the whole LLM.
+
 Works on the CPU (gloo), which is how the tests check that 2 sharded ranks train exactly as 1 rank.
 """
 
@@ -122,7 +127,8 @@ def send_from_rank0(model, full: dict[str, torch.Tensor] | None, device: torch.d
 
 
 def shard_model(model, device: torch.device) -> list[nn.Module]:
-    """Shard `model` (a SpeechLM, weights already loaded, the same on every rank) over all ranks of
+    """Shard `model` (a SpeechLM: rank 0's with its weights loaded, the others' the same or a meta-device
+    skeleton of it; every rank ends with rank 0's weights) over all ranks of
     the default process group: each decoder layer, the projector, then the SpeechLM as the root
     unit (the encoder left out); returns the units, the root last. Each unit goes to `device` one at
     a time (only this rank's shard stays there); the encoder is moved by the caller. The optimizer
