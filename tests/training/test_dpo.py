@@ -417,12 +417,12 @@ def test_select_dev_scores_every_checkpoint_with_the_fact_judge(tmp_path, tiny_d
     assert [r["step"] for r in rows if "dev_select" in r] == [0, 1, 2]
 
 
-def _scripted_select(tmp_path, tiny_data, monkeypatch, scores, select, logs=None):
+def _scripted_select(tmp_path, tiny_data, monkeypatch, scores, select, logs=None, **kw):
     """A 2-step DPO run (a checkpoint every step) whose dev scores are `scores`, in the order asked."""
     monkeypatch.setattr(dpo, "fact_judge", lambda item, texts, *a: ([len(t) for t in texts], [f"len {len(t)}" for t in texts]))
     script = iter(scores)
     monkeypatch.setattr(dpo, "dev_fact_f1", lambda *a: next(script))
-    cfg = _cfg(tmp_path, dev_with_facts(tiny_data), select=select)
+    cfg = _cfg(tmp_path, dev_with_facts(tiny_data), select=select, **kw)
     cfg.loop.save_every = 1
     return dpo.train(cfg, log=(logs.append if logs is not None else lambda *a: None))
 
@@ -480,6 +480,18 @@ def test_select_guard_scores_only_the_start_and_the_end(tmp_path, tiny_data, mon
     assert sorted(rec["scores"]) == ["0", "2"] and rec["best"] == best
 
 
+@pytest.mark.parametrize("scores,margin,best", [([0.30, 0.29], 0.02, 2), ([0.30, 0.27], 0.02, 0), ([0.30, 0.29], 0.0, 0)])
+def test_select_guard_margin_keeps_a_last_step_within_it(tmp_path, tiny_data, monkeypatch, scores, margin, best):
+    _scripted_select(tmp_path, tiny_data, monkeypatch, scores, "guard", select_margin=margin)
+    assert json.loads((tmp_path / "run" / "select.json").read_text())["best"] == best
+
+
+@pytest.mark.parametrize("scores,best", [([0.30, 0.35, 0.34], 2), ([0.30, 0.35, 0.32], 1), ([0.30, 0.25, 0.29], 2)])
+def test_select_best_margin_takes_the_latest_step_within_it_of_the_best(tmp_path, tiny_data, monkeypatch, scores, best):
+    _scripted_select(tmp_path, tiny_data, monkeypatch, scores, "best", select_margin=0.02)
+    assert json.loads((tmp_path / "run" / "select.json").read_text())["best"] == best
+
+
 def test_cli_train_dpo_select_without_dev_facts_is_one_line_before_any_sampling(tmp_path, tiny_data, capsys, monkeypatch):
     from speechsum.cli import main
 
@@ -494,3 +506,8 @@ def test_cli_train_dpo_select_without_dev_facts_is_one_line_before_any_sampling(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and not sampled
     assert "select: guard needs dev items with known facts, and " in err[0] and err[0].endswith("/dev has none")
+
+
+def test_a_negative_select_margin_is_refused(tmp_path, tiny_data):
+    with pytest.raises(ValueError, match="select_margin must be >= 0, got -0.01"):
+        _cfg(tmp_path, tiny_data, select="guard", select_margin=-0.01)

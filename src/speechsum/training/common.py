@@ -868,10 +868,13 @@ class BestOnDev:
     `<run_dir>/select.json` records every score and the best step, written after the best folder is
     complete, so a kill never leaves it naming a partial folder and `--resume` goes on from it. The
     earlier step wins a tie: a stage that helps nothing on dev hands on its starting model.
+    `margin` > 0: a later step is kept unless it scores more than `margin` below the best earlier
+    score (a dev set of a few dozen items cannot tell apart smaller differences), so the final model
+    is the latest step within `margin` of the best.
     Main process only; `load_best` loads the kept weights on every rank."""
 
-    def __init__(self, run: Run, score, every_checkpoint: bool = True):
-        self.run, self.score, self.every_checkpoint = run, score, every_checkpoint
+    def __init__(self, run: Run, score, every_checkpoint: bool = True, margin: float = 0.0):
+        self.run, self.score, self.every_checkpoint, self.margin = run, score, every_checkpoint, margin
         self.path = run.run_dir / "select.json"
         if run.step == 0 and run.main:  # a fresh run (nothing restored): no scores of an earlier one
             self.path.unlink(missing_ok=True)
@@ -906,7 +909,8 @@ class BestOnDev:
             self.scores[step] = value
             run.metrics.log(step, dev_select=value)
             old = self.best
-            if old is None or value > self.scores[old]:
+            earlier = [v for k, v in self.scores.items() if k != step]
+            if old is None or value > max(earlier) - self.margin:
                 model.save_pretrained(run.run_dir / f"best-step-{step:07d}", state=state)
                 self.best = step
             _atomic_write(self.path, json.dumps({"scores": {str(k): v for k, v in sorted(self.scores.items())},
