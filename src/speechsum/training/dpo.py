@@ -91,8 +91,9 @@ class DPOConfig:
     fact F1 of their greedy summaries (eval's primary score; decoded greedily up to
     `select_max_new_tokens`, without eval's repeat stop, which drops repeated lines that fact F1
     counts once anyway; `select.json` has every score). last: the last step's,
-    no dev decoding. guard: the last step's unless the starting model scores higher, so a run
-    that made the model worse on dev hands on its starting model unchanged (two dev decodings).
+    no dev decoding. guard: the last step's unless the starting model scores higher (by more than
+    `select_margin`), so a run that made the model worse on dev hands on its starting model
+    unchanged (two dev decodings).
     best: the best of the starting model and every checkpoint (`loop.save_every`); ties go to the
     earlier step. Measured (docs/experiments.md: "Choosing the DPO step on dev"): one of two seeds
     of the demo's DPO collapsed to 7-word answers by step 4 while the other gained, and 24 dev
