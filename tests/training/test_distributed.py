@@ -167,6 +167,19 @@ def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_train
     assert (tmp_path / "on-one" / "checkpoints" / "step-0000004" / "model").is_dir()  # one process: whole again
 
 
+def _two_rank_script(script: str, tmp_path) -> list[dict]:
+    """Run `script` as ranks 0 and 1 of a gloo group (argv: rank, init method, tests folder, tiny
+    models folder) and return the JSON each printed last, in rank order."""
+    save_tiny_models(tmp_path / "models")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r), init, str(Path(__file__).parents[1]),
+                               str(tmp_path / "models")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=ENV) for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:] + outs[1][1][-3000:]
+    return [json.loads(out.splitlines()[-1]) for out, _ in outs]
+
+
 SHARD_RANK = """
 import json, sys
 from pathlib import Path
@@ -221,14 +234,7 @@ def test_fsdp_rank1_builds_a_meta_skeleton_and_receives_rank0s_weights(tmp_path)
     # rank 1 reads no LLM weights (its LLM, LoRA and projector are on the meta device, the encoder is
     # real) and draws its fresh LoRA and projector under another seed; after sharding, both ranks hold
     # rank 0's weights and buffers exactly (gathered and compared with what rank 0 built)
-    save_tiny_models(tmp_path / "models")
-    init = f"file://{tmp_path / 'rendezvous'}"
-    procs = [subprocess.Popen([sys.executable, "-c", SKELETON_RANK, str(r), init, str(Path(__file__).parents[1]),
-                               str(tmp_path / "models")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=ENV) for r in (0, 1)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:] + outs[1][1][-3000:]
-    ranks = [json.loads(out.splitlines()[-1]) for out, _ in outs]
+    ranks = _two_rank_script(SKELETON_RANK, tmp_path)
     assert ranks[0]["meta"] == []
     assert ranks[1]["meta"] == [n for n in ranks[1]["names"] if not n.startswith("encoder.")]
     assert {n.split(".")[0] for n in ranks[1]["meta"]} == {"llm", "projector"}
@@ -240,14 +246,7 @@ def test_fsdp_rank1_builds_a_meta_skeleton_and_receives_rank0s_weights(tmp_path)
 def test_fsdp_shards_the_embedding_head_and_projector_rows_and_their_state(tmp_path, tiny_data):
     # 2 ranks: the embedding (the head tied to it), the final norm and the projector are sharded like
     # the layers, each rank holding half of their rows; only the frozen encoder stays whole
-    save_tiny_models(tmp_path / "models")
-    init = f"file://{tmp_path / 'rendezvous'}"
-    procs = [subprocess.Popen([sys.executable, "-c", SHARD_RANK, str(r), init, str(Path(__file__).parents[1]),
-                               str(tmp_path / "models")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=ENV) for r in (0, 1)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:] + outs[1][1][-3000:]
-    ranks = [json.loads(out.splitlines()[-1]) for out, _ in outs]
+    ranks = _two_rank_script(SHARD_RANK, tmp_path)
     assert all(r["tied"] for r in ranks)
     rows = [r["rows"] for r in ranks]
     emb = next(n for n in rows[0] if n.endswith("embed_tokens.weight"))
