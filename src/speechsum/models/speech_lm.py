@@ -12,8 +12,6 @@ positions that predict target tokens; losses live in `speechsum.training.losses`
 
 from __future__ import annotations
 
-import contextlib
-
 import json
 import os
 import shutil
@@ -187,8 +185,7 @@ class SpeechLM(nn.Module):
         encoder = WhisperEncoder.from_pretrained(enc_dir, config.encoder_mode, dtype=dtype)
         encoder.name = config.encoder
         model = cls._assemble(config, encoder, llm_dir, AutoTokenizer.from_pretrained(llm_dir), dtype, skeleton)
-        with torch.device("meta") if skeleton else contextlib.nullcontext():
-            model._wrap_lora()
+        model._wrap_lora(skeleton=skeleton)
         return model
 
     @classmethod
@@ -206,9 +203,13 @@ class SpeechLM(nn.Module):
             llm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(llm_dir), dtype=dtype)
             return cls(config, encoder, llm, tok)
 
-    def _wrap_lora(self, adapter_dir: Path | None = None, trainable: bool = True) -> None:
+    def _wrap_lora(self, adapter_dir: Path | None = None, trainable: bool = True, skeleton: bool = False) -> None:
+        """LoRA around the LLM (a saved adapter, or fresh); `skeleton`: fresh, on the meta device."""
         if self.config.llm_training != "lora":
             return
+        if skeleton:
+            with torch.device("meta"):
+                return self._wrap_lora(trainable=trainable)
         from peft import LoraConfig, PeftModel, get_peft_model
 
         if adapter_dir is not None:
@@ -357,8 +358,7 @@ class SpeechLM(nn.Module):
         llm_dir = path / "llm" if (path / "llm").is_dir() else resolve_model(config.llm)
         model = cls._assemble(config, encoder, llm_dir, AutoTokenizer.from_pretrained(llm_dir), dtype, skeleton)
         if skeleton:  # a fresh LoRA of the saved shape; its weights come from rank 0
-            with torch.device("meta"):
-                model._wrap_lora()
+            model._wrap_lora(skeleton=True)
             return model
         model.projector.load_state_dict(load_file(path / "projector.safetensors"))
         if config.llm_training == "lora":
