@@ -78,8 +78,8 @@ def tiny_speechlm(root: Path, **overrides):
     from speechsum.models.speech_lm import SpeechLM, SpeechLMConfig
 
     enc_dir, llm_dir = save_tiny_models(root)
-    cfg = SpeechLMConfig(encoder=str(enc_dir), llm=str(llm_dir), stack=4, projector_hidden=32, lora_r=4,
-                         lora_alpha=8, system_prompt="you are a helpful assistant", **overrides)
+    cfg = SpeechLMConfig(**{"encoder": str(enc_dir), "llm": str(llm_dir), "stack": 4, "projector_hidden": 32,
+                            "lora_r": 4, "lora_alpha": 8, "system_prompt": "you are a helpful assistant", **overrides})
     model = SpeechLM.from_config(cfg)
     model.decode_bf16 = False  # exact decoding tests compare fp32 paths; the bf16 copy has its own test
     return model

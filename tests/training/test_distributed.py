@@ -229,6 +229,35 @@ dist.destroy_process_group()
 """
 
 
+LAYOUT_RANK = """
+import json, sys
+from pathlib import Path
+import torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[3])
+from tiny import tiny_speechlm
+from speechsum.training import shard
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method=sys.argv[2], rank=rank, world_size=2)
+model = tiny_speechlm(Path(sys.argv[4]), lora_r=4 if rank == 0 else 8)  # a rank with another config
+try:
+    shard.shard_model(model, torch.device("cpu"))
+    print(json.dumps({"error": None}))
+except RuntimeError as e:
+    print(json.dumps({"error": str(e)}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_ranks_that_built_different_models_are_refused_before_any_send(tmp_path):
+    # without the layout check, rank 0 would scatter a (4, d) LoRA matrix into rank 1's (8, d) and the
+    # ranks would fail or hang mid-send; both raise the same one-line error instead, and both exit
+    ranks = _two_rank_script(LAYOUT_RANK, tmp_path)
+    for r in ranks:
+        assert r["error"] and "differently shaped models" in r["error"] and "\n" not in r["error"], r
+    assert ranks[0]["error"] == ranks[1]["error"]
+
+
 @pytest.mark.slow
 def test_fsdp_rank1_builds_a_meta_skeleton_and_receives_rank0s_weights(tmp_path):
     # rank 1 reads no LLM weights (its LLM, LoRA and projector are on the meta device, the encoder is
