@@ -147,6 +147,7 @@ def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_train
     assert sum(rank_bytes) == whole_bytes, msg  # every tensor written once, by one rank
     assert all(abs(b - whole_bytes / 2) <= 0.02 * whole_bytes for b in rank_bytes), msg
     shutil.copytree(tmp_path / "two", tmp_path / "on-one")
+    shutil.copytree(tmp_path / "two", tmp_path / "on-ddp")
 
     _launch("sft", two, "--resume", launch=launch)
     assert (tmp_path / "two" / "samples" / "step-0000004.jsonl").is_file()
@@ -165,6 +166,13 @@ def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_train
     _assert_same_weights(tmp_path / "one" / "final", tmp_path / "on-one" / "final")
     _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "on-one"), "loss", "grad_norm", n=4)
     assert (tmp_path / "on-one" / "checkpoints" / "step-0000004" / "model").is_dir()  # one process: whole again
+
+    # and resumed under DDP on 2 ranks (no FSDP: each rank reads every shard into its whole model)
+    out = _launch("sft", two, "--resume", f"loop.out_dir={tmp_path / 'on-ddp'}")
+    assert "sharded by 2 ranks, read by 2" in out
+    _assert_same_weights(tmp_path / "one" / "final", tmp_path / "on-ddp" / "final")
+    _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "on-ddp"), "loss", "grad_norm", n=4)
+    assert (tmp_path / "on-ddp" / "checkpoints" / "step-0000004" / "model").is_dir()  # DDP saves whole
 
 
 def _two_rank_script(script: str, tmp_path) -> list[dict]:

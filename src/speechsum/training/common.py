@@ -803,7 +803,8 @@ def resume_or_begin(run: Run, order: DataOrder, resume: bool) -> None:
             run.log(f"resumed from {ckpt} at step {run.step}" + (
                 f" (sharded by {saved_world} ranks, read by {run.acc.num_processes}: the weights and optimizer "
                 "state resharded; each rank's RNG state restored where the checkpoint has it)"
-                if saved_world not in (None, run.acc.num_processes) else ""))
+                if saved_world not in (None, run.acc.num_processes) or (is_sharded_checkpoint(ckpt) and not run.units)
+                else ""))
             truncate_metrics(run.run_dir, run.step)
     elif run.main:
         write_run_files(run.run_dir, run.cfg)
