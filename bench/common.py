@@ -357,8 +357,9 @@ def peak_rss_increase(row: dict):
 
 
 def time_steps(step, warmup: int, steps: int, phases: Phases | None = None) -> dict:
-    """Run `step()` warmup + steps times; per timed step: seconds, neighbour load, phase split."""
-    out = {"seconds": [], "losses": [], "phase_seconds": []}
+    """Run `step()` warmup + steps times; per timed step: seconds, neighbour load, phase split (and
+    the warm-up steps' seconds, where a compiled model compiles)."""
+    out = {"seconds": [], "losses": [], "phase_seconds": [], "warmup_seconds": []}
     meter = CpuMeter()
     for i in range(warmup + steps):
         meter.start()
@@ -366,6 +367,8 @@ def time_steps(step, warmup: int, steps: int, phases: Phases | None = None) -> d
             phases.take()
         t = now()
         out["losses"].append(step())
+        if i < warmup:
+            out["warmup_seconds"].append(round(now() - t, 3))
         if i >= warmup:
             out["seconds"].append(now() - t)
             meter.stop()

@@ -19,7 +19,10 @@ One run (~6-10 min on 2 cores) measures, with torch's default threads unless --t
    tokens), completion-only loss, `use_cpu=True`, gradient checkpointing off like ours (TRL's
    default, on, is a separate row); step time from a TrainerCallback (on_step_begin ->
    on_step_end), so TRL's collation is *not* in its time while our segment building is in ours;
-5. speechsum's SFT step with `loop.activation_checkpointing` (bf16), beside TRL's default row.
+5. speechsum's SFT step with `loop.activation_checkpointing` (bf16), beside TRL's default row;
+6. speechsum's SFT step with `loop.compile` (the decoder layers under torch.compile) in bf16 and
+   fp32: the compilation happens in the warm-up steps (its time is reported as `first_step_s`, the
+   warm-up's first step), the timed steps run the compiled layers.
 
 Memory ("+MB"): the peak resident set during the warm-up and timed steps minus the resident set
 before them (activations, gradients, optimizer state), one process per row.
@@ -61,6 +64,7 @@ then per core and the TRL ratio stays a like-for-like comparison.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -72,15 +76,17 @@ from common import (ENCODER, INSTRUCTIONS, LLM, CpuMeter, best_peak, clean_load,
                     write_result)
 
 ALIGN_INSTRUCTION = "Summarize what was said in one sentence."  # one of align.TASKS
-CONFIGS = [  # (impl, stage, dtype, gradient checkpointing); compared rows run back to back
-    ("speechsum", "sft", "bf16", False),
-    ("trl", "sft", "bf16", False),
-    ("speechsum", "sft", "fp32", False),
-    ("trl", "sft", "fp32", False),
-    ("trl", "sft", "bf16", True),  # TRL's SFTConfig default: gradient_checkpointing=True
-    ("speechsum", "sft", "bf16", True),  # loop.activation_checkpointing
-    ("speechsum", "align", "bf16", False),
-    ("speechsum", "align", "fp32", False),
+CONFIGS = [  # (impl, stage, dtype, variant: "" | "gc" gradient checkpointing | "compile"); compared rows back to back
+    ("speechsum", "sft", "bf16", ""),
+    ("trl", "sft", "bf16", ""),
+    ("speechsum", "sft", "fp32", ""),
+    ("trl", "sft", "fp32", ""),
+    ("trl", "sft", "bf16", "gc"),  # TRL's SFTConfig default: gradient_checkpointing=True
+    ("speechsum", "sft", "bf16", "gc"),  # loop.activation_checkpointing
+    ("speechsum", "sft", "bf16", "compile"),  # loop.compile
+    ("speechsum", "sft", "fp32", "compile"),
+    ("speechsum", "align", "bf16", ""),
+    ("speechsum", "align", "fp32", ""),
 ]
 
 
@@ -139,7 +145,7 @@ def step_flops(dims: dict, lengths: list[int], targets: list[int], audio: list[i
 # ------------------------------------------------------------------------------------ speechsum
 
 
-def run_speechsum(stage: str, dtype: str, grad_ckpt: bool, args) -> dict:
+def run_speechsum(stage: str, dtype: str, grad_ckpt: bool, args, compiled: bool = False) -> dict:
     """Time the real loop's optimizer step (sft.py / align.py) on a fixed batch."""
     from speechsum.training import common
     from speechsum.training.losses import token_cross_entropy
@@ -148,6 +154,9 @@ def run_speechsum(stage: str, dtype: str, grad_ckpt: bool, args) -> dict:
         args.batch, args.audio_seconds, dtype, llm_training="lora" if stage == "sft" else "frozen")
     if grad_ckpt:
         common.enable_activation_checkpointing(model)
+    if compiled:  # into an empty inductor cache: the first step pays the whole compilation, as on a fresh machine
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-bench-")
+        common.compile_decoder_layers(model)
     audio_tokens = model.projector.num_tokens(len(frames[0]))
     spec = item_specs(model.prompt_ids, model.tokenizer, model.end_of_turn_id, stage, args.batch, audio_tokens,
                       args.target_tokens)
@@ -171,6 +180,7 @@ def run_speechsum(stage: str, dtype: str, grad_ckpt: bool, args) -> dict:
     proj = sum(m.weight.numel() for m in (model.projector.fc1, model.projector.fc2))
     flops = step_flops(dims, lengths, targets, [s["audio"] for s in spec], proj, head_positions_raw=sum(targets))
     return {"lengths": lengths, "targets": targets, "audio_tokens": audio_tokens, "seconds": timed["seconds"],
+            "first_step_s": timed["warmup_seconds"][0] if timed["warmup_seconds"] else None,
             "losses": timed["losses"], "other_load": timed["other_load"],
             "waited_for_quiet_s": timed["waited_for_quiet_s"], "flops": flops, "dims": dims, "projector_params": proj,
             "encoder": encoder, "trainable_params": sum(p.numel() for p in params), "profile": profile, **memory}
@@ -257,12 +267,12 @@ def run_trl(dtype: str, grad_ckpt: bool, args) -> dict:
 
 
 def worker(name: str, args) -> dict:
-    impl, stage, dtype, gc = name.split(":")
+    impl, stage, dtype, variant = name.split(":")
     peak = peak_sample()  # every process samples the peak: the best sample is the run's peak
     if impl == "speechsum":
-        row = run_speechsum(stage, dtype, gc == "gc", args)
+        row = run_speechsum(stage, dtype, variant == "gc", args, compiled=variant == "compile")
     else:
-        row = run_trl(dtype, gc == "gc", args)
+        row = run_trl(dtype, variant == "gc", args)
     return {**row, "peak_samples": peak}
 
 
@@ -284,9 +294,10 @@ def main(argv=None) -> int:
     argv = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
             "--audio-seconds", str(args.audio_seconds), "--target-tokens", str(args.target_tokens)]
     argv += machine_argv(args) + (["--profile"] if args.profile else [])
-    rows = run_configs(__file__, [(f"{impl}:{stage}:{dt}:{'gc' if gc else 'nogc'}",
-                                   {"impl": impl, "stage": stage, "dtype": dt, "gradient_checkpointing": gc,
-                                    "batch": args.batch}) for impl, stage, dt, gc in CONFIGS], argv, args.only)
+    rows = run_configs(__file__, [(f"{impl}:{stage}:{dt}:{variant or 'plain'}",
+                                   {"impl": impl, "stage": stage, "dtype": dt, "gradient_checkpointing": variant == "gc",
+                                    "compile": variant == "compile", "batch": args.batch})
+                                  for impl, stage, dt, variant in CONFIGS], argv, args.only)
 
     peak, samples = best_peak(start_peak, rows)
     print(f"\nmatmul peak (2048^3, {torch.get_num_threads()} torch threads, best of {len(samples['fp32'])} "
@@ -303,12 +314,12 @@ def main(argv=None) -> int:
         r["peak_gflops"] = round(peak[r["dtype"]], 1)
         r["mfu"] = {k: round(v / s / (peak[r["dtype"]] * 1e9), 4) for k, v in r["flops"].items()}
     speedups(rows, lambda r, x: x["impl"] == "trl" and x["stage"] == r["stage"] and x["dtype"] == r["dtype"]
-             and not x["gradient_checkpointing"], key="tokens_per_s")
+             and not x["gradient_checkpointing"] and not x["compile"], key="tokens_per_s")
 
     print(f"\n{'impl':10} {'stage':6} {'dtype':5} {'batch':>5} {'tokens':>6} {'s/step':>7} {'tok/s':>7} "
           f"{'MFU use':>7} {'MFU raw':>7} {'MFU 6N':>7} {'vs TRL':>7} {'clean':>5} {'+MB':>6}")
     for r in rows:
-        label = r["impl"] + ("+gc" if r["gradient_checkpointing"] else "")
+        label = r["impl"] + ("+gc" if r["gradient_checkpointing"] else "") + ("+compile" if r["compile"] else "")
         if "error" in r:
             print(f"{label:10} {r['stage']:6} {r['dtype']:5} {r['batch']:>5}  not run: {r['error']}")
             continue
@@ -318,6 +329,10 @@ def main(argv=None) -> int:
               f"{r['seconds_per_step']:>7.3f} {r['tokens_per_s']:>7.0f} {m['useful']:>7.1%} {m['raw']:>7.1%} "
               f"{m['classic_6n']:>7.1%} {sp:>7} {r['clean_steps']:>2}/{len(r['seconds'])} "
               f"{r.get('peak_increase_mb', float('nan')):>6.0f}")
+    for r in rows:
+        if r.get("compile") and "error" not in r:
+            print(f"{r['impl']}+compile {r['stage']} {r['dtype']}: first step {r['first_step_s']:.1f} s "
+                  f"(compilation into an empty inductor cache) against {r['seconds_per_step']:.2f} s per step after")
     if any(r.get("clean_steps", 1) == 0 for r in rows):
         print(f"warning: in some rows no timed step ran on a quiet machine (other processes used > {limit} "
               "cores): their times are inflated; re-run when the machine is idle (or with --threads 1)")

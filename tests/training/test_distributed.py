@@ -16,7 +16,7 @@ from speechsum.models.speech_lm import SpeechLM
 
 
 def _config(tmp_path, data, out, batch_size, loop_steps: int = 2, llm_training: str = "lora", fsdp: bool = False,
-            **stage):
+            compile: bool = False, **stage):
     enc, llm = save_tiny_models(tmp_path / "models")
     cfg = {
         "model": {"encoder": str(enc), "llm": str(llm), "stack": 4, "projector_hidden": 32, "lora_r": 4,
@@ -24,8 +24,7 @@ def _config(tmp_path, data, out, batch_size, loop_steps: int = 2, llm_training: 
         "data": {"path": str(data)},
         "optim": {"lr": 0.01, "warmup_steps": 1, "grad_accum": 2},
         "loop": {"out_dir": str(out), "max_steps": loop_steps, "batch_size": batch_size, "save_every": 2, "bf16": False,
-                 "fsdp": fsdp,
-                 "eval_items": 1},
+                 "fsdp": fsdp, "compile": compile, "eval_items": 1},
         **stage,
     }
     path = out.parent / f"{out.name}.yaml"
@@ -100,7 +99,9 @@ def _vary_target_lengths(data) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_equal_one_rank(tmp_path, tiny_data):
-    one, two = _one_and_two_ranks(tmp_path, tiny_data, "sft")
+    # with the decoder layers compiled (`loop.compile`) on every rank: DDP's gradient hooks stay
+    # outside the compiled layers (the other stages' 2-rank tests run eagerly)
+    one, two = _one_and_two_ranks(tmp_path, tiny_data, "sft", compile=True)
     _assert_same(one, two, "loss")
 
 
@@ -167,12 +168,39 @@ def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_train
     _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "on-one"), "loss", "grad_norm", n=4)
     assert (tmp_path / "on-one" / "checkpoints" / "step-0000004" / "model").is_dir()  # one process: whole again
 
+    # a whole checkpoint (1 process) resumed on more ranks than wrote it: sharded over 2 FSDP ranks
+    _run([sys.executable, "-m", "speechsum.cli", "train", "sft", "--config", str(one), "loop.max_steps=2",
+          f"loop.out_dir={tmp_path / 'whole'}"], ENV)
+    out = _launch("sft", two, "--resume", f"loop.out_dir={tmp_path / 'whole'}", launch=launch)
+    assert "written whole by 1 process(es), sharded over 2 ranks" in out
+    _assert_same_weights(tmp_path / "one" / "final", tmp_path / "whole" / "final")
+    _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "whole"), "loss", "grad_norm", n=4)
+
     # and resumed under DDP on 2 ranks (no FSDP: each rank reads every shard into its whole model)
     out = _launch("sft", two, "--resume", f"loop.out_dir={tmp_path / 'on-ddp'}")
     assert "sharded by 2 ranks, read by 2" in out
     _assert_same_weights(tmp_path / "one" / "final", tmp_path / "on-ddp" / "final")
     _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "on-ddp"), "loss", "grad_norm", n=4)
     assert (tmp_path / "on-ddp" / "checkpoints" / "step-0000004" / "model").is_dir()  # DDP saves whole
+
+
+@pytest.mark.slow
+def test_ddp_resume_gives_each_rank_its_own_dropout_stream_back(tmp_path, tiny_data):
+    # with LoRA dropout, each rank draws its own masks (seed + rank); a whole checkpoint keeps every
+    # rank's RNG state, so 2 DDP ranks stopped at step 2 and resumed continue the uninterrupted curve.
+    # (When every rank restored rank 0's state, rank 1 drew rank 0's masks after the resume.)
+    ref = _config(tmp_path, tiny_data, tmp_path / "ref", batch_size=1, loop_steps=4)
+    cfg = yaml.safe_load(ref.read_text())
+    cfg["model"]["lora_dropout"] = 0.5
+    ref.write_text(yaml.safe_dump(cfg))
+    _launch("sft", ref)
+    _launch("sft", ref, "loop.max_steps=2", f"loop.out_dir={tmp_path / 'res'}")
+    ckpt = tmp_path / "res" / "checkpoints" / "step-0000002"
+    assert (ckpt / "model").is_dir() and (ckpt / "rng-rank1.safetensors").is_file()
+    out = _launch("sft", ref, "--resume", f"loop.out_dir={tmp_path / 'res'}")
+    assert "resumed from" in out and "read by" not in out  # same layout: no resharding line
+    _assert_same(_metrics(tmp_path / "ref"), _metrics(tmp_path / "res"), "loss", "grad_norm", n=4)
+    _assert_same_weights(tmp_path / "ref" / "final", tmp_path / "res" / "final")
 
 
 def _two_rank_script(script: str, tmp_path) -> list[dict]:

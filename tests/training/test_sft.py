@@ -76,6 +76,41 @@ def test_activation_checkpointing_is_on_in_training_only(tmp_path):
     assert len(calls) == 3 and calls[0] > 1 and calls[1:] == [1, 1]  # the KV cache is kept in eval mode
 
 
+def test_compiled_layers_train_the_same_losses_and_weights(tmp_path, tiny_data):
+    # loop.compile (fp32 here: the compiled graph then computes what eager does, to float tolerance),
+    # with the dev samples at the end decoded eagerly from the compiled model
+    from torch._dynamo.utils import counters
+
+    runs = {}
+    for compiled in (False, True):
+        graphs = counters["stats"]["unique_graphs"]
+        cfg = tiny_cfg(tmp_path / str(compiled), tiny_data, max_steps=3, compile=compiled)
+        runs[compiled] = (sft.train(cfg, log=lambda *a: None), losses(tmp_path / str(compiled) / "run"))
+        assert (counters["stats"]["unique_graphs"] > graphs) == compiled  # the layers did run compiled
+        assert (tmp_path / str(compiled) / "run" / "samples" / "step-0000003.jsonl").is_file()
+    torch.testing.assert_close(torch.tensor(runs[True][1]), torch.tensor(runs[False][1]), atol=1e-5, rtol=1e-5)
+    plain, compiled = (dict(SpeechLM.from_pretrained(runs[c][0]).named_parameters()) for c in (False, True))
+    for name, w in plain.items():
+        torch.testing.assert_close(compiled[name], w, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_layers_decode_eagerly(tmp_path):
+    from torch._dynamo.utils import counters
+
+    model = SpeechLM.from_config(tiny_cfg(tmp_path, tmp_path).model)
+    common.compile_decoder_layers(model)
+    model.train()
+    model.target_logits(model.build_batch(model.audio_items([torch.randn(8, 16)], ["summarize"], [[5, 6, 7]]))
+                        ).logits.sum().backward()
+    graphs, frames = counters["stats"]["unique_graphs"], counters["frames"]["total"]
+    assert graphs > 0
+    model.eval()
+    model.decode_bf16 = False  # decode on the compiled model itself, not a bf16 copy
+    out = model.generate_items(model.audio_items([torch.randn(8, 16)], ["summarize"]), max_new_tokens=4)
+    assert len(out) == 1
+    assert (counters["stats"]["unique_graphs"], counters["frames"]["total"]) == (graphs, frames)  # nothing traced
+
+
 def test_resume_continues_the_same_loss_curve(tmp_path, tiny_data):
     full = tiny_cfg(tmp_path / "a", tiny_data, max_steps=4, save_every=2)
     sft.train(full, log=lambda *a: None)

@@ -170,6 +170,7 @@ class Prefill:
 
 
 @torch.inference_mode()
+@torch.compiler.set_stance("force_eager")  # eager even where training compiled the layers (`loop.compile`)
 def prefill(llm, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> Prefill:
     """Run left-padded prompts (embeds [B, T, D], mask and positions [B, T]) through the decoder once."""
     from transformers import DynamicCache
@@ -193,6 +194,7 @@ def decode(llm, tokenizer, embeds: torch.Tensor, attention_mask: torch.Tensor, p
 
 
 @torch.inference_mode()
+@torch.compiler.set_stance("force_eager")  # one-token KV-cache steps: no use for the training graph
 def decode_from(llm, tokenizer, start: Prefill, stop_ids: list[int], max_new_tokens: int = 128,
                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                 generator: torch.Generator | None = None, repeat_stop: int = 0) -> list[Generation]:

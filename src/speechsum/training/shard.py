@@ -53,14 +53,15 @@ def is_sharded(t: torch.Tensor) -> bool:
     return isinstance(t, DTensor)
 
 
-def decoder_layers(model) -> nn.ModuleList:
-    """The LLM's stack of decoder layers (HF causal LMs keep them at `get_decoder().layers`)."""
+def decoder_layers(model, option: str = "fsdp") -> nn.ModuleList:
+    """The LLM's stack of decoder layers (HF causal LMs keep them at `get_decoder().layers`);
+    `option`: the loop option that needs them, named in the error when there are none."""
     from speechsum.training.common import InputError
 
     layers = getattr(model.base_llm.get_decoder(), "layers", None)
     if not isinstance(layers, nn.ModuleList) or not len(layers):
-        raise InputError(f"loop.fsdp: {type(model.base_llm).__name__} has no decoder layers where speechsum "
-                         "shards them (get_decoder().layers); train it without fsdp")
+        raise InputError(f"loop.{option}: {type(model.base_llm).__name__} has no decoder layers where speechsum "
+                         f"looks for them (get_decoder().layers); train it without {option}")
     return layers
 
 
