@@ -19,7 +19,9 @@ gradients and Adam state (`common.state_bytes`, the local shard of a sharded ten
 the run's memory.json, after its first step): what FSDP divides. "peak RSS MB" is the largest resident set of any rank (getrusage of the launched
 processes) over the whole run, final save included; "by rank after step 1" is each rank's own peak
 when its first step ends (`peak_rss_mb_by_rank` in memory.json): loading (under FSDP only rank 0
-reads the weights, the others build a meta-device skeleton), sharding and one step. The allocator
+reads the weights, the others build a meta-device skeleton), sharding and one step; then each
+rank's peak after the last step and its checkpoint, and after the final save (under FSDP the
+trained weights gathered to rank 0 for `final/`). The allocator
 keeps freed memory, so a peak falls less than the state. "step s" is the median step time after the first. On this 2-core machine two ranks share
 the cores, so times say what sharding costs in communication, not what a GPU cluster would gain.
 JSON to bench/results/fsdp.json.
@@ -65,6 +67,8 @@ def run_row(mode: str, training: str, args, work: Path) -> dict:
     memory = json.loads((out / "memory.json").read_text())
     return {"training": training, "mode": mode, "ranks": 1 if mode == "one" else 2, "state_mb": memory["state_mb"],
             "peak_mb": round(peak_mb), "step1_peak_mb_by_rank": memory["peak_rss_mb_by_rank"],
+            "before_final_peak_mb_by_rank": memory.get("peak_rss_mb_by_rank_before_final"),
+            "end_peak_mb_by_rank": memory.get("peak_rss_mb_by_rank_end"),
             "skeleton_ranks": memory["skeleton_ranks"],
             "step_s": round(statistics.median(r["seconds"] for r in rows[1:]) if len(rows) > 1 else rows[0]["seconds"], 2),
             "loss_step1": rows[0]["loss"]}
@@ -91,12 +95,13 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     print(f"\n{args.llm}, {args.steps} SFT steps, global batch {2 * args.batch}\n")
     print("| LLM training | mode | ranks | training state MB per rank | peak RSS MB per rank | peak RSS MB by rank "
-          "after step 1 | step s | loss at step 1 |")
-    print("|---|---|---|---|---|---|---|---|")
+          "after step 1 | ... after the last step | ... after the final save | step s | loss at step 1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        by_rank = " / ".join(map(str, r["step1_peak_mb_by_rank"]))
-        print(f"| {r['training']} | {r['mode']} | {r['ranks']} | {r['state_mb']} | {r['peak_mb']} | {by_rank} "
-              f"| {r['step_s']} | {r['loss_step1']:.5f} |")
+        by_rank = [" / ".join(map(str, r[k] or [])) or "-"
+                   for k in ("step1_peak_mb_by_rank", "before_final_peak_mb_by_rank", "end_peak_mb_by_rank")]
+        print(f"| {r['training']} | {r['mode']} | {r['ranks']} | {r['state_mb']} | {r['peak_mb']} | "
+              f"{' | '.join(by_rank)} | {r['step_s']} | {r['loss_step1']:.5f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"llm": args.llm, "steps": args.steps, "batch_per_rank": args.batch,
                                           "rows": results}, indent=1) + "\n")

@@ -202,3 +202,42 @@ def test_a_sharded_checkpoint_is_atomic_loads_back_and_is_no_init(tiny_model, tm
     common.save_sharded_checkpoint(run, 2, model, fresh, {"data_position": 4}, keep_last=1)
     assert common.latest_checkpoint(run).name == "step-0000002"
     assert [p.name for p in (run / "checkpoints").iterdir() if p.is_dir()] == ["step-0000002"]
+
+
+def test_file_plan_groups_tensors_up_to_the_file_size_in_order():
+    state = {"a": torch.zeros(10), "b": torch.zeros(10), "c": torch.zeros(30), "d": torch.zeros(5)}  # 40, 40, 120, 20 B
+    assert shard.file_plan(state, file_bytes=80) == {"a": 1, "b": 1, "c": 2, "d": 3}  # c alone: larger than a file
+    assert shard.file_plan(state, file_bytes=1000) == {"a": 1, "b": 1, "c": 1, "d": 1}
+
+
+def test_a_sharded_save_in_several_files_loads_back(tiny_model, tmp_path, one_rank_group):
+    from speechsum.training import common
+
+    # files of at most 4 KB of tensors: DCP builds each file in memory before writing it, so the
+    # file size bounds what a save adds to a rank's memory; the reader takes every file of the folder
+    model = tiny_model.train()
+    shard.shard_model(model, torch.device("cpu"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    with shard.gathered(model):
+        out = model.target_logits(model.build_batch(model.audio_items([torch.randn(40, model.encoder.dim)],
+                                                                      ["summarize"], ["the budget"])))
+        torch.nn.functional.cross_entropy(out.logits, out.targets).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    groups = shard.save_sharded(model, opt, tmp_path, file_bytes=4096)
+    files = {sub: sorted(p.name for p in (tmp_path / sub).glob("*.safetensors"))
+             for sub in (shard.MODEL_SHARDS, shard.OPTIMIZER_SHARDS)}
+    assert all(len(f) > 3 for f in files.values()), files
+    weights = {k: v.clone() for k, v in model.trainable_state().items()}
+    moments = {k: v.clone() for k, v in common.optimizer_tensors(opt)[1].items()}
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.zero_()
+    fresh = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    shard.load_sharded(model, fresh, tmp_path, groups)
+    got = model.trainable_state()
+    assert got.keys() == weights.keys() and all(torch.equal(got[k], weights[k]) for k in weights)
+    got = common.optimizer_tensors(fresh)[1]
+    assert got.keys() == moments.keys() and all(torch.equal(got[k], moments[k]) for k in moments)

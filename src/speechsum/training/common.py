@@ -1001,14 +1001,28 @@ def should_log(run: Run) -> bool:
     return run.step % run.cfg.loop.log_every == 0 or run.step == run.cfg.loop.max_steps
 
 
+def note_peaks(run: Run, key: str) -> None:
+    """Add each rank's peak resident set so far (MB, rank order) to memory.json under `key`; every
+    rank takes part."""
+    peaks = rank_peak_rss_mb(run.acc)
+    if run.main:
+        path = run.run_dir / "memory.json"
+        memory = json.loads(path.read_text()) if path.is_file() else {}
+        _atomic_write(path, json.dumps({**memory, key: peaks}) + "\n")
+
+
 def finish_run(run: Run, stage: str) -> Path:
-    """Close the logs and save the final model to `<out_dir>/final` (what the next stage inits from)."""
+    """Close the logs and save the final model to `<out_dir>/final` (what the next stage inits from).
+    memory.json gains each rank's peak before the final save (all steps and checkpoints) and after
+    it (the whole run: under FSDP the trained weights are gathered to rank 0 for it)."""
     run.bar.close()
     run.metrics.close()
     final = final_model_dir(run.run_dir)
+    note_peaks(run, "peak_rss_mb_by_rank_before_final")
     state = run.saved_state()
     if run.main:
         run.model.save_pretrained(final, state=state)
         run.log(f"{stage}: done; final model in {final}")
     run.acc.wait_for_everyone()
+    note_peaks(run, "peak_rss_mb_by_rank_end")
     return final
