@@ -46,10 +46,11 @@ FSDP = ["--use_fsdp"]
 FSDP_CONFIG = ["--config_file", str(Path(__file__).parents[2] / "configs" / "accelerate" / "fsdp.yaml")]
 
 
-def _launch(stage: str, config, *args: str, launch: list[str] = ("--multi_gpu",)) -> str:
-    """`speechsum train STAGE` on 2 CPU ranks under `accelerate launch` (`launch`: its mode flags);
-    returns what it printed."""
-    return _run([sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2", "--num_machines", "1",
+def _launch(stage: str, config, *args: str, launch: list[str] = ("--multi_gpu",), ranks: int = 2) -> str:
+    """`speechsum train STAGE` on `ranks` CPU ranks under `accelerate launch` (`launch`: its mode
+    flags); returns what it printed."""
+    return _run([sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", str(ranks),
+                 "--num_machines", "1",
           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "speechsum.cli", "train", stage,
           "--config", str(config), *args], ENV).stdout
 
@@ -179,6 +180,16 @@ def test_fsdp_two_ranks_equal_one_rank_and_resume(tmp_path, tiny_data, llm_train
     assert "written whole by 1 process(es), sharded over 2 ranks" in out
     _assert_same_weights(tmp_path / "one" / "final", tmp_path / "whole" / "final")
     _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "whole"), "loss", "grad_norm", n=4)
+
+    if llm_training == "lora":  # once: 4 processes on these 2 cores
+        # the 2-rank sharded checkpoint on more ranks than wrote it: 4 FSDP ranks, 1 item each and no
+        # accumulation (the same global batch of 4); DCP cuts each rank's quarter out of the halves
+        shutil.copytree(tmp_path / "on-ddp", tmp_path / "on-four")
+        out = _launch("sft", two, "--resume", f"loop.out_dir={tmp_path / 'on-four'}", "optim.grad_accum=1",
+                      launch=launch, ranks=4)
+        assert "sharded by 2 ranks, read by 4" in out
+        _assert_same_weights(tmp_path / "one" / "final", tmp_path / "on-four" / "final")
+        _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "on-four"), "loss", "grad_norm", n=4)
 
     # and resumed under DDP on 2 ranks (no FSDP: each rank reads every shard into its whole model)
     out = _launch("sft", two, "--resume", f"loop.out_dir={tmp_path / 'on-ddp'}")
