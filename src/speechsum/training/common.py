@@ -91,9 +91,9 @@ class LoopConfig:
     """Compile each LLM decoder layer's forward with torch.compile (inductor, dynamic shapes: one
     graph serves every layer and every sequence length) for the training forward and backward;
     decoding (dev samples, KD and DPO sampling) stays eager. The first step pays the compilation
-    (~35 s here for SmolLM2's layers with an empty inductor cache, ~7 s from a warm one), later steps
-    run faster (measured on this 2-core CPU: 1.19x in bf16, 1.09x in fp32; `bench/train.py`): for
-    long runs and GPUs, off in the presets. bf16 losses differ from eager in the 3rd digit (the fused
+    (27-32 s here for SmolLM2's layers with an empty inductor cache, ~7 s from a warm one), later
+    steps run faster (`bench/train.py` on this 2-core CPU: 1.20x in bf16, 1.16x in fp32): for long
+    runs and GPUs, off in the presets. bf16 losses differ from eager in the 3rd digit (the fused
     kernels keep intermediates in fp32); fp32 losses agree to 1e-5."""
     fsdp: bool = False
     """Shard the model over the ranks (PyTorch FSDP2, `training/shard.py`) instead of replicating it
@@ -873,11 +873,12 @@ def resume_layout(saved_world: int | None, sharded: bool, run: Run) -> str:
         return (f" (sharded by {saved_world} ranks, read by {ranks}: the weights and optimizer state resharded; "
                 "each rank's RNG state restored where the checkpoint has it)")
     if not sharded and run.units:
-        return (f" (written whole by {saved_world or 'an earlier version with an unrecorded number of'} "
-                f"process(es), sharded over {ranks} ranks: the weights and optimizer state cut to each rank's shards; "
-                "every rank restores the one saved RNG state)")
+        return (f" (written whole by {saved_world or 'an unrecorded number of'} process(es), sharded over "
+                f"{ranks} ranks: the weights and optimizer state cut to each rank's shards; each rank's RNG state "
+                "restored where the checkpoint has it)")
     if not sharded and saved_world not in (None, ranks):
-        return f" (written by {saved_world} process(es), read by {ranks}: every rank restores the one saved RNG state)"
+        return (f" (written by {saved_world} process(es), read by {ranks}: each rank's RNG state restored where "
+                "the checkpoint has it)")
     return ""
 
 

@@ -312,9 +312,9 @@ def _dcp_state(model, opt: torch.optim.Optimizer) -> tuple[dict, dict, dict]:
 
 # tensors per checkpoint file, counted at their whole size: DCP's safetensors writer builds each file
 # in memory before writing it (safetensors.torch.save: the tensors' bytes, then the file's), so a
-# rank's save holds about twice its part of one file on top of its state. One file per rank for the
-# whole optimizer state made the largest process of Qwen2.5-0.5B's full-LLM FSDP run 11.7 GB against
-# 7.9 GB at the end of its first step (bench/fsdp.py)
+# rank's save holds about twice its part of one file on top of its state. With one file per rank
+# the last checkpoint was the largest moment of Qwen2.5-0.5B's full-LLM FSDP run (11.7 GB a rank);
+# with files of 1 GB the save adds nothing to the steps' peak (10.4 GB; bench/fsdp.py)
 FILE_BYTES = 1 << 30
 
 
