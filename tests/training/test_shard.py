@@ -28,6 +28,10 @@ def test_a_model_without_decoder_layers_is_a_one_line_input_error():
 
     with pytest.raises(InputError, match="loop.fsdp: NoLayers has no decoder layers"):
         shard.decoder_layers(Model())
+    from speechsum.training.common import compile_decoder_layers
+
+    with pytest.raises(InputError, match=r"^loop.compile: NoLayers has no decoder layers.*without compile$"):
+        compile_decoder_layers(Model())
 
 
 def test_a_torch_without_the_fsdp2_features_used_is_a_one_line_input_error(monkeypatch):
