@@ -260,8 +260,8 @@ def save_checkpoint(run_dir: Path, step: int, model, opt_state: tuple[dict, dict
     (tmp / "optimizer.json").write_text(json.dumps(meta))
     (rng_js, rng_t), *others = rng_by_rank or [rng_state()]
     save_file(rng_t, tmp / "rng.safetensors")
-    for r, (js, t) in enumerate(others, start=1):
-        save_file(t, tmp / f"rng-rank{r}.safetensors", metadata={"rng": json.dumps(js)})
+    for r, state in enumerate(others, start=1):
+        save_rank_rng(tmp / f"rng-rank{r}.safetensors", state)
     (tmp / "state.json").write_text(json.dumps({**trainer_state, "step": step, "rng": rng_js}))
     return _publish(ckpt_root, tmp, step, keep_last)
 
@@ -276,6 +276,15 @@ def gather_rng_states(acc) -> list[tuple[dict, dict]] | None:
     out = [None] * acc.num_processes if acc.is_main_process else None
     dist.gather_object(rng_state(), out, dst=0)
     return out
+
+
+def save_rank_rng(path: Path, state: tuple[dict, dict] | None = None) -> None:
+    """One rank's RNG states (`rng_state()`; None: this process's) as a rng-rank<r>.safetensors:
+    the tensors, with the JSON part in the file's metadata (`restore_rank_rng` reads it back)."""
+    from safetensors.torch import save_file
+
+    js, tensors = state or rng_state()
+    save_file(tensors, path, metadata={"rng": json.dumps(js)})
 
 
 def restore_rank_rng(path: Path) -> bool:
@@ -308,8 +317,8 @@ def _publish(ckpt_root: Path, tmp: Path, step: int, keep_last: int) -> Path:
 def save_sharded_checkpoint(run_dir: Path, step: int, model, opt: torch.optim.Optimizer, trainer_state: dict,
                             keep_last: int) -> Path:
     """The checkpoint of a model sharded over the ranks (FSDP), written by every rank (a collective)
-    without gathering anything: checkpoints/step-N/{model-shards/, optimizer-shards/ (one safetensors
-    file per rank in each: that rank's shards, shard.save_sharded), optimizer.json (param groups),
+    without gathering anything: checkpoints/step-N/{model-shards/, optimizer-shards/ (each rank's
+    shards in files of at most 1 GB of tensors, shard.save_sharded), optimizer.json (param groups),
     rng-rank<r>.safetensors (each rank's RNG states), state.json (step, data position, world size)}.
 
     Atomic as `save_checkpoint`: the ranks write into one temp folder (named by rank 0), meet at a
@@ -317,7 +326,6 @@ def save_sharded_checkpoint(run_dir: Path, step: int, model, opt: torch.optim.Op
     replace `latest`. The run folder must be one every rank sees (one machine, or a shared file
     system), as `--resume` already needs."""
     import torch.distributed as dist
-    from safetensors.torch import save_file
 
     from speechsum.training.shard import save_sharded
 
@@ -330,8 +338,7 @@ def save_sharded_checkpoint(run_dir: Path, step: int, model, opt: torch.optim.Op
     dist.broadcast_object_list(name, src=0)
     tmp = Path(name[0])
     param_groups = save_sharded(model, opt, tmp)
-    rng_js, rng_t = rng_state()
-    save_file(rng_t, tmp / f"rng-rank{rank}.safetensors", metadata={"rng": json.dumps(rng_js)})
+    save_rank_rng(tmp / f"rng-rank{rank}.safetensors")
     if rank == 0:
         (tmp / "optimizer.json").write_text(json.dumps({"param_groups": param_groups}))
         (tmp / "state.json").write_text(json.dumps({**trainer_state, "step": step, "world_size": world}))
