@@ -245,3 +245,31 @@ def test_a_sharded_save_in_several_files_loads_back(tiny_model, tmp_path, one_ra
     assert got.keys() == weights.keys() and all(torch.equal(got[k], weights[k]) for k in weights)
     got = common.optimizer_tensors(fresh)[1]
     assert got.keys() == moments.keys() and all(torch.equal(got[k], moments[k]) for k in moments)
+
+
+def test_a_sharded_load_fills_an_empty_optimizer_even_where_gradients_are_held(tiny_model, tmp_path, one_rank_group):
+    # torch initializes an empty optimizer's state only when no parameter holds a gradient: without
+    # setting them aside, this load read no Adam state at all (and said nothing)
+    from speechsum.training import common
+
+    model = tiny_model.train()
+    shard.shard_model(model, torch.device("cpu"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+
+    def backward():
+        with shard.gathered(model):
+            out = model.target_logits(model.build_batch(model.audio_items([torch.randn(40, model.encoder.dim)],
+                                                                          ["summarize"], ["the budget"])))
+            torch.nn.functional.cross_entropy(out.logits, out.targets).backward()
+
+    backward()
+    opt.step()
+    groups = shard.save_sharded(model, opt, tmp_path)
+    moments = common.optimizer_tensors(opt)[1]
+    fresh = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    grads = {p: p.grad.clone() for p in model.parameters() if p.grad is not None}
+    assert grads  # the gradients of the step are still there
+    shard.load_sharded(model, fresh, tmp_path, groups)
+    got = common.optimizer_tensors(fresh)[1]
+    assert got.keys() == moments.keys() and all(torch.equal(got[k], moments[k]) for k in moments)
+    assert all(p.grad is not None and torch.equal(p.grad, g) for p, g in grads.items())  # and kept

@@ -297,7 +297,16 @@ def _dcp_state(model, opt: torch.optim.Optimizer) -> tuple[dict, dict, dict]:
     load has tensors of the right shapes to read into."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    msd, osd = get_state_dict(model, opt)
+    # torch makes an empty optimizer's state only where no parameter holds a gradient (it steps on
+    # zero gradients); one left from a step would make a load read no optimizer state at all
+    held = {p: p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None} if not opt.state else {}
+    for p in held:
+        p.grad = None
+    try:
+        msd, osd = get_state_dict(model, opt)
+    finally:
+        for p, grad in held.items():
+            p.grad = grad
     saved = model.saved_parameter_names()
     weights = {k: v for k, v in msd.items() if k in saved}
     moments = {}
