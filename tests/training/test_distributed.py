@@ -236,6 +236,7 @@ import json, sys
 from pathlib import Path
 import torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[3])
+from speechsum.training import close_process_group  # a barrier first: gloo can abort a rank torn down alone
 from tiny import tiny_speechlm
 from speechsum.training import shard
 dist.init_process_group("gloo", init_method=sys.argv[2], rank=int(sys.argv[1]), world_size=2)
@@ -245,7 +246,7 @@ shard.shard_model(model, torch.device("cpu"))
 llm = model.base_llm
 print(json.dumps({"tied": llm.get_output_embeddings().weight is llm.get_input_embeddings().weight, "rows": {
     n: [p.shape[0], shard.local(p).shape[0], shard.is_sharded(p)] for n, p in model.named_parameters()}}))
-dist.destroy_process_group()
+close_process_group()
 """
 
 
@@ -254,6 +255,7 @@ import json, sys
 from pathlib import Path
 import torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[3])
+from speechsum.training import close_process_group  # a barrier first: gloo can abort a rank torn down alone
 from tiny import save_tiny_models
 from speechsum.models.speech_lm import SpeechLM, SpeechLMConfig
 from speechsum.training import shard
@@ -276,7 +278,7 @@ with shard.full_params([model]), torch.no_grad():
     logits_equal = torch.equal(model.base_llm(ids).logits, reference.base_llm(ids).logits)
 print(json.dumps({"meta": meta, "names": list(same), "different": [n for n, ok in same.items() if not ok],
                   "buffers_equal": all(rotary), "logits_equal": logits_equal}))
-dist.destroy_process_group()
+close_process_group()
 """
 
 
@@ -285,6 +287,7 @@ import json, sys
 from pathlib import Path
 import torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[3])
+from speechsum.training import close_process_group  # a barrier first: gloo can abort a rank torn down alone
 from tiny import tiny_speechlm
 from speechsum.training import shard
 rank = int(sys.argv[1])
@@ -295,7 +298,7 @@ try:
     print(json.dumps({"error": None}))
 except RuntimeError as e:
     print(json.dumps({"error": str(e)}))
-dist.destroy_process_group()
+close_process_group()
 """
 
 
