@@ -27,6 +27,14 @@ def losses(run_dir):
             if "loss" in json.loads(line)]
 
 
+def assert_same_training(a: tuple, b: tuple) -> None:
+    """Two runs, each (final model folder, losses): the same losses and final weights to 1e-5."""
+    torch.testing.assert_close(torch.tensor(b[1]), torch.tensor(a[1]), atol=1e-5, rtol=1e-5)
+    first, second = (dict(SpeechLM.from_pretrained(r[0]).named_parameters()) for r in (a, b))
+    for name, w in first.items():
+        torch.testing.assert_close(second[name], w, atol=1e-5, rtol=1e-5)
+
+
 def test_sft_runs_changes_trainable_only_and_saves(tmp_path, tiny_data):
     cfg = tiny_cfg(tmp_path, tiny_data)
     start = SpeechLM.from_config(cfg.model)
@@ -52,10 +60,7 @@ def test_activation_checkpointing_recomputes_the_same_losses_and_weights(tmp_pat
     for ckpt in (False, True):
         cfg = tiny_cfg(tmp_path / str(ckpt), tiny_data, max_steps=3, activation_checkpointing=ckpt)
         runs[ckpt] = (sft.train(cfg, log=lambda *a: None), losses(tmp_path / str(ckpt) / "run"))
-    torch.testing.assert_close(torch.tensor(runs[True][1]), torch.tensor(runs[False][1]), atol=1e-5, rtol=1e-5)
-    plain, recomputed = (dict(SpeechLM.from_pretrained(runs[c][0]).named_parameters()) for c in (False, True))
-    for name, w in plain.items():
-        torch.testing.assert_close(recomputed[name], w, atol=1e-5, rtol=1e-5)
+    assert_same_training(runs[False], runs[True])
 
 
 def test_activation_checkpointing_is_on_in_training_only(tmp_path):
@@ -88,10 +93,7 @@ def test_compiled_layers_train_the_same_losses_and_weights(tmp_path, tiny_data):
         runs[compiled] = (sft.train(cfg, log=lambda *a: None), losses(tmp_path / str(compiled) / "run"))
         assert (counters["stats"]["unique_graphs"] > graphs) == compiled  # the layers did run compiled
         assert (tmp_path / str(compiled) / "run" / "samples" / "step-0000003.jsonl").is_file()
-    torch.testing.assert_close(torch.tensor(runs[True][1]), torch.tensor(runs[False][1]), atol=1e-5, rtol=1e-5)
-    plain, compiled = (dict(SpeechLM.from_pretrained(runs[c][0]).named_parameters()) for c in (False, True))
-    for name, w in plain.items():
-        torch.testing.assert_close(compiled[name], w, atol=1e-5, rtol=1e-5)
+    assert_same_training(runs[False], runs[True])
 
 
 def test_compiled_layers_decode_eagerly(tmp_path):

@@ -18,6 +18,21 @@ def one_rank_group(tmp_path):
     dist.destroy_process_group()
 
 
+def _sharded_with_adam(model):
+    """The tiny model in training mode, sharded over the 1-rank group, and AdamW over what it trains."""
+    model.train()
+    shard.shard_model(model, torch.device("cpu"))
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+
+
+def _backward(model, frames=None):
+    """One forward and backward of the sharded model on a clip (`frames`: fresh random ones)."""
+    frames = frames or [torch.randn(40, model.encoder.dim)]
+    with shard.gathered(model):
+        out = model.target_logits(model.build_batch(model.audio_items(frames, ["summarize"], ["the budget"])))
+        torch.nn.functional.cross_entropy(out.logits, out.targets).backward()
+
+
 def test_a_model_without_decoder_layers_is_a_one_line_input_error():
     class NoLayers(nn.Module):
         def get_decoder(self):
@@ -154,16 +169,13 @@ def test_a_sharded_checkpoint_is_atomic_loads_back_and_is_no_init(tiny_model, tm
     # resuming across world sizes are in test_distributed.py
     from speechsum.training import common
 
-    model = tiny_model.train()
-    shard.shard_model(model, torch.device("cpu"))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    model = tiny_model
+    opt = _sharded_with_adam(model)
     torch.manual_seed(0)
     frames = [torch.randn(40, model.encoder.dim)]
 
     def step():
-        with shard.gathered(model):
-            out = model.target_logits(model.build_batch(model.audio_items(frames, ["summarize"], ["the budget"])))
-            torch.nn.functional.cross_entropy(out.logits, out.targets).backward()
+        _backward(model, frames)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -219,13 +231,9 @@ def test_a_sharded_save_in_several_files_loads_back(tiny_model, tmp_path, one_ra
 
     # files of at most 4 KB of tensors: DCP builds each file in memory before writing it, so the
     # file size bounds what a save adds to a rank's memory; the reader takes every file of the folder
-    model = tiny_model.train()
-    shard.shard_model(model, torch.device("cpu"))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    with shard.gathered(model):
-        out = model.target_logits(model.build_batch(model.audio_items([torch.randn(40, model.encoder.dim)],
-                                                                      ["summarize"], ["the budget"])))
-        torch.nn.functional.cross_entropy(out.logits, out.targets).backward()
+    model = tiny_model
+    opt = _sharded_with_adam(model)
+    _backward(model)
     opt.step()
     opt.zero_grad(set_to_none=True)
     groups = shard.save_sharded(model, opt, tmp_path, file_bytes=4096)
@@ -252,17 +260,9 @@ def test_a_sharded_load_fills_an_empty_optimizer_even_where_gradients_are_held(t
     # setting them aside, this load read no Adam state at all (and said nothing)
     from speechsum.training import common
 
-    model = tiny_model.train()
-    shard.shard_model(model, torch.device("cpu"))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
-
-    def backward():
-        with shard.gathered(model):
-            out = model.target_logits(model.build_batch(model.audio_items([torch.randn(40, model.encoder.dim)],
-                                                                          ["summarize"], ["the budget"])))
-            torch.nn.functional.cross_entropy(out.logits, out.targets).backward()
-
-    backward()
+    model = tiny_model
+    opt = _sharded_with_adam(model)
+    _backward(model)
     opt.step()
     groups = shard.save_sharded(model, opt, tmp_path)
     moments = common.optimizer_tensors(opt)[1]
