@@ -199,12 +199,14 @@ class PiperVoice:
     def __init__(self, name: str):
         from importlib.metadata import version
 
+        from piper import PiperConfig
         from piper import PiperVoice as _Piper
 
         self.name = name
         onnx, cfg = piper_files(name)
         self.model = onnx.read_bytes()
-        self.voice = _Piper.load(onnx, config_path=cfg)
+        # not `_Piper.load`: it builds a default session (~0.4 s) that `synthesize` replaces at once
+        self.voice = _Piper(session=None, config=PiperConfig.from_dict(json.loads(cfg.read_text())))
         self.version = version("piper-tts")
         self.sha256 = PIPER_VOICES[name].sha256
 
