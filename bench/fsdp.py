@@ -19,7 +19,9 @@ gradients and Adam state (`common.state_bytes`, the local shard of a sharded ten
 the run's memory.json, after its first step): what FSDP divides. "peak RSS MB" is the largest resident set of any rank (getrusage of the launched
 processes) over the whole run, final save included; "by rank after step 1" is each rank's own peak
 when its first step ends (`peak_rss_mb_by_rank` in memory.json): loading (under FSDP only rank 0
-reads the weights, the others build a meta-device skeleton), sharding and one step; then each
+reads the weights, the others build a meta-device skeleton), sharding and one step (AdamW's state
+only appears at that step's end, so from step 2 on each forward and backward runs beside it: the
+later peaks add the state's two moments, 2.4 GB a rank for Qwen2.5-0.5B, measured); then each
 rank's peak after the last step and its checkpoint, and after the final save (under FSDP the
 trained weights gathered to rank 0 for `final/`). The allocator
 keeps freed memory, so a peak falls less than the state. "step s" is the median step time after the first. On this 2-core machine two ranks share
