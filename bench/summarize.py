@@ -18,8 +18,9 @@ shortest recording:
   `--repeat-stop`.
 
 Both use the same number of threads (torch's and CTranslate2's `cpu_threads`). Parts are timed
-inside the real calls: encoder (`encode_audio`), projector, LLM prefill (the first decoder
-forward of a generation) and decoding (the rest of the generation) for speechsum; ASR and the
+inside the real calls: encoder (`encode_audio`), projector, LLM prefill (every decoder forward
+over a prompt: in parts, each batch of parts and then the answer's prompt of notes) and decoding
+(the rest of the generation) for speechsum; ASR and the
 same LLM split for the cascade; "total" is the whole call and includes reading the file, and
 "1st tok" is the total without decoding (file, encoder or ASR, prefill: what the audio costs).
 
@@ -161,11 +162,12 @@ def write_flac(item: dict, root: Path) -> str:
 class PartClock:
     """Seconds per named part of one call, on the bench clock: `wrap` times a method (set as an
     instance attribute, so the model's own calls go through it), `time_decoder` splits an LLM's
-    generation into the prefill (the first decoder forward) and the decode steps."""
+    generation into prefills (decoder forwards over more than one position: a batch of prompts)
+    and decode steps (one new position per row)."""
 
     def __init__(self):
         self.parts: dict[str, float] = {}
-        self.calls: list[float] = []
+        self.forwards: list[tuple[int, float]] = []  # (positions per row, seconds) of each decoder forward
 
     def add(self, name: str, seconds: float) -> None:
         self.parts[name] = self.parts.get(name, 0.0) + seconds
@@ -184,17 +186,30 @@ class PartClock:
 
     def time_decoder(self, decoder: torch.nn.Module) -> None:
         starts = []
-        decoder.register_forward_pre_hook(lambda m, a: starts.append(now()))
-        decoder.register_forward_hook(lambda m, a, out: self.calls.append(now() - starts.pop()))
+
+        def before(m, args, kwargs):
+            x = kwargs.get("inputs_embeds", kwargs.get("input_ids", args[0] if args else None))
+            starts.append((x.shape[1], now()))
+
+        def after(m, args, kwargs, out):
+            positions, t = starts.pop()
+            self.forwards.append((positions, now() - t))
+
+        decoder.register_forward_pre_hook(before, with_kwargs=True)
+        decoder.register_forward_hook(after, with_kwargs=True)
 
     def take(self) -> dict:
-        """This call's parts; the LLM part is split into prefill_s and decode_s."""
+        """This call's parts; the LLM part is split into prefill_s (every forward over a prompt: in
+        parts, each batch of parts and the answer's prompt of notes) and decode_s (the rest: the
+        decode steps and the sampling between forwards), with the count of each."""
         out = {k: round(v, 4) for k, v in self.parts.items()}
-        if self.calls:
-            out["prefill_s"] = round(self.calls[0], 4)
-            out["decode_s"] = round(out.pop("llm_s") - self.calls[0], 4)
-            out["decode_steps"] = len(self.calls) - 1
-        self.parts, self.calls = {}, []
+        if self.forwards:
+            prefill = sum(s for n, s in self.forwards if n > 1)
+            out["prefill_s"] = round(prefill, 4)
+            out["decode_s"] = round(out.pop("llm_s") - prefill, 4)
+            out["prefills"] = sum(n > 1 for n, _ in self.forwards)
+            out["decode_steps"] = sum(n == 1 for n, _ in self.forwards)
+        self.parts, self.forwards = {}, []
         return out
 
 
@@ -223,8 +238,7 @@ class SpeechSystem:
 
     def run(self, path: str, instruction: str, max_new_tokens: int, repeat_stop: int,
             window_seconds: float = 0.0) -> dict:
-        """One `summarize` call; `window_seconds` as `speechsum summarize --window-seconds` (with more
-        than one part, prefill_s is the first part's prefill and decode_s holds every other forward)."""
+        """One `summarize` call; `window_seconds` as `speechsum summarize --window-seconds`."""
         t = now()
         text = self.model.summarize(path, instruction=instruction, max_new_tokens=max_new_tokens,
                                     repeat_stop=repeat_stop, window_seconds=window_seconds)

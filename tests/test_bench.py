@@ -33,6 +33,19 @@ def test_speech_system_times_parts_and_exact_length(tiny_model, tmp_path, decode
     assert system.clock.take() == {}  # each run takes its own parts
 
 
+def test_speech_system_counts_every_prefill_of_a_recording_in_parts(tiny_model, tmp_path):
+    # in parts the LLM prefills twice (the batch of parts, then the answer's prompt of notes); the
+    # split once took only the first forward as the prefill and counted the second as decoding
+    path = tmp_path / "a.flac"
+    sf.write(path, speech(3.0), 16000)
+    system = summarize.SpeechSystem(tiny_model.eval())
+    with summarize.exact_length(tiny_model):
+        r = system.run(str(path), "summarize", 5, 0, window_seconds=1.5)
+    assert r["prefills"] == 2
+    assert r["decode_steps"] == 4 + 4  # 5 tokens for the notes (min(PART_TOKENS, 5)) and 5 for the answer,
+    # the first of each from its prefill
+
+
 def test_cut_document_keeps_only_voiced_facts():
     from speechsum.data.documents import make_document
 
