@@ -52,7 +52,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     _expect(tmp_path / "nan.wav", "NaN")
 
 
-@pytest.mark.parametrize("fmt,ext", [("WAV", "wav"), ("FLAC", "flac"), ("MP3", "mp3")])
+@pytest.mark.parametrize("fmt,ext", [("WAV", "wav"), ("FLAC", "flac"), ("MP3", "mp3"), ("OGG", "ogg")])
 def test_truncated_files_are_errors(tmp_path, fmt, ext):
     full = tmp_path / f"full.{ext}"
     sf.write(full, _sine(1.0), 16000, format=fmt)
@@ -61,6 +61,22 @@ def test_truncated_files_are_errors(tmp_path, fmt, ext):
     _expect(cut, "")  # the message differs per decoder; it must name the file and be one line
     with pytest.raises(AudioError, match="truncated|corrupt|not a readable"):
         load_audio(cut)
+
+
+def test_ogg_cut_at_a_page_boundary_is_an_error_and_a_whole_one_is_not(tmp_path):
+    # libvorbis decodes a cut Ogg file up to the cut without a word (a 24 s file read as 6.3 s):
+    # a cut exactly between two pages parses, but its last page lacks the end-of-stream flag
+    full = tmp_path / "full.ogg"
+    sf.write(full, _sine(8.0), 16000, format="OGG")
+    data = full.read_bytes()
+    pages = [i for i in range(len(data)) if data.startswith(b"OggS", i)]
+    assert len(pages) >= 3
+    cut = tmp_path / "cut.ogg"
+    cut.write_bytes(data[: pages[-1]])
+    _expect(cut, "truncated or corrupt: the last Ogg page does not end the stream")
+    with pytest.raises(AudioError, match="does not end the stream"):
+        list(read_blocks(cut))
+    assert abs(len(load_audio(full)) - 8 * SAMPLE_RATE) < 0.02 * SAMPLE_RATE
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file: permission errors cannot occur")

@@ -47,7 +47,7 @@ def load_audio(source: str | os.PathLike | np.ndarray, sample_rate: int | None =
     path = _checked_path(source)
     import soundfile as sf
 
-    _check_riff(path)
+    _check_container(path)
     with _decode_errors(path), _quiet_stderr(), sf.SoundFile(str(path)) as f:
         expected = f.frames
         rate = f.samplerate
@@ -113,6 +113,37 @@ def _check_riff(path: Path) -> None:
             pos += 8 + n + (n & 1)
 
 
+OGG_MAX_PAGE = 27 + 255 + 255 * 255  # header, lacing table, payload: the largest page Ogg allows
+
+
+def _check_ogg(path: Path) -> None:
+    """libvorbis/libopus decode a cut-off Ogg file up to the cut without a word: a complete stream
+    ends with a page that reaches the end of the file and carries the end-of-stream flag. Look for
+    that page among the file's last bytes."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(4) != b"OggS":
+            return
+        f.seek(max(0, size - 2 * OGG_MAX_PAGE))
+        tail = f.read()
+    at = len(tail)
+    while (at := tail.rfind(b"OggS", 0, at)) >= 0:
+        head = tail[at : at + 27]
+        if len(head) == 27 and head[4] == 0:  # stream structure version 0
+            lacing = tail[at + 27 : at + 27 + head[26]]
+            if len(lacing) == head[26] and at + 27 + head[26] + sum(lacing) == len(tail):
+                if not head[5] & 0x04:
+                    raise AudioError(path, "truncated or corrupt: the last Ogg page does not end the stream")
+                return
+    raise AudioError(path, "truncated or corrupt: the file ends inside an Ogg page")
+
+
+def _check_container(path: Path) -> None:
+    """The container checks libsndfile does not make (a cut-off WAV or Ogg file)."""
+    _check_riff(path)
+    _check_ogg(path)
+
+
 @contextlib.contextmanager
 def _quiet_stderr():
     """Silence decoder chatter (libmpg123 prints warnings straight to fd 2)."""
@@ -170,7 +201,7 @@ def read_blocks(source: str | os.PathLike, block_seconds: float = 60.0) -> Itera
     path = _checked_path(source)
     import soundfile as sf
 
-    _check_riff(path)
+    _check_container(path)
     with _decode_errors(path):
         with _quiet_stderr():  # only around the decoder's calls: the caller runs between blocks
             f = sf.SoundFile(str(path))
