@@ -45,8 +45,14 @@ def test_unknown_key_is_an_error(tmp_path):
         load_config(SFTConfig, p)
     with pytest.raises(ConfigError, match="optim.lr: expected a number"):
         load_config(SFTConfig, None, ["optim.lr=fast"])
-    with pytest.raises(ConfigError, match="optim.lr must be > 0"):
+    with pytest.raises(ConfigError, match="optim.lr must be a number > 0"):
         load_config(SFTConfig, None, ["optim.lr=-1"])
+    with pytest.raises(ConfigError, match="optim.lr must be a number > 0, got nan"):  # NaN passed `lr <= 0`
+        load_config(SFTConfig, None, ["optim.lr=nan"])
+    with pytest.raises(ConfigError, match="loop.seed must be >= 0, got -1"):  # was numpy's error at the first step
+        load_config(SFTConfig, None, ["loop.seed=-1"])
+    with pytest.raises(ConfigError, match=r"data.max_items=-3: expected >= 0"):  # silently dropped the last 3 items
+        load_config(SFTConfig, None, ["data.max_items=-3"])
     with pytest.raises(ConfigError, match="loop.activation_checkpointing: expected true/false, got 'maybe'"):
         load_config(SFTConfig, None, ["loop.activation_checkpointing=maybe"])
     from speechsum.training.dpo import DPOConfig

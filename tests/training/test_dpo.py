@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -461,8 +462,13 @@ def test_select_dev_resumes_without_rescoring(tmp_path, tiny_data, monkeypatch):
     dpo.train(cfg, resume=True, log=lambda *a: None)
     rec = json.loads((tmp_path / "run" / "select.json").read_text())
     assert len(calls) == 4 and sorted(rec["scores"]) == ["0", "1", "2", "3"] and rec["best"] == 3
-    # a fresh run in the same folder forgets the old scores
+    # a fresh run is refused in a folder that holds one; in one without checkpoints (a run killed
+    # before its first save) it forgets the old scores
     cfg.loop.max_steps = 1
+    with pytest.raises(common.InputError, match="already holds a run"):
+        dpo.train(cfg, log=lambda *a: None)
+    for sub in ("checkpoints", "final"):
+        shutil.rmtree(tmp_path / "run" / sub)
     dpo.train(cfg, log=lambda *a: None)
     assert sorted(json.loads((tmp_path / "run" / "select.json").read_text())["scores"]) == ["0", "1"]
 
@@ -511,3 +517,18 @@ def test_cli_train_dpo_select_without_dev_facts_is_one_line_before_any_sampling(
 def test_a_negative_select_margin_is_refused(tmp_path, tiny_data):
     with pytest.raises(ValueError, match="select_margin must be >= 0, got -0.01"):
         _cfg(tmp_path, tiny_data, select="guard", select_margin=-0.01)
+
+
+def test_a_preference_file_cut_by_a_kill_resumes_and_a_broken_one_names_its_line(tmp_path):
+    # a kill while a record was being written left half a line; resuming raised JSONDecodeError
+    path = tmp_path / "preferences.jsonl"
+    whole = json.dumps({"id": "a", "pair": None}) + "\n" + json.dumps({"id": "b", "pair": None}) + "\n"
+    path.write_text(whole + '{"id": "c", "pair": {"chos')
+    assert [r["id"] for r in dpo.read_records(path, resuming=True)] == ["a", "b"]
+    assert path.read_text() == whole  # the cut record is judged again, appended after b
+    with pytest.raises(common.InputError, match=r"preferences.jsonl:2: not a preference record"):
+        path.write_text(whole.replace('"b"', '"b"}{'))  # broken in the middle: not a kill's doing
+        dpo.read_records(path, resuming=True)
+    path.write_text(whole + '{"id": "c"')  # a file given as pairs=FILE is read as it is
+    with pytest.raises(common.InputError, match=r"preferences.jsonl:3: not a preference record"):
+        dpo.read_records(path)

@@ -1,6 +1,7 @@
 """SFT stage on tiny in-code models: runs, changes only trainable weights, checkpoints, resumes exactly."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -126,6 +127,47 @@ def test_resume_continues_the_same_loss_curve(tmp_path, tiny_data):
     resumed = losses(tmp_path / "b" / "run")
     assert len(resumed) == 4
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(reference), atol=1e-5, rtol=1e-5)
+
+
+def test_a_run_folder_is_never_trained_over(tmp_path, tiny_data):
+    # a second `train` into a finished run's folder without --resume replaced its checkpoints and
+    # final/ and mixed both runs in metrics.jsonl; --resume with nothing to resume started afresh
+    cfg = tiny_cfg(tmp_path, tiny_data, max_steps=2, save_every=1)
+    run = tmp_path / "run"
+    with pytest.raises(common.InputError, match="--resume: .* has no checkpoint to resume from"):
+        sft.train(cfg, resume=True, log=lambda *a: None)
+    sft.train(cfg, log=lambda *a: None)
+    saved = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(common.InputError, match=r"already holds a run \(checkpoint step-0000002\): pass --resume"):
+        sft.train(cfg, log=lambda *a: None)
+    (run / "checkpoints" / "step-0000002" / "state.json").unlink()  # the latest checkpoint damaged
+    saved.pop(run / "checkpoints" / "step-0000002" / "state.json")
+    with pytest.raises(common.InputError, match="step-0000002, the latest checkpoint of .* is incomplete"):
+        sft.train(cfg, resume=True, log=lambda *a: None)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == saved  # nothing written or deleted
+    (tmp_path / "file").write_text("x")
+    cfg.loop.out_dir = str(tmp_path / "file")
+    with pytest.raises(common.InputError, match="exists and is not a folder"):
+        sft.train(cfg, log=lambda *a: None)
+
+
+def test_a_missing_dev_split_is_said_and_an_empty_train_split_is_named(tmp_path, tiny_data):
+    # data.dev_split=devv trained without any dev evaluation, silently; an empty train split (synth
+    # with train.documents=0) was "ValueError: the dataset is empty", naming no folder
+    cfg = tiny_cfg(tmp_path, tiny_data, max_steps=1)
+    cfg.data.dev_split = "devv"
+    said = []
+    sft.train(cfg, log=said.append)
+    assert any("no dev evaluation" in s and "devv" in s for s in said), said
+    import pyarrow.parquet as pq
+
+    empty = tmp_path / "empty"
+    shutil.copytree(tiny_data, empty)
+    table = pq.read_table(empty / "train" / "manifest.parquet")
+    pq.write_table(table.slice(0, 0), empty / "train" / "manifest.parquet")
+    cfg = tiny_cfg(tmp_path / "b", empty, max_steps=1)
+    with pytest.raises(common.InputError, match=r"empty/train: no item with a target to train on"):
+        sft.train(cfg, log=lambda *a: None)
 
 
 def test_killed_save_leaves_latest_good(tmp_path, tiny_data, monkeypatch):

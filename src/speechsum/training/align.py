@@ -246,7 +246,7 @@ def train(cfg: AlignConfig, resume: bool = False, log=print) -> Path:
     from speechsum.training.losses import token_cross_entropy
 
     # --- model, optimizer
-    run = common.start_run(cfg, log)
+    run = common.start_run(cfg, log, resume=resume)
     model, acc = run.model, run.acc
 
     # --- data: spans, tasks and behaviour targets (teacher answers cached by request)

@@ -48,8 +48,8 @@ class OptimConfig:
     """Micro-batches per optimizer step."""
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:  # also NaN
+            raise ValueError(f"optim.lr must be a number > 0, got {self.lr}")
         if self.grad_accum < 1:
             raise ValueError(f"optim.grad_accum must be >= 1, got {self.grad_accum}")
         if len(self.betas) != 2:
@@ -106,6 +106,9 @@ class LoopConfig:
         for name in ("max_steps", "batch_size", "save_every", "keep_last", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"loop.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("seed", "eval_every", "eval_items"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loop.{name} must be >= 0, got {getattr(self, name)}")
 
 
 # ------------------------------------------------------------------------------------ optimizer
@@ -747,14 +750,39 @@ def compile_decoder_layers(model) -> int:
     return len(layers)
 
 
-def start_run(cfg, log=print, freeze_projector: bool = False) -> Run:
+def check_run_folder(run_dir: Path, resume: bool) -> None:
+    """Before any work: a run folder that already holds a run (a checkpoint or a final model) is
+    continued only with `resume`, never trained over; `resume` needs a complete latest checkpoint.
+    (A folder with no checkpoint yet, say a run killed before its first save, starts afresh.)"""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"loop.out_dir={run_dir}: exists and is not a folder")
+    latest = run_dir / "checkpoints" / "latest"
+    if resume:
+        if not latest.is_file():
+            raise InputError(f"--resume: {run_dir} has no checkpoint to resume from (no checkpoints/latest); "
+                             "run without --resume to start the run")
+        ckpt = latest.parent / latest.read_text().strip()
+        if not (ckpt / "state.json").is_file():
+            raise InputError(f"--resume: {ckpt}, the latest checkpoint of {run_dir}, is incomplete (no state.json); "
+                             "write the name of an earlier step-N folder into checkpoints/latest, or remove the run")
+    elif latest.is_file() or (run_dir / "final").exists():
+        held = f"checkpoint {latest.read_text().strip()}" if latest.is_file() else "a final model"
+        raise InputError(f"loop.out_dir={run_dir} already holds a run ({held}): pass --resume to continue it, or "
+                         "choose another loop.out_dir (or remove that folder) to train afresh")
+
+
+def start_run(cfg, log=print, freeze_projector: bool = False, resume: bool | None = None) -> Run:
     """Accelerator, seeds, the model (from `init` or assembled), encoder cache, optimizer.
     `freeze_projector`: a stage that never reads audio (text-mode SFT) leaves the projector out of
-    the optimizer, so weight decay does not move it either."""
+    the optimizer, so weight decay does not move it either. `resume` (what the stage will pass to
+    `resume_or_begin`): the run folder is checked first (`check_run_folder`)."""
     from accelerate import Accelerator
 
     from speechsum.models.encoder import EncoderCache
 
+    if resume is not None:
+        check_run_folder(Path(cfg.loop.out_dir), resume)
     refuse_deepspeed()
     bf16 = resolve_bf16(cfg.loop, log)
     # speechsum shards by itself (`loop.fsdp`, resume_or_begin): accelerate's own FSDP is kept out of

@@ -442,14 +442,35 @@ def preference_rows(records) -> list[dict]:
             for p in (r.get("pair"), *r.get("more", []), r.get("correction")) if p]
 
 
+def read_records(path: Path, resuming: bool = False) -> list[dict]:
+    """The records of a preferences.jsonl, one JSON object per line. `resuming` (the run's own file,
+    which a kill can cut in the middle of its last line): a last line without its newline that does
+    not parse is dropped from the file, and its item is judged again. Any other unreadable line is
+    an InputError naming the file and line."""
+    text = path.read_text()
+    lines = text.split("\n")
+    records = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or "id" not in rec:
+                raise ValueError("not a record with an id")
+        except ValueError as e:
+            if resuming and n == len(lines) and not text.endswith("\n"):  # cut by a kill while writing
+                path.write_text(text[: len(text) - len(line)])
+                return records
+            raise common.InputError(f"{path}:{n}: not a preference record ({str(e)[:80]})") from None
+        records.append(rec)
+    return records
+
+
 def build_preferences(model, items: list[dict], cfg: DPOConfig, out_path: Path, log=None) -> list[dict]:
     """Sample, judge and record pairs with reference log-probs; resumes from a partial file."""
     done = {}
     if out_path.is_file():
-        for line in out_path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[rec["id"]] = rec
+        done = {rec["id"]: rec for rec in read_records(out_path, resuming=True)}
     verdict = make_llm_verdict(cfg) if cfg.judge != "facts" else None
     gen = torch.Generator().manual_seed(cfg.loop.seed)
     t0, kept, dropped, corrected = time.time(), 0, 0, 0
@@ -583,7 +604,7 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
     from speechsum.training.losses import dpo_loss, early_stop_unlikelihood, token_cross_entropy
 
     # --- model, optimizer
-    run = common.start_run(cfg, log)
+    run = common.start_run(cfg, log, resume=resume)
     model, acc = run.model, run.acc
 
     # --- data: preference pairs (sampled and judged once by the starting policy = the reference)
@@ -597,7 +618,9 @@ def train(cfg: DPOConfig, resume: bool = False, log=print) -> Path:
             build_preferences(model, train_items[: cfg.pair_items] if cfg.pair_items else train_items, cfg,
                               pref_file, log)
         acc.wait_for_everyone()
-    pairs = preference_rows(json.loads(x) for x in pref_file.read_text().splitlines() if x.strip())
+    if not pref_file.is_file():
+        raise common.InputError(f"pairs={pref_file}: no such file")
+    pairs = preference_rows(read_records(pref_file))
     missing = [r["id"] for r in pairs if r["id"] not in by_id]
     if missing:
         raise common.InputError(f"preference pairs name items not in {cfg.data.path}/{cfg.data.train_split}: {missing[:3]}")

@@ -136,7 +136,7 @@ def train(cfg: KDConfig, resume: bool = False, log=print) -> Path:
     from speechsum.training.losses import token_cross_entropy
 
     # --- model, teacher, optimizer
-    run = common.start_run(cfg, log)
+    run = common.start_run(cfg, log, resume=resume)
     model, acc = run.model, run.acc
     teacher = build_teacher(cfg, model, log if run.main else None, acc.device)
 

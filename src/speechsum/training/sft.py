@@ -52,6 +52,8 @@ class DataConfig:
     def __post_init__(self):
         if self.input not in ("audio", "transcript"):
             raise ValueError(f"data.input={self.input!r}: expected 'audio' or 'transcript'")
+        if self.max_items < 0:
+            raise ValueError(f"data.max_items={self.max_items}: expected >= 0 (0: every item)")
 
 
 @dataclass
@@ -79,6 +81,8 @@ def load_items(cfg: DataConfig, split: str) -> list[dict]:
     items = [r for r in read_manifest(split_dir) if r["target"] and not r.get("target_problems")]
     for r in items:
         r["audio_path"] = str(split_dir / r["audio"])
+    if not items and split == cfg.train_split:
+        raise common.InputError(f"{split_dir}: no item with a target to train on")
     return items
 
 
@@ -115,8 +119,12 @@ def train(cfg: SFTConfig, resume: bool = False, log=print) -> Path:
 
     # --- model, optimizer
     text_mode = cfg.data.input == "transcript"
-    run = common.start_run(cfg, log, freeze_projector=text_mode)
+    run = common.start_run(cfg, log, freeze_projector=text_mode, resume=resume)
     model, acc = run.model, run.acc
+    dev = Path(cfg.data.path) / cfg.data.dev_split / "manifest.parquet"
+    if cfg.loop.eval_items and not dev.is_file() and run.main:
+        log(f"sft: no dev evaluation: {dev} does not exist (data.dev_split={cfg.data.dev_split}; "
+            "loop.eval_items=0 turns it off without this note)")
 
     # --- data
     train_items = load_items(cfg.data, cfg.data.train_split)
