@@ -175,3 +175,109 @@ def test_deepspeed_launch_is_refused_in_one_line_before_any_work(stage, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "DeepSpeed" in err[0] and "--use_fsdp" in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("exc", [
+    ValueError("model.stack=4 differs from the init checkpoint's 8"),  # raised deep in a stage
+    FileExistsError(17, "File exists", "runs/out"),
+])
+def test_an_input_error_raised_anywhere_in_a_command_is_one_line(exc, monkeypatch, capsys):
+    # `train` turned only two error kinds into one line; the rest (a broken clip mid-run, a model
+    # that does not exist, a teacher with another vocabulary, ...) were tracebacks
+    import speechsum.training.sft as sft
+
+    from speechsum.models.registry import ModelError
+
+    for e in (exc, ModelError("bogus: no such folder, and not a registry name")):
+        monkeypatch.setattr(sft, "train", lambda cfg, resume=False, e=e: (_ for _ in ()).throw(e))
+        assert main(["train", "sft", "--config", "configs/sft/tiny.yaml"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("speechsum: error: "), err
+    assert err[0] == "speechsum: error: bogus: no such folder, and not a registry name"
+    monkeypatch.setenv("SPEECHSUM_DEBUG", "1")  # the traceback on request
+    with pytest.raises(ModelError):
+        main(["train", "sft", "--config", "configs/sft/tiny.yaml"])
+
+
+def test_an_os_error_names_its_file_without_errno():
+    from speechsum.cli import one_line
+
+    assert one_line(FileExistsError(17, "File exists", "runs/x")) == "runs/x: file exists"
+    assert one_line(ValueError("first\nsecond")) == "first (SPEECHSUM_DEBUG=1 shows the rest)"
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
+    # `speechsum summarize a.wav b.wav --json | head -n1` raised BrokenPipeError with a traceback
+    import speechsum.training.sft as sft
+
+    monkeypatch.setattr(sft, "train", lambda cfg, resume=False: (_ for _ in ()).throw(BrokenPipeError()))
+    assert main(["train", "sft", "--config", "configs/sft/tiny.yaml"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("args,problem", [
+    (["eval", "--limit", "-1"], "-1: expected >= 0"),
+    (["eval", "--batch-size", "0"], "0: expected >= 1"),
+    (["summarize", "a.wav", "--max-new-tokens", "0"], "0: expected >= 1"),
+])
+def test_counts_below_their_floor_are_usage_errors(args, problem, capsys):
+    # eval --limit -70 scored the first 2 of 72 items; --max-new-tokens 0 printed an empty summary
+    with pytest.raises(SystemExit) as e:
+        main(args + (["--model", "x", "--data", "y"] if args[0] == "eval" else []))
+    assert e.value.code == 2 and problem in capsys.readouterr().err
+
+
+def test_summarize_refuses_a_window_shorter_than_a_part_can_be(tmp_path, capsys):
+    # 1e-9 s made a billion parts (a hang); 0.3 s, shorter than --min-speech, said "no speech found"
+    sf.write(tmp_path / "a.wav", speech(3.0), 16000)
+    for w in ("1e-9", "0.3", "nan"):
+        assert main(["summarize", str(tmp_path / "a.wav"), "--window-seconds", w]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--window-seconds {float(w):g}" in err[0], err
+
+
+def test_eval_finds_an_unknown_system_before_any_decoding(tmp_path, tiny_dir, capsys, monkeypatch):
+    # `eval --model runs/x/dpo cascad` decoded every item with the first model, then said
+    # "init=cascad: not a SpeechLM folder"
+    import speechsum.evaluation.run_eval as run_eval
+
+    from tiny import make_dataset
+
+    data = make_dataset(tmp_path / "data", n_train=1, n_dev=1)
+    tiny_speechlm(tiny_dir).save_pretrained(tmp_path / "ckpt")
+    monkeypatch.setattr(run_eval, "generate_speechlm", lambda *a, **k: pytest.fail("decoded before the check"))
+    assert main(["eval", "--model", str(tmp_path / "ckpt"), "cascad", "--data", str(data / "dev")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("speechsum: error: cascad: not a SpeechLM folder") and "cascade" in err[0]
+    assert main(["eval", "--model", "text:nonexistent-llm", "--data", str(data / "dev")]) == 2
+    assert "text:nonexistent-llm: nonexistent-llm: no such folder" in capsys.readouterr().err
+    (tmp_path / "out").write_text("x")
+    assert main(["eval", "--model", str(tmp_path / "ckpt"), "--data", str(data / "dev"), "--out", str(tmp_path / "out")]) == 2
+    assert "--out" in capsys.readouterr().err and (tmp_path / "out").read_text() == "x"
+
+
+def test_summarize_names_what_a_model_folder_lacks(tmp_path, tiny_dir, capsys):
+    import shutil
+
+    sf.write(tmp_path / "a.wav", speech(3.0), 16000)
+    tiny_speechlm(tiny_dir).save_pretrained(tmp_path / "m")
+
+    def run(folder):
+        assert main(["summarize", str(tmp_path / "a.wav"), "--model", str(folder), "--max-new-tokens", "2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        return err[0]
+
+    shutil.copytree(tmp_path / "m", tmp_path / "text")
+    (tmp_path / "text" / "projector.safetensors").unlink()  # was: "no speechlm_config.json", which is there
+    assert "no projector.safetensors (a text-only model: use it as text:" in run(tmp_path / "text")
+    shutil.copytree(tmp_path / "m", tmp_path / "noadapter")
+    shutil.rmtree(tmp_path / "noadapter" / "adapter")  # was: the untrained LLM, silently
+    assert "saved with llm_training=lora but has no adapter/adapter_config.json" in run(tmp_path / "noadapter")
+    shutil.copytree(tmp_path / "m", tmp_path / "cut")
+    proj = tmp_path / "cut" / "projector.safetensors"
+    proj.write_bytes(proj.read_bytes()[:1000])  # was: safetensors' traceback
+    assert f"{proj}: cannot be loaded into this model" in run(tmp_path / "cut")
+    cfg = tmp_path / "m" / "speechlm_config.json"
+    cfg.write_text("[1, 2]")  # was: AttributeError
+    assert f"{cfg}: expected a JSON object" in run(tmp_path / "m")

@@ -165,6 +165,23 @@ def test_eval_of_a_stage_not_run_is_a_one_line_error_before_any_work(tmp_path, c
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("extra,problem", [
+    ("eval:\n  systems: [sft, cascde]\n", "eval.systems: cascde: not a stage"),  # was found after SFT trained
+    ("overrides:\n  sftt: [loop.max_steps=1000]\n", "overrides.sftt: no such stage"),  # was ignored
+    ("overrides:\n  teacher: [loop.max_steps=5]\n", "overrides.teacher: teacher is 'shipped'"),
+    ("eval:\n  limit: -1\n", "eval.limit=-1: expected >= 0"),  # was: the last test item dropped
+])
+def test_pipeline_config_mistakes_are_one_line_before_any_work(tmp_path, capsys, extra, problem):
+    from speechsum.cli import main
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"out_dir: {tmp_path / 'run'}\nsynth: ''\ndata: {tmp_path}\nteacher: shipped\n" + extra)
+    assert main(["pipeline", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and problem in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_broken_clip_stops_the_pipeline_before_any_training(tmp_path, tiny_data, capsys):
     """Stages encode clips lazily, but every clip is read once up front: a truncated one is a
     one-line error naming it, and no stage folder is written."""

@@ -13,6 +13,20 @@ import sys
 import time
 
 EXIT_USAGE = 2
+MIN_WINDOW_S = 1.0  # `summarize --window-seconds`: shorter parts are noise (and 1e-9 s would be a billion of them)
+
+
+def at_least(low: int):
+    """An argparse type: an int >= `low`."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}: expected >= {low}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value"
+    return parse
 
 
 def _quiet_hf() -> None:
@@ -87,11 +101,14 @@ def load_speechlm(model: str | None):
     from speechsum.training.common import resolve_init
 
     try:  # a checkpoint folder or a run folder, resolved as every stage's `init` is
-        return SpeechLM.from_pretrained(resolve_init(model))
+        folder = resolve_init(model)
     except FileNotFoundError:
-        pass
-    raise FileNotFoundError(f"{model}: not a SpeechLM checkpoint folder (no {CONFIG_NAME}) nor a run folder "
-                            f"with final/{CONFIG_NAME}")
+        raise FileNotFoundError(f"{model}: not a SpeechLM checkpoint folder (no {CONFIG_NAME}) nor a run folder "
+                                f"with final/{CONFIG_NAME}") from None
+    if folder.name == "model" and folder.parent.parent.name == "checkpoints":
+        print(f"speechsum: note: {model} has no final/ (an unfinished run): using its latest checkpoint, "
+              f"{folder.parent.name}", file=sys.stderr)
+    return SpeechLM.from_pretrained(folder)  # its own errors name what is missing (say projector.safetensors)
 
 
 def device_arg(name: str):
@@ -122,11 +139,15 @@ def cmd_summarize(args) -> int:
     except ValueError as e:
         error(str(e))
         return EXIT_USAGE
-    if args.window_seconds < 0:
+    if not args.window_seconds >= 0:  # also NaN
         error(f"--window-seconds {args.window_seconds:g}: expected >= 0 (0: one pass however long)")
         return EXIT_USAGE
-    if not args.min_speech >= 0:  # also NaN
+    if not args.min_speech >= 0:
         error(f"--min-speech {args.min_speech:g}: expected seconds >= 0 (0: no speech check)")
+        return EXIT_USAGE
+    if args.window_seconds and args.window_seconds < max(MIN_WINDOW_S, args.min_speech):
+        error(f"--window-seconds {args.window_seconds:g}: a part must last at least {MIN_WINDOW_S:g} s and "
+              f"--min-speech ({args.min_speech:g} s); 0 for one pass")
         return EXIT_USAGE
     instruction = args.instruction if args.instruction is not None else instruction_for(args.style)
     from speechsum.longform import Recording, num_parts, summarize_long
@@ -308,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--style", default="paragraph", help="summary style: one-line, paragraph, bullets, "
                    "action-items, email, title, tldr, ... (see README)")
     s.add_argument("--instruction", default=None, help="free instruction instead of a style")
-    s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument("--max-new-tokens", type=at_least(1), default=256)
     s.add_argument("--repeat-stop", type=int, default=3, metavar="K",
                    help="stop an answer once it ends with K copies of one passage (keeping the first) or repeats "
                         "an earlier sentence or line (dropping it); 0: off")
@@ -319,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse a file in which the voice-activity detector (silero VAD) hears less than S seconds "
                         "of speech, and leave a long file's parts with less out of its notes, instead of "
                         "summarizing noise or music (0: off)")
-    s.add_argument("--batch-size", type=int, default=4, help="files decoded together (the parts of a long file: 8)")
+    s.add_argument("--batch-size", type=at_least(1), default=4, help="files decoded together (the parts of a long file: 8)")
     s.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                    help="decode one file at a time with int8 weights where bf16 is native (~1.9x the tokens/s "
                         "here); --no-int8: bf16 weights")
@@ -340,10 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="a split folder with manifest.parquet, e.g. runs/data/test")
     ev.add_argument("--out", default=None, help="folder for metrics.json and predictions.parquet")
     ev.add_argument("--llm", default=None, help="LLM of the cascade and text-teacher baselines")
-    ev.add_argument("--limit", type=int, default=0, help="only the first N items")
-    ev.add_argument("--batch-size", type=int, default=16,
+    ev.add_argument("--limit", type=at_least(0), default=0, help="only the first N items")
+    ev.add_argument("--batch-size", type=at_least(1), default=16,
                     help="items decoded together (16: a decoding step costs about what 8 rows cost on 2 cores)")
-    ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument("--max-new-tokens", type=at_least(1), default=128)
     ev.add_argument("--repeat-stop", type=int, default=3, metavar="K",
                     help="as summarize's: every system stops a looping or self-repeating answer (0: off)")
     ev.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
@@ -398,19 +419,48 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     _quiet_hf()
-    from speechsum.config import ConfigError
     from speechsum.training import close_process_group
 
     try:
         return args.func(args)
-    except ConfigError as e:
-        error(str(e))
-        return EXIT_USAGE
     except KeyboardInterrupt:
         error("interrupted")
         return 130
+    except BrokenPipeError:  # `speechsum ... | head`: the reader left; say nothing more
+        try:  # and let the interpreter's final flush of stdout go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a descriptor (captured)
+            pass
+        return 141
+    except user_errors() as e:
+        if os.environ.get("SPEECHSUM_DEBUG"):
+            raise
+        error(one_line(e))
+        return EXIT_USAGE
     finally:
         close_process_group()
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a command reports as one line (exit 2) wherever it is raised: a bad config, input file,
+    model folder, dataset or output path. Every input error of speechsum is a ValueError (ConfigError,
+    InputError, AudioError, ...) or one of the RuntimeErrors below; SPEECHSUM_DEBUG=1 shows the
+    traceback instead."""
+    from speechsum.data.teacher import TeacherError
+    from speechsum.models.registry import ModelError
+    from speechsum.models.text_lm import RemoteError
+
+    return (ValueError, ModelError, RemoteError, TeacherError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:  # not "[Errno 17] File exists: 'x'"
+        return f"{e.filename}: {e.strerror.lower()}"
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    return lines[0] + (" (SPEECHSUM_DEBUG=1 shows the rest)" if len(lines) > 1 else "")
 
 
 if __name__ == "__main__":

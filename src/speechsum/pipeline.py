@@ -61,6 +61,11 @@ class EvalStage:
         from speechsum.models.generation import check_repeat_stop
 
         check_repeat_stop(self.repeat_stop)
+        if self.limit < 0:
+            raise ValueError(f"eval.limit={self.limit}: expected >= 0 (0: every test item)")
+        for key in ("batch_size", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"eval.{key}={getattr(self, key)}: expected >= 1")
 
 
 @dataclass
@@ -96,6 +101,20 @@ def run(cfg: PipelineConfig, log=print) -> dict[str, float]:
     missing = [n for n in cfg.eval.systems if n in TRAIN_STAGES and n not in configured]
     if missing:  # found before hours of training, not after
         raise ValueError(f"eval.systems: {', '.join(missing)}: the pipeline runs no such stage")
+    from speechsum.evaluation.run_eval import BASELINES
+
+    unknown = [n for n in cfg.eval.systems if n not in TRAIN_STAGES and n not in BASELINES
+               and not n.startswith("text:") and not Path(n).exists()]
+    if unknown:
+        raise ValueError(f"eval.systems: {unknown[0]}: not a stage ({', '.join(TRAIN_STAGES)}), a baseline "
+                         f"({', '.join(BASELINES)}), text:LLM or an existing model folder")
+    for stage, extra in cfg.overrides.items():
+        if stage not in ("synth", *TRAIN_STAGES):
+            raise ValueError(f"overrides.{stage}: no such stage (overrides apply to synth, {', '.join(TRAIN_STAGES)})")
+        if extra and not getattr(cfg, stage):
+            raise ValueError(f"overrides.{stage}: the pipeline runs no {stage} stage")
+        if extra and getattr(cfg, stage) == "shipped":
+            raise ValueError(f"overrides.{stage}: {stage} is 'shipped' (the committed folder), not trained here")
     for stage in TRAIN_STAGES:
         if getattr(cfg, stage) == "shipped" and stage not in SHIPPED:
             raise ValueError(f"{stage}: 'shipped' is only for {' and '.join(SHIPPED)}")

@@ -22,6 +22,24 @@ def test_eval_tiny_model_three_items(tmp_path, tiny_dir):
     assert (tmp_path / "out" / "predictions.parquet").is_file()
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "| ckpt |" in saved["table"] and saved["table"] == markdown_table(saved)
+    # absolute: `compare` of this folder from another working directory found no data
+    assert saved["data"] == str((data / "dev").resolve())
+
+
+def test_a_manifest_without_a_needed_column_is_one_line(tmp_path):
+    # was: KeyError: 'target' from deep in eval
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from speechsum.evaluation.run_eval import load_test_items
+
+    pq.write_table(pa.table({"id": ["a"], "doc_id": ["a"], "audio": ["a.flac"], "transcript": ["t"],
+                             "instruction": ["i"]}), tmp_path / "manifest.parquet")
+    with pytest.raises(ValueError, match=r"manifest.parquet: no column target \(a speechsum manifest has"):
+        load_test_items(tmp_path)
+    (tmp_path / "manifest.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"manifest.parquet: not a readable Parquet manifest"):
+        load_test_items(tmp_path)
 
 
 def test_transcription_gate_adds_wer(tmp_path, tiny_dir):

@@ -113,10 +113,27 @@ def write_manifest(split_dir: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
+REQUIRED = ("id", "doc_id", "audio", "transcript", "instruction", "target")  # what every reader of a split needs
+
+
 def read_manifest(split_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a split's manifest; a file that is not Parquet, or lacks a column every stage
+    reads, is a ValueError naming it."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(Path(split_dir) / "manifest.parquet").to_pylist()
+    path = Path(split_dir) / "manifest.parquet"
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: not a readable Parquet manifest ({(str(e).splitlines() or [''])[0][:120]})") from None
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: no column {', '.join(missing)} (a speechsum manifest has {', '.join(REQUIRED)}, ...; "
+                         "see `speechsum synth`)")
+    return table.to_pylist()
 
 
 def schema_markdown() -> str:

@@ -51,6 +51,43 @@ def system_name(spec: str) -> str:
     return system_names([spec])[0]
 
 
+BASELINES = ("cascade", "text-teacher", "untrained")  # systems by name; the rest are folders or text:LLM
+
+
+def check_systems(systems: list[str], llm: str | None = None) -> None:
+    """Every system spec and `llm` resolvable before any model is loaded (a typo in the last
+    system is found before the first one decodes for minutes)."""
+    from speechsum.training.common import resolve_init
+
+    for spec in systems:
+        if spec in BASELINES:
+            continue
+        if spec.startswith("text:"):
+            check_text_llm(spec.removeprefix("text:"), spec)
+            continue
+        try:
+            resolve_init(spec)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{spec}: not a SpeechLM folder, a run folder (final/ or a checkpoint) nor a "
+                                    f"baseline ({', '.join(BASELINES)}, text:LLM)") from None
+    if llm:
+        check_text_llm(llm, f"--llm {llm}")
+
+
+def check_text_llm(name: str, what: str) -> None:
+    """A text LLM argument (folder, registry name, hub id) that can be found; ModelError otherwise."""
+    from speechsum.models.registry import REGISTRY, ModelError, resolve_model
+
+    if not name:
+        raise ValueError(f"{what}: no model named")
+    if Path(name).expanduser().is_dir() or name in REGISTRY:
+        return
+    try:
+        resolve_model(name)
+    except ModelError as e:
+        raise ModelError(f"{what}: {e}") from None
+
+
 def system_names(specs: list[str]) -> list[str]:
     """The table's name of each system spec: a folder's last part (`runs/tiny/kd` -> kd; a `final`
     folder with its run's name), with more parts where two would share a name (`runs/tiny/sft` and
@@ -438,7 +475,12 @@ def load_saved(eval_dirs: Sequence[str | Path]) -> tuple[list[dict], dict[str, l
                                  f"(only evaluations of the same items with the same settings pair up)")
         if list(df["id"]) != list(frames[0]["id"]):
             raise ValueError(f"{d}: its items are not those of {dirs[0]} in the same order")
-    by_id = {r["id"]: r for r in load_test_items(metas[0]["data"])}
+    data = Path(metas[0]["data"])
+    if not data.exists():
+        raise FileNotFoundError(f"{dirs[0]}: its metrics.json names the test data {data}, which is not there"
+                                + (" (a relative path: run compare from the folder eval ran in)"
+                                   if not data.is_absolute() else ""))
+    by_id = {r["id"]: r for r in load_test_items(data)}
     missing = next((i for i in frames[0]["id"] if i not in by_id), None)
     if missing is not None:
         raise ValueError(f"{dirs[0]}: item {missing} is not in {metas[0]['data']} (a transcription run, or "
@@ -533,13 +575,21 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
     if task not in ("summarize", "transcribe", "readout"):
         raise ValueError(f"task={task!r}: expected summarize, transcribe or readout")
     check_repeat_stop(repeat_stop)
+    name_of = dict(zip(systems, system_names(systems)))
+    check_systems(systems, llm)
+    if limit < 0:
+        raise ValueError(f"limit={limit}: expected >= 0 (0: every item)")
+    for value, what in ((batch_size, "batch_size"), (max_new_tokens, "max_new_tokens")):
+        if value < 1:
+            raise ValueError(f"{what}={value}: expected >= 1")
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise FileExistsError(f"--out {out}: exists and is not a folder")
     items = load_test_items(data)
     if task != "summarize":
         items = as_transcription(items)
     items = items[:limit] if limit else items
     if not items:
         raise ValueError(f"{data}: no items with targets")
-    name_of = dict(zip(systems, system_names(systems)))
     unknown = [sp for pair in compare or [] for side in pair for sp in _side(side) if sp not in name_of]
     if unknown:
         raise ValueError(f"compare: {unknown[0]} is not one of the evaluated systems ({', '.join(systems)})")
@@ -547,7 +597,7 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
     out_dir = Path(out) if out else None
     preds_all: dict[str, list[str]] = {}
     rows_all: dict[str, list[dict]] = {}
-    metrics: dict = {"data": str(data), "n_items": len(items), **decoding_settings(max_new_tokens, repeat_stop, int8),
+    metrics: dict = {"data": str(Path(data).resolve()), "n_items": len(items), **decoding_settings(max_new_tokens, repeat_stop, int8),
                      "systems": {}}
     first_llm = None
     asr: list[str] | None = None

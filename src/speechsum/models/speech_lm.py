@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
@@ -124,6 +125,37 @@ class TargetLogits:
     logits: torch.Tensor  # N, V at the positions that predict target tokens
     targets: torch.Tensor  # N
     rows: torch.Tensor  # N: which batch item each position belongs to
+
+
+def saved_adapter(path: Path) -> Path:
+    """The LoRA adapter folder of a SpeechLM folder saved with `llm_training: lora`; a folder
+    without it is an incomplete copy (loading it would silently give the untrained LLM)."""
+    from speechsum.models.registry import ModelError
+
+    adapter = Path(path) / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelError(f"{path}: saved with llm_training=lora but has no {adapter.name}/adapter_config.json "
+                         "(an incomplete copy of the folder?)")
+    return adapter
+
+
+@contextmanager
+def model_file_errors(file: Path | None):
+    """Turns a saved file that cannot be read or does not fit the model (truncated, another
+    config's shapes) into a ModelError naming it, instead of safetensors' or torch's traceback."""
+    from safetensors import SafetensorError
+
+    from speechsum.models.registry import ModelError
+
+    try:
+        yield
+    except ModelError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as e:
+        if file is None:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"{file}: cannot be loaded into this model ({first[:200]})") from e
 
 
 class AudioTooLongError(ValueError):
@@ -311,7 +343,12 @@ class SpeechLM(nn.Module):
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{path}: not a SpeechLM checkpoint (no {CONFIG_NAME})")
-        meta = json.loads(cfg_file.read_text())
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{cfg_file}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise ValueError(f"{cfg_file}: expected a JSON object with a \"config\" object, as save_pretrained writes")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
         return from_dict(SpeechLMConfig, {**meta["config"], **overrides})
@@ -329,10 +366,12 @@ class SpeechLM(nn.Module):
         config = SpeechLM.read_config(path)
         llm_dir = path / "llm" if (path / "llm").is_dir() else resolve_model(config.llm)
         llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype)
-        if config.llm_training == "lora" and (path / "adapter").is_dir():
+        if config.llm_training == "lora":
             from peft import PeftModel
 
-            llm = PeftModel.from_pretrained(llm, str(path / "adapter")).merge_and_unload()
+            adapter = saved_adapter(path)
+            with model_file_errors(adapter):
+                llm = PeftModel.from_pretrained(llm, str(adapter)).merge_and_unload()
         return llm.to(dtype), AutoTokenizer.from_pretrained(llm_dir)
 
     @classmethod
@@ -353,17 +392,21 @@ class SpeechLM(nn.Module):
         encoder = WhisperEncoder.from_pretrained(resolve_model(config.encoder), config.encoder_mode, dtype=dtype)
         encoder.name = config.encoder
         if (path / "encoder.safetensors").is_file():
-            encoder.encoder.load_state_dict(load_file(path / "encoder.safetensors"))
+            with model_file_errors(path / "encoder.safetensors"):
+                encoder.encoder.load_state_dict(load_file(path / "encoder.safetensors"))
             encoder.name += f":{path.resolve()}"
         llm_dir = path / "llm" if (path / "llm").is_dir() else resolve_model(config.llm)
         model = cls._assemble(config, encoder, llm_dir, AutoTokenizer.from_pretrained(llm_dir), dtype, skeleton)
         if skeleton:  # a fresh LoRA of the saved shape; its weights come from rank 0
             model._wrap_lora(skeleton=True)
             return model
-        model.projector.load_state_dict(load_file(path / "projector.safetensors"))
+        with model_file_errors(path / "projector.safetensors"):
+            model.projector.load_state_dict(load_file(path / "projector.safetensors"))
         if config.llm_training == "lora":
-            adapter = path / "adapter"
-            model._wrap_lora(adapter if adapter.is_dir() else None, trainable=trainable)
+            # saved without LoRA (an aligned connector that a stage now trains with LoRA): a fresh one
+            adapter = saved_adapter(path) if SpeechLM.read_config(path).llm_training == "lora" else None
+            with model_file_errors(adapter):
+                model._wrap_lora(adapter, trainable=trainable)
         return model
 
     # ------------------------------------------------------------------ prompts
