@@ -60,12 +60,10 @@ class EvalStage:
     def __post_init__(self):
         from speechsum.models.generation import check_repeat_stop
 
+        from speechsum.evaluation.run_eval import check_counts
+
         check_repeat_stop(self.repeat_stop)
-        if self.limit < 0:
-            raise ValueError(f"eval.limit={self.limit}: expected >= 0 (0: every test item)")
-        for key in ("batch_size", "max_new_tokens"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"eval.{key}={getattr(self, key)}: expected >= 1")
+        check_counts(self.limit, self.batch_size, self.max_new_tokens, prefix="eval.")
 
 
 @dataclass

@@ -54,6 +54,16 @@ def system_name(spec: str) -> str:
 BASELINES = ("cascade", "text-teacher", "untrained")  # systems by name; the rest are folders or text:LLM
 
 
+def check_counts(limit: int, batch_size: int, max_new_tokens: int, prefix: str = "") -> None:
+    """eval's counts within their floors (a negative limit dropped items from the end; a batch of
+    -1 decoded nothing and scored the empty answers)."""
+    if limit < 0:
+        raise ValueError(f"{prefix}limit={limit}: expected >= 0 (0: every item)")
+    for value, what in ((batch_size, "batch_size"), (max_new_tokens, "max_new_tokens")):
+        if value < 1:
+            raise ValueError(f"{prefix}{what}={value}: expected >= 1")
+
+
 def check_systems(systems: list[str], llm: str | None = None) -> None:
     """Every system spec and `llm` resolvable before any model is loaded (a typo in the last
     system is found before the first one decodes for minutes)."""
@@ -577,11 +587,7 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
     check_repeat_stop(repeat_stop)
     name_of = dict(zip(systems, system_names(systems)))
     check_systems(systems, llm)
-    if limit < 0:
-        raise ValueError(f"limit={limit}: expected >= 0 (0: every item)")
-    for value, what in ((batch_size, "batch_size"), (max_new_tokens, "max_new_tokens")):
-        if value < 1:
-            raise ValueError(f"{what}={value}: expected >= 1")
+    check_counts(limit, batch_size, max_new_tokens)
     if out and Path(out).exists() and not Path(out).is_dir():
         raise FileExistsError(f"--out {out}: exists and is not a folder")
     items = load_test_items(data)
