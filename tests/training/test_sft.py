@@ -151,6 +151,23 @@ def test_a_run_folder_is_never_trained_over(tmp_path, tiny_data):
         sft.train(cfg, log=lambda *a: None)
 
 
+def test_resuming_from_a_damaged_checkpoint_names_the_file(tmp_path, tiny_data):
+    # a truncated weight or optimizer file was safetensors' traceback
+    from speechsum.models.registry import ModelError
+
+    cfg = tiny_cfg(tmp_path, tiny_data, max_steps=1, save_every=1)
+    sft.train(cfg, log=lambda *a: None)
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000001"
+    cfg.loop.max_steps = 2
+    adapter = ckpt / "model" / "adapter" / "adapter_model.safetensors"
+    for damaged, named in ((adapter, adapter), (ckpt / "optimizer.safetensors", ckpt)):
+        good = damaged.read_bytes()
+        damaged.write_bytes(good[:100])
+        with pytest.raises(ModelError, match=f"{named}: cannot be loaded"):
+            sft.train(cfg, resume=True, log=lambda *a: None)
+        damaged.write_bytes(good)
+
+
 def test_a_missing_dev_split_is_said_and_an_empty_train_split_is_named(tmp_path, tiny_data):
     # data.dev_split=devv trained without any dev evaluation, silently; an empty train split (synth
     # with train.documents=0) was "ValueError: the dataset is empty", naming no folder

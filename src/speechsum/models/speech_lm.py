@@ -635,13 +635,16 @@ class SpeechLM(nn.Module):
         path = Path(path)
         if any(is_sharded(p) for p in self.parameters()):
             return self._load_trainable_sharded(path)
-        self.projector.load_state_dict(load_file(path / "projector.safetensors"))
+        with model_file_errors(path / "projector.safetensors"):
+            self.projector.load_state_dict(load_file(path / "projector.safetensors"))
         if self.config.llm_training == "lora":
             from peft import set_peft_model_state_dict
 
-            set_peft_model_state_dict(self.llm, load_file(path / "adapter" / "adapter_model.safetensors"))
+            with model_file_errors(path / "adapter" / "adapter_model.safetensors"):
+                set_peft_model_state_dict(self.llm, load_file(path / "adapter" / "adapter_model.safetensors"))
         elif self.config.llm_training == "full":
-            self.base_llm.load_state_dict(load_file(path / "llm" / "model.safetensors"), strict=False)
+            with model_file_errors(path / "llm" / "model.safetensors"):
+                self.base_llm.load_state_dict(load_file(path / "llm" / "model.safetensors"), strict=False)
 
     def _load_trainable_sharded(self, path: Path) -> None:
         """`load_trainable` into a model whose layers FSDP sharded: the saved tensors are whole, each

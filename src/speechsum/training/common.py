@@ -377,12 +377,15 @@ def load_trainer_state(ckpt: Path, model, opt: torch.optim.Optimizer, rank: int 
     each rank's random numbers."""
     from safetensors.torch import load_file
 
+    from speechsum.models.speech_lm import model_file_errors
+
     state = json.loads((ckpt / "state.json").read_text())
     if not is_sharded_checkpoint(ckpt):
-        load_optimizer_tensors(opt, json.loads((ckpt / "optimizer.json").read_text()),
-                               load_file(ckpt / "optimizer.safetensors"))
-        if rank == 0 or not restore_rank_rng(ckpt / f"rng-rank{rank}.safetensors"):
-            set_rng_state(state["rng"], load_file(ckpt / "rng.safetensors"))
+        with model_file_errors(ckpt):  # a damaged file: one line naming the checkpoint, not a traceback
+            load_optimizer_tensors(opt, json.loads((ckpt / "optimizer.json").read_text()),
+                                   load_file(ckpt / "optimizer.safetensors"))
+            if rank == 0 or not restore_rank_rng(ckpt / f"rng-rank{rank}.safetensors"):
+                set_rng_state(state["rng"], load_file(ckpt / "rng.safetensors"))
         return state
     from speechsum.training.shard import load_sharded
 
