@@ -134,11 +134,7 @@ def cmd_summarize(args) -> int:
         return EXIT_USAGE
     from speechsum.models.generation import check_repeat_stop
 
-    try:
-        check_repeat_stop(args.repeat_stop, "--repeat-stop")
-    except ValueError as e:
-        error(str(e))
-        return EXIT_USAGE
+    check_repeat_stop(args.repeat_stop, "--repeat-stop")
     if not args.window_seconds >= 0:  # also NaN
         error(f"--window-seconds {args.window_seconds:g}: expected >= 0 (0: one pass however long)")
         return EXIT_USAGE
@@ -162,13 +158,7 @@ def cmd_summarize(args) -> int:
             failed += 1
     if not recs:
         return EXIT_USAGE
-    from speechsum.models.registry import ModelError
-
-    try:
-        model = load_speechlm(args.model)
-    except (ModelError, FileNotFoundError, ValueError) as e:
-        error(str(e))
-        return EXIT_USAGE
+    model = load_speechlm(args.model)
     model.eval().to(device)
     model.decode_int8 = args.int8 and model.decode_bf16  # int8 weights are used on the CPU only
     from speechsum.models.speech_lm import AudioTooLongError
@@ -230,16 +220,10 @@ def cmd_train(args) -> int:
     import importlib
 
     from speechsum.config import load_config
-    from speechsum.training.common import InputError
 
     module_name, cfg_name = STAGES[args.stage]
     module = importlib.import_module(module_name)
-    cfg = load_config(getattr(module, cfg_name), args.config, args.overrides)
-    try:
-        module.train(cfg, resume=args.resume)
-    except (FileNotFoundError, InputError) as e:
-        error(str(e))
-        return EXIT_USAGE
+    module.train(load_config(getattr(module, cfg_name), args.config, args.overrides), resume=args.resume)
     return 0
 
 
@@ -257,35 +241,23 @@ def cmd_eval(args) -> int:
                   f"(e.g. runs/tiny/sft:runs/tiny/kd, or runs/s0/sft,runs/s1/sft:runs/s0/kd,runs/s1/kd)")
             return EXIT_USAGE
         pairs.append(pair)
-    try:
-        evaluate(args.model, args.data, args.out, llm=args.llm, limit=args.limit, batch_size=args.batch_size,
-                 max_new_tokens=args.max_new_tokens, task=args.task, compare=pairs, repeat_stop=args.repeat_stop,
-                 int8=args.int8, device=device)
-    except (FileNotFoundError, ValueError) as e:
-        error(str(e))
-        return EXIT_USAGE
+    evaluate(args.model, args.data, args.out, llm=args.llm, limit=args.limit, batch_size=args.batch_size,
+             max_new_tokens=args.max_new_tokens, task=args.task, compare=pairs, repeat_stop=args.repeat_stop,
+             int8=args.int8, device=device)
     return 0
 
 
 def cmd_compare(args) -> int:
     from speechsum.evaluation.run_eval import compare_saved
 
-    try:
-        compare_saved(args.eval_dirs, args.compare, out=args.out)
-    except (FileNotFoundError, ValueError) as e:
-        error(str(e))
-        return EXIT_USAGE
+    compare_saved(args.eval_dirs, args.compare, out=args.out)
     return 0
 
 
 def cmd_report(args) -> int:
     from speechsum.evaluation.report import build_report
 
-    try:
-        path = build_report(args.run_dir, eval_dir=args.eval, out=args.out, max_examples=args.examples)
-    except (FileNotFoundError, ValueError) as e:
-        error(str(e))
-        return EXIT_USAGE
+    path = build_report(args.run_dir, eval_dir=args.eval, out=args.out, max_examples=args.examples)
     print(f"report: {path}")
     return 0
 
@@ -300,11 +272,7 @@ def cmd_pipeline(args) -> int:
     from speechsum.config import load_config
     from speechsum.pipeline import PipelineConfig, run
 
-    try:
-        run(load_config(PipelineConfig, args.config, args.overrides))
-    except (FileNotFoundError, ValueError) as e:
-        error(str(e))
-        return EXIT_USAGE
+    run(load_config(PipelineConfig, args.config, args.overrides))
     return 0
 
 
