@@ -111,24 +111,12 @@ def load_speechlm(model: str | None):
     return SpeechLM.from_pretrained(folder)  # its own errors name what is missing (say projector.safetensors)
 
 
-def device_arg(name: str):
-    """`--device` of summarize and eval as a torch.device, or None after a one-line error."""
-    from speechsum.device import resolve_device
-
-    try:
-        return resolve_device(name)
-    except ValueError as e:
-        error(str(e))
-        return None
-
-
 def cmd_summarize(args) -> int:
+    from speechsum.device import resolve_device
     from speechsum.audio import AudioError
     from speechsum.data.styles import instruction_for, style_names
 
-    device = device_arg(args.device)
-    if device is None:
-        return EXIT_USAGE
+    device = resolve_device(args.device)  # a bad name: main()'s one-line error
     if args.instruction is None and args.style not in style_names():
         error(f"--style {args.style}: unknown style (choose from {', '.join(style_names())})")
         return EXIT_USAGE
@@ -228,11 +216,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from speechsum.device import resolve_device
     from speechsum.evaluation.run_eval import evaluate, split_pair
 
-    device = device_arg(args.device)
-    if device is None:
-        return EXIT_USAGE
+    device = resolve_device(args.device)  # a bad name: main()'s one-line error
     pairs = []
     for spec in args.compare:  # A:B, A and B --model entries (which may hold colons: text:DIR) or lists A1,A2
         pair = split_pair(spec, args.model)

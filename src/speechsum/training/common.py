@@ -356,12 +356,15 @@ def is_sharded_checkpoint(ckpt: Path) -> bool:
     return (ckpt / MODEL_SHARDS).is_dir()
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def latest_pointer(run_dir: Path) -> Path | None:
+    """The checkpoint folder `checkpoints/latest` names, complete or not (None: no pointer)."""
     p = Path(run_dir) / "checkpoints" / "latest"
-    if not p.is_file():
-        return None
-    ckpt = p.parent / p.read_text().strip()
-    return ckpt if (ckpt / "state.json").is_file() else None
+    return p.parent / p.read_text().strip() if p.is_file() else None
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpt = latest_pointer(run_dir)
+    return ckpt if ckpt is not None and (ckpt / "state.json").is_file() else None
 
 
 def load_trainer_state(ckpt: Path, model, opt: torch.optim.Optimizer, rank: int = 0) -> dict:
@@ -760,17 +763,16 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"loop.out_dir={run_dir}: exists and is not a folder")
-    latest = run_dir / "checkpoints" / "latest"
+    ckpt = latest_pointer(run_dir)
     if resume:
-        if not latest.is_file():
+        if ckpt is None:
             raise InputError(f"--resume: {run_dir} has no checkpoint to resume from (no checkpoints/latest); "
                              "run without --resume to start the run")
-        ckpt = latest.parent / latest.read_text().strip()
-        if not (ckpt / "state.json").is_file():
+        if latest_checkpoint(run_dir) is None:
             raise InputError(f"--resume: {ckpt}, the latest checkpoint of {run_dir}, is incomplete (no state.json); "
                              "write the name of an earlier step-N folder into checkpoints/latest, or remove the run")
-    elif latest.is_file() or (run_dir / "final").exists():
-        held = f"checkpoint {latest.read_text().strip()}" if latest.is_file() else "a final model"
+    elif ckpt is not None or (run_dir / "final").exists():
+        held = f"checkpoint {ckpt.name}" if ckpt is not None else "a final model"
         raise InputError(f"loop.out_dir={run_dir} already holds a run ({held}): pass --resume to continue it, or "
                          "choose another loop.out_dir (or remove that folder) to train afresh")
 
