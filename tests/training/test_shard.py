@@ -273,3 +273,22 @@ def test_a_sharded_load_fills_an_empty_optimizer_even_where_gradients_are_held(t
     got = common.optimizer_tensors(fresh)[1]
     assert got.keys() == moments.keys() and all(torch.equal(got[k], moments[k]) for k in moments)
     assert all(p.grad is not None and torch.equal(p.grad, g) for p, g in grads.items())  # and kept
+
+
+@pytest.mark.parametrize("sub", [shard.MODEL_SHARDS, shard.OPTIMIZER_SHARDS])
+def test_a_damaged_shard_file_is_one_error_naming_its_folder(tiny_model, tmp_path, one_rank_group, sub):
+    # DCP raised its CheckpointException (a BaseException quoting every rank's traceback), which no
+    # input-error handler catches: resuming from a cut-off shard file was a page of tracebacks
+    from speechsum.models.registry import ModelError
+
+    model = tiny_model
+    opt = _sharded_with_adam(model)
+    _backward(model)
+    opt.step()
+    groups = shard.save_sharded(model, opt, tmp_path)
+    f = sorted((tmp_path / sub).glob("*.safetensors"))[0]
+    f.write_bytes(f.read_bytes()[:200])
+    fresh = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    with pytest.raises(ModelError, match=rf"{tmp_path / sub}: cannot be loaded into this model \(.*header") as e:
+        shard.load_sharded(model, fresh, tmp_path, groups)
+    assert "\n" not in str(e.value)

@@ -358,6 +358,12 @@ def save_sharded(model, opt: torch.optim.Optimizer, folder, file_bytes: int = FI
     return osd["param_groups"]
 
 
+def _last_line(e: BaseException) -> str:
+    """The innermost error of a DCP failure: the last line of the ranks' tracebacks it quotes."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:200]
+
+
 def load_sharded(model, opt: torch.optim.Optimizer, folder, param_groups: list[dict]) -> None:
     """The inverse of `save_sharded` into `model` and `opt` as they are laid out now (sharded over
     any number of ranks, or whole in one process: DCP cuts what each rank reads out of the saved
@@ -367,14 +373,20 @@ def load_sharded(model, opt: torch.optim.Optimizer, folder, param_groups: list[d
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    from speechsum.models.registry import ModelError
 
     weights, moments, osd = _dcp_state(model, opt)
     with warnings.catch_warnings():
         if not dist.is_initialized():  # one process reading alone is the intent here
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         for sub, state in ((MODEL_SHARDS, weights), (OPTIMIZER_SHARDS, moments)):
-            dcp.load(state, storage_reader=HuggingFaceStorageReader(str(folder / sub)))
+            try:
+                dcp.load(state, storage_reader=HuggingFaceStorageReader(str(folder / sub)))
+            except CheckpointException as e:  # a BaseException carrying every failed rank's traceback
+                raise ModelError(f"{folder / sub}: cannot be loaded into this model ({_last_line(e)})") from e
     for key, v in moments.items():
         name, k = key.rsplit(".", 1)
         osd["state"][name][k] = v
