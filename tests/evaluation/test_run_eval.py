@@ -59,6 +59,20 @@ def test_readout_task_scores_the_connector_without_generation(tmp_path, tiny_dir
     assert m["systems"]["ckpt"]["overall"]["wer"] >= 0.5  # a random projector reads out nothing useful
 
 
+
+def test_readout_of_the_untrained_assembly_says_it_is_a_floor(tmp_path, monkeypatch):
+    # its connector is random: the read-out scores chance, which the table alone did not say
+    from speechsum.evaluation import run_eval
+
+    data = make_dataset(tmp_path / "data", n_train=1, n_dev=2)
+    monkeypatch.setattr(run_eval, "generate_speechlm", lambda spec, items, *a, **k: (["" for _ in items], None))
+    lines = []
+    evaluate(["untrained"], str(data / "dev"), None, embeddings=False, task="readout", log=lines.append)
+    assert any("untrained: its connector is random" in ln for ln in lines)
+    lines.clear()
+    evaluate(["untrained"], str(data / "dev"), None, embeddings=False, log=lines.append)  # summaries: no such line
+    assert not any("connector is random" in ln for ln in lines)
+
 def test_paired_deltas_golden():
     from speechsum.evaluation.run_eval import markdown_deltas, paired_deltas
 

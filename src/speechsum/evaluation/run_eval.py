@@ -620,6 +620,8 @@ def evaluate(systems: list[str], data: str, out: str | None = None, llm: str | N
             preds = generate_text(text_llm, [r["transcript"] for r in items], items, batch_size, max_new_tokens,
                                   SpeechLMConfig().system_prompt, repeat_stop, int8, device)
         else:
+            if task == "readout" and spec == "untrained":
+                log("eval: untrained: its connector is random, so its read-out is a floor (chance), not a reading")
             preds, used_llm = generate_speechlm(spec, items, batch_size, max_new_tokens, log, readout=task == "readout",
                                                 repeat_stop=repeat_stop, int8=int8, device=device)
             first_llm = first_llm or used_llm
