@@ -213,3 +213,14 @@ def test_other_target_writers_plug_in_and_are_fact_checked(tmp_path):
     rows = dataset.read_manifest(tmp_path / "out" / "train")
     assert [r["target_author"] for r in rows] == ["fake-teacher"] * 2
     assert all(r["target_problems"] == ["number 123456789 is not in the document"] for r in rows)
+
+
+def test_an_empty_split_is_said(tmp_path, capsys):
+    # a test-only set is legitimate, but `train` on it fails later: synth says so when it writes it
+    cfg = tiny_config(tmp_path / "cache", train=SplitConfig(), dev=SplitConfig(),
+                      test=SplitConfig(documents=1, voices=["espeak:en-us"]))
+    summary = synthesize(cfg, tmp_path / "data")
+    assert summary["splits"] == {"train": 0, "dev": 0, "test": summary["splits"]["test"]} and summary["splits"]["test"]
+    err = capsys.readouterr().err
+    assert "the train split is empty (the config gives it no documents): no stage can train on this set" in err
+    assert "the dev split is empty" in err and "the test split is empty" not in err

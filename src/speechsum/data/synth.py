@@ -521,7 +521,15 @@ def synthesize(cfg: SynthConfig, out_dir: str | Path, *, target_writer: TargetWr
     print(f"synth: {int(made_items)} new items ({made_seconds / 3600:.2f} h audio) in {elapsed:.1f} s, "
           f"{summary['items_per_s']:.2f} items/s; dataset: {summary['items']} items, "
           f"{summary['hours']:.2f} h -> {out_dir}", file=sys.stderr)
+    for split, n in summary["splits"].items():
+        if not n:  # legitimate (a test-only set), but said: `train` and `eval` refuse an empty split
+            print(f"synth: the {split} split is empty (the config gives it no documents): "
+                  f"{EMPTY_SPLIT_USE[split]}", file=sys.stderr)
     return summary
+
+
+EMPTY_SPLIT_USE = {"train": "no stage can train on this set", "dev": "training runs will have no dev evaluation",
+                   "test": "`speechsum eval` has nothing to score here"}
 
 
 def _finish(cfg: SynthConfig, out_dir: Path, jobs: list[Job]) -> dict[str, Any]:
