@@ -40,3 +40,34 @@ def tiny_data(tmp_path):
     from tiny import make_dataset
 
     return make_dataset(tmp_path / "data")
+
+
+def ffmpeg_write(path, container: str, codec: str, samples, rate: int, video: bool = False) -> None:
+    """A real file of the kind phones and meeting tools record, encoded by FFmpeg (PyAV): `samples`
+    [frames] or [frames, channels]; with `video`, a small video track before the audio one (a
+    meeting's mp4)."""
+    import av
+    import numpy as np
+
+    x = np.asarray(samples, np.float32).reshape(len(samples), -1).T  # planar [channels, frames]
+    with av.open(str(path), "w", format=container) as c:
+        if video:
+            v = c.add_stream("mpeg4", rate=5)
+            v.width, v.height, v.pix_fmt = 32, 32, "yuv420p"
+        s = c.add_stream(codec, rate=rate)
+        s.layout = "stereo" if len(x) == 2 else "mono"
+        s.bit_rate = 96_000  # wmav2 has no default
+        for i in range(0, x.shape[1], 1024):
+            f = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[:, i : i + 1024]), format="fltp", layout=s.layout.name)
+            f.sample_rate = rate
+            for packet in s.encode(f):
+                c.mux(packet)
+        for packet in s.encode(None):
+            c.mux(packet)
+        if video:
+            for k in range(int(x.shape[1] / rate * 5)):
+                frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * k % 255, np.uint8), format="rgb24")
+                for packet in v.encode(frame):
+                    c.mux(packet)
+            for packet in v.encode(None):
+                c.mux(packet)

@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import ffmpeg_write
 
 from speechsum.audio import SAMPLE_RATE, AudioError, encoder_frames, load_audio, read_blocks, split_windows
 
@@ -127,3 +128,38 @@ def test_blocks_check_what_load_audio_checks(tmp_path):
     (tmp_path / "cut.wav").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     with pytest.raises(AudioError, match=r"cut\.wav: (truncated|not a readable)"):
         list(read_blocks(tmp_path / "cut.wav", block_seconds=0.5))
+
+
+@pytest.mark.parametrize("container,codec,ext,video", [
+    ("ipod", "aac", "m4a", False), ("mp4", "aac", "mp4", True), ("webm", "libopus", "webm", False),
+    ("matroska", "aac", "mkv", False), ("asf", "wmav2", "wma", False)])
+def test_containers_libsndfile_cannot_read_go_through_ffmpeg(tmp_path, container, codec, ext, video):
+    # m4a from a phone, a meeting's mp4 (its audio track), a browser's webm, mkv, wma: libsndfile knows
+    # none of them; FFmpeg decodes them and the same downmix and resampler make 16 kHz mono
+    path = tmp_path / f"a.{ext}"
+    rate = 48000 if codec == "libopus" else 44100
+    ffmpeg_write(path, container, codec, _sine(2.0, rate, 2), rate, video=video)
+    x = load_audio(path)
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert abs(len(x) - 2 * SAMPLE_RATE) < 0.1 * SAMPLE_RATE  # codecs add priming and padding
+    assert 0.25 < np.abs(x).max() < 0.35  # the tone's 0.3: channels averaged, not summed
+    spectrum = np.abs(np.fft.rfft(x[SAMPLE_RATE // 4 : -SAMPLE_RATE // 4]))
+    freq = np.fft.rfftfreq(len(x) - SAMPLE_RATE // 2, 1 / SAMPLE_RATE)[spectrum.argmax()]
+    assert abs(freq - 220) < 3
+    blocks = list(read_blocks(path, block_seconds=0.5))
+    assert len(blocks) >= 4 and np.abs(np.concatenate(blocks) - x).max() < 1e-4
+
+
+def test_ffmpeg_files_cut_off_or_without_sound_are_one_line_errors(tmp_path):
+    ffmpeg_write(tmp_path / "full.webm", "webm", "libopus", _sine(4.0, 48000, 2), 48000)
+    data = (tmp_path / "full.webm").read_bytes()
+    (tmp_path / "cut.webm").write_bytes(data[: len(data) // 2])  # still declares 4 s
+    _expect(tmp_path / "cut.webm", "truncated or corrupt: header says")
+    with pytest.raises(AudioError, match="truncated or corrupt"):
+        list(read_blocks(tmp_path / "cut.webm"))
+    ffmpeg_write(tmp_path / "full.m4a", "ipod", "aac", _sine(2.0, 44100, 2), 44100)
+    data = (tmp_path / "full.m4a").read_bytes()
+    (tmp_path / "cut.m4a").write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: gone
+    _expect(tmp_path / "cut.m4a", "not a readable audio file (Invalid data found when processing input)")
+    (tmp_path / "notes.m4a").write_text("minutes of the meeting\n" * 50)
+    _expect(tmp_path / "notes.m4a", "not a readable audio file")

@@ -63,20 +63,31 @@ def test_summarize_and_reload(real_model, tmp_path):
     assert second.ids == first.ids
 
 
-def test_shipped_connector_reads_the_bundled_clip():
+@pytest.mark.parametrize("fmt", ["flac", "m4a"])
+def test_shipped_connector_reads_the_bundled_clip(fmt, tmp_path):
     """The committed CTC-aligned connector (checkpoints/tiny-align) turns the voicemail into
     LLM token embeddings that spell its content words: the soft readout's nearest tokens must
-    recover most of the transcript's words (the random assembly recovers almost none)."""
+    recover most of the transcript's words (the random assembly recovers almost none). The same
+    recording as a phone's m4a (AAC at 44.1 kHz stereo, decoded by FFmpeg) reads as well."""
     real_model_dir("whisper-base")
     real_model_dir("smollm2-135m-instruct")
+    import numpy as np
     import torch.nn.functional as F
+    from conftest import ffmpeg_write
 
     from speechsum.models.speech_lm import SpeechLM
 
+    clip = CLIP
+    if fmt == "m4a":
+        import soxr
+
+        stereo = np.repeat(soxr.resample(load_audio(CLIP), 16000, 44100)[:, None], 2, axis=1)
+        clip = tmp_path / "voicemail.m4a"
+        ffmpeg_write(clip, "ipod", "aac", stereo, 44100)
     model = SpeechLM.from_pretrained(Path(__file__).parents[1] / "checkpoints" / "tiny-align")
     assert model.config.readout == "vocab"
     with torch.no_grad():
-        soft = model.project(model.encode_audio([load_audio(CLIP)]))[0]
+        soft = model.project(model.encode_audio([load_audio(clip)]))[0]
         emb = model.base_llm.get_input_embeddings().weight
         ids = (F.normalize(soft, dim=-1) @ F.normalize(emb, dim=-1).T).argmax(-1).tolist()
     heard = set(model.tokenizer.decode(ids).lower().replace(",", " ").replace(".", " ").split())

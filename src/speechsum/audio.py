@@ -1,8 +1,14 @@
 """Load, validate and resample audio; cut long audio into encoder windows.
 
-Every audio input goes through `load_audio`, which returns 16 kHz mono float32
-in [-1, 1] or raises `AudioError("<file>: <problem>")` - one line, naming the
-input and the problem, for the CLI to print.
+Every audio input goes through `load_audio` (or `read_blocks`, block by block), which returns
+16 kHz mono float32 in [-1, 1] or raises `AudioError("<file>: <problem>")` - one line, naming
+the input and the problem, for the CLI to print.
+
+Decoders: libsndfile (soundfile) for what it reads (wav, flac, ogg/vorbis/opus, mp3, aiff, ...);
+anything else through FFmpeg's decoders in PyAV (m4a/aac, mp4/mov/mkv/webm with an audio track,
+wma, amr, ...: what phones and meeting tools record). Both give samples at the file's rate that
+the same code downmixes (the channels' mean) and resamples (soxr), so a recording decodes to the
+same samples whichever container it came in, up to the codec's own loss.
 """
 
 from __future__ import annotations
@@ -45,15 +51,11 @@ def load_audio(source: str | os.PathLike | np.ndarray, sample_rate: int | None =
             raise AudioError("<array>", "sample_rate is required for array input")
         return _finish(np.asarray(source), sample_rate, "<array>")
     path = _checked_path(source)
-    import soundfile as sf
-
     _check_container(path)
-    with _decode_errors(path), _quiet_stderr(), sf.SoundFile(str(path)) as f:
-        expected = f.frames
-        rate = f.samplerate
-        data = f.read(dtype="float32", always_2d=True)
-    _check_complete(path, expected, len(data))
-    return _finish(data, rate, path)
+    with _decode_errors(path), _quiet_stderr(), _open_decoder(path) as f:
+        data = f.read(-1)
+    f.check_complete(len(data))
+    return _finish(data, f.rate, path)
 
 
 @contextlib.contextmanager
@@ -68,15 +70,124 @@ def _decode_errors(path: Path):
     except sf.LibsndfileError as e:
         msg = str(e).split(": ", 1)[-1] if ": " in str(e) else str(e)
         raise AudioError(path, f"not a readable audio file ({msg.strip()})") from None
-    except (RuntimeError, TypeError, ValueError, EOFError) as e:
-        raise AudioError(path, f"not a readable audio file ({e})") from None
+    except Exception as e:
+        if _is_ffmpeg_error(e):  # "[Errno N] <reason>: '<file>'": the reason alone
+            raise AudioError(path, f"not a readable audio file ({e.strerror or e})") from None
+        if isinstance(e, (RuntimeError, TypeError, ValueError, EOFError)):
+            raise AudioError(path, f"not a readable audio file ({e})") from None
+        raise
 
 
-def _check_complete(path: Path, expected: int, read: int) -> None:
-    # libsndfile reports the header's frame count; a short read means the file was cut off
-    # (frames may be unknown, 0 or huge for some streamed formats: only compare when plausible).
-    if 0 < expected < 2**62 and read < expected:
+def _is_ffmpeg_error(e: BaseException) -> bool:
+    av_error = sys.modules.get("av.error")  # imported only when a file needed FFmpeg
+    return av_error is not None and isinstance(e, av_error.FFmpegError)
+
+
+def _check_complete(path: Path, expected: int, read: int, slack: int = 0) -> None:
+    # the header's frame count; a short read means the file was cut off (frames may be unknown, 0
+    # or huge for some streamed formats: only compare when plausible). `slack`: frames a decoder may
+    # fall short of a declared duration that is only approximate.
+    if 0 < expected < 2**62 and read < expected - slack:
         raise AudioError(path, f"truncated or corrupt: header says {expected} frames, read {read}")
+
+
+class _SndFile:
+    """libsndfile's reader: float32 [frames, channels] at the file's rate, the header's frame count."""
+
+    def __init__(self, path: Path):
+        import soundfile as sf
+
+        self.path = path
+        self.f = sf.SoundFile(str(path))
+        self.rate, self.expected = self.f.samplerate, self.f.frames
+
+    def read(self, frames: int) -> np.ndarray:
+        return self.f.read(frames, dtype="float32", always_2d=True)
+
+    def check_complete(self, read: int) -> None:
+        _check_complete(self.path, self.expected, read)
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _FFmpegFile:
+    """The first audio stream of any container FFmpeg reads (PyAV), as `_SndFile` reads: float32
+    [frames, channels] at the stream's rate. The declared duration (the stream's, else the
+    container's) is approximate (codec priming and padding), so a read may fall short of it by
+    0.25 s before the file counts as cut off."""
+
+    SLACK_S = 0.25
+
+    def __init__(self, path: Path):
+        import av
+
+        self.path = path
+        self.c = av.open(str(path))
+        try:
+            if not self.c.streams.audio:
+                raise AudioError(path, "not a readable audio file (no audio stream)")
+            stream = self.c.streams.audio[0]
+            cc = stream.codec_context
+            self.rate = cc.sample_rate
+            if not self.rate:
+                raise AudioError(path, "not a readable audio file (its audio stream has no sample rate)")
+            if stream.duration and stream.time_base:
+                seconds = float(stream.duration * stream.time_base)
+            else:
+                seconds = self.c.duration / 1e6 if self.c.duration else 0.0  # AV_TIME_BASE: microseconds
+            self.expected = round(seconds * self.rate)
+            self.resampler = av.AudioResampler(format="flt", layout=cc.layout, rate=self.rate)  # to packed float32
+            self.frames = self.c.decode(stream)
+            self.buffer: list[np.ndarray] = []
+            self.buffered = 0
+            self.done = False
+        except BaseException:
+            self.c.close()
+            raise
+
+    def _pull(self) -> None:
+        frame = next(self.frames, None)
+        for out in self.resampler.resample(frame):  # None flushes the resampler
+            a = out.to_ndarray().reshape(-1, out.layout.nb_channels)
+            self.buffer.append(a)
+            self.buffered += len(a)
+        self.done = frame is None
+
+    def read(self, frames: int) -> np.ndarray:
+        while not self.done and (frames < 0 or self.buffered < frames):
+            self._pull()
+        data = np.concatenate(self.buffer) if self.buffer else np.zeros((0, 1), np.float32)
+        take = len(data) if frames < 0 else min(frames, len(data))
+        rest = data[take:]
+        self.buffer, self.buffered = ([rest] if len(rest) else []), len(rest)
+        return data[:take]
+
+    def check_complete(self, read: int) -> None:
+        _check_complete(self.path, self.expected, read, slack=round(self.SLACK_S * self.rate))
+
+    def close(self) -> None:
+        self.c.close()
+
+    __enter__, __exit__ = _SndFile.__enter__, _SndFile.__exit__
+
+
+def _open_decoder(path: Path) -> _SndFile | _FFmpegFile:
+    """libsndfile's reader for what it reads, FFmpeg's (PyAV) for the rest: a format libsndfile
+    does not know (m4a, mp4, webm, wma, ...) goes to FFmpeg; when FFmpeg cannot read it either,
+    the error is FFmpeg's. Either closes at the end of a `with` block."""
+    import soundfile as sf
+
+    try:
+        return _SndFile(path)
+    except sf.LibsndfileError:
+        return _FFmpegFile(path)
 
 
 def _checked_path(source: str | os.PathLike) -> Path:
@@ -199,14 +310,12 @@ def read_blocks(source: str | os.PathLike, block_seconds: float = 60.0) -> Itera
     in pieces). The same checks as `load_audio`; the ones that need the whole file (all silence,
     truncated, zero length) raise after the last block."""
     path = _checked_path(source)
-    import soundfile as sf
-
     _check_container(path)
     with _decode_errors(path):
         with _quiet_stderr():  # only around the decoder's calls: the caller runs between blocks
-            f = sf.SoundFile(str(path))
+            f = _open_decoder(path)
         with f:
-            expected, rate = f.frames, f.samplerate
+            rate = f.rate
             stream = None
             if rate != SAMPLE_RATE:
                 import soxr
@@ -216,7 +325,7 @@ def read_blocks(source: str | os.PathLike, block_seconds: float = 60.0) -> Itera
             step = max(1, int(block_seconds * rate))
             while True:
                 with _quiet_stderr():
-                    block = f.read(step, dtype="float32", always_2d=True)
+                    block = f.read(step)
                 last = len(block) < step
                 read += len(block)
                 block = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
@@ -229,7 +338,7 @@ def read_blocks(source: str | os.PathLike, block_seconds: float = 60.0) -> Itera
                     yield np.ascontiguousarray(block, dtype=np.float32)
                 if last:
                     break
-    _check_complete(path, expected, read)
+    f.check_complete(read)
     if read == 0:
         raise AudioError(path, "zero-length audio")
     if peak < SILENCE_PEAK:

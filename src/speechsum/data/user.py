@@ -27,7 +27,8 @@ from typing import Any
 from speechsum.audio import SAMPLE_RATE, load_audio
 from speechsum.data import dataset, styles
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".webm", ".mkv", ".mov", ".wma")
+"""What a folder's audio files may be (speechsum.audio reads each; the last seven through FFmpeg)."""
 
 
 class UserDataError(ValueError):
