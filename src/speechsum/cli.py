@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 EXIT_USAGE = 2
 MIN_WINDOW_S = 1.0  # `summarize --window-seconds`: shorter parts are noise (and 1e-9 s would be a billion of them)
@@ -255,6 +256,18 @@ def cmd_synth(args) -> int:
     return synth_command(args.config, args.out, args.overrides)
 
 
+def cmd_import(args) -> int:
+    from speechsum.data.user import UserDataError, convert_user_data
+
+    if (Path(args.out) / args.split / "manifest.parquet").exists():
+        raise UserDataError(f"--out {args.out}: already holds a {args.split} split (nothing written; "
+                            "choose another folder or --split)")
+    counts = convert_user_data(args.source, args.out, args.split)
+    print(f"import: {counts['items']} recordings ({counts['with_summary']} with a summary, {counts['with_facts']} "
+          f"with facts) -> {Path(args.out) / args.split}", file=sys.stderr)
+    return 0
+
+
 def cmd_pipeline(args) -> int:
     from speechsum.config import load_config
     from speechsum.pipeline import PipelineConfig, run
@@ -356,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--out", required=True, help="dataset folder to write (resumes if it exists)")
     sy.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     sy.set_defaults(func=cmd_synth)
+
+    im = sub.add_parser("import", help="your recordings (+ transcripts, summaries, facts) as a dataset split for eval")
+    im.add_argument("source", help="a folder of audio files with <stem>.txt transcripts (optional <stem>.summary.txt, "
+                                   "<stem>.facts.json), or a CSV/JSONL/Parquet manifest (audio, transcript[, summary, "
+                                   "facts, id, language])")
+    im.add_argument("--out", required=True, help="dataset folder; the split is written to OUT/SPLIT")
+    im.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    im.set_defaults(func=cmd_import)
 
     pl = sub.add_parser("pipeline", help="run synth -> align -> sft -> kd -> dpo into one run folder (resumes)")
     pl.add_argument("--config", required=True, help="configs/pipeline/<preset>.yaml")

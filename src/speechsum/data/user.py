@@ -3,9 +3,17 @@
 Input is a folder or a manifest of audio + transcript (+ optional summary):
 
 - a CSV, JSONL or Parquet file with columns `audio`, `transcript`, and optionally `summary`,
-  `id`, `language` (audio paths relative to the manifest's folder), or
-- a folder holding such a `manifest.{csv,jsonl,parquet}`, or else audio files
-  (`.wav .flac .ogg .mp3`) each with a `<stem>.txt` transcript and optional `<stem>.summary.txt`.
+  `facts`, `id`, `language` (audio paths relative to the manifest's folder), or
+- a folder holding such a `manifest.{csv,jsonl,parquet}`, or else audio files (any of
+  `AUDIO_SUFFIXES`) each with a `<stem>.txt` transcript and optional `<stem>.summary.txt` and
+  `<stem>.facts.json`.
+
+`facts` (a JSON list, in a CSV cell as JSON text) are the recording's key facts, which `eval`
+scores every summary against (fact recall, invented claims): objects `{"kind": ..., "value":
+...}` with a kind of `speechsum.evaluation.facts.SALIENT_KINDS` (person, place, org, money, date,
+time, decision, action, ...), e.g. `{"kind": "person", "value": "Diane"}`,
+`{"kind": "money", "value": "$12,500"}`. Without them a recording gets ROUGE, similarity and
+style scores only.
 
 Only one target style is possible without a teacher: the given summary, paired with a generic
 "summarize this" instruction (style `summary`, author `user`). Items without a summary keep an
@@ -42,6 +50,32 @@ class UserItem:
     transcript: str
     summary: str | None = None
     language: str = "en"
+    facts: list[dict] = dataclasses.field(default_factory=list)
+
+
+def check_facts(facts: Any, where: str) -> list[dict]:
+    """A user's facts as the manifest stores them ({id, kind, value}); UserDataError naming `where`
+    when they are not a list of {kind, value} objects of a kind the fact scorer knows."""
+    from speechsum.evaluation.facts import SALIENT_KINDS
+
+    if isinstance(facts, str):
+        try:
+            facts = json.loads(facts) if facts.strip() else []
+        except json.JSONDecodeError as e:
+            raise UserDataError(f"{where}: facts are not JSON ({e.msg} at character {e.pos})") from None
+    if facts is None:
+        return []
+    if not isinstance(facts, list):
+        raise UserDataError(f"{where}: facts must be a JSON list of {{\"kind\", \"value\"}} objects")
+    out = []
+    for i, f in enumerate(facts):
+        if not isinstance(f, dict) or not isinstance(f.get("value"), str) or not f["value"].strip():
+            raise UserDataError(f"{where}: fact {i + 1} is not a {{\"kind\", \"value\"}} object with a text value")
+        if f.get("kind") not in SALIENT_KINDS:
+            raise UserDataError(f"{where}: fact {i + 1} has kind {f.get('kind')!r}; "
+                                f"expected one of {', '.join(SALIENT_KINDS)}")
+        out.append({"id": f"f{i}", "kind": f["kind"], "value": f["value"].strip()})
+    return out
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -76,8 +110,11 @@ def load_user_manifest(path: str | Path) -> list[UserItem]:
             if not txt.is_file():
                 raise UserDataError(f"{audio}: no transcript {txt.name} beside it")
             summ = audio.with_suffix(".summary.txt")
+            facts = audio.with_suffix(".facts.json")
             items.append(UserItem(audio.stem, audio, txt.read_text(encoding="utf-8").strip(),
-                                  summ.read_text(encoding="utf-8").strip() if summ.is_file() else None))
+                                  summ.read_text(encoding="utf-8").strip() if summ.is_file() else None,
+                                  facts=check_facts(facts.read_text(encoding="utf-8"), str(facts))
+                                  if facts.is_file() else []))
         if not items:
             raise UserDataError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) and no manifest")
         return _unique(items, path)
@@ -90,7 +127,8 @@ def load_user_manifest(path: str | Path) -> list[UserItem]:
         audio = audio if audio.is_absolute() else path.parent / audio
         summary = row.get("summary") or None
         items.append(UserItem(str(row.get("id") or audio.stem), audio, str(row["transcript"]).strip(),
-                              str(summary).strip() if summary else None, str(row.get("language") or "en")))
+                              str(summary).strip() if summary else None, str(row.get("language") or "en"),
+                              check_facts(row.get("facts"), f"{path}: row {i + 1}")))
     if not items:
         raise UserDataError(f"{path}: the manifest has no rows")
     return _unique(items, path)
@@ -133,10 +171,11 @@ def convert_user_data(path: str | Path, out_dir: str | Path, split: str = "test"
             "style": styles.GIVEN_SUMMARY.name if it.summary else "", "paraphrase_id": pid,
             "held_out": False, "held_out_kind": "", "target": it.summary or "",
             "target_author": "user" if it.summary else "", "target_problems": [], "rejected_target": "",
-            "rejected_problems": [], "facts": "[]", "source": "user", "source_id": it.id,
+            "rejected_problems": [], "facts": json.dumps(it.facts), "source": "user", "source_id": it.id,
         })
     dataset.write_manifest(split_dir, records)
     from speechsum.data.card import write_card
 
     write_card(Path(out_dir), {"user_data": str(path), "split": split, "seed": seed}, {split: records})
-    return {"items": len(records), "with_summary": sum(bool(r["target"]) for r in records)}
+    return {"items": len(records), "with_summary": sum(bool(r["target"]) for r in records),
+            "with_facts": sum(bool(it.facts) for it in items)}
