@@ -200,3 +200,23 @@ def test_long_audio_refuses_zero_repeats(capsys):
     with pytest.raises(SystemExit) as e:
         long_audio.main(["--repeats", "0"])
     assert e.value.code == 2 and "--repeats 0: must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_human_speech_recording_and_its_hand_written_facts(tmp_path):
+    # the real recording comes from the pinned pyannote.audio wheel (pip download, SHA-256 checked);
+    # its hand-written facts are ones the fact scorer accepts and the gold transcript states
+    human = pytest.importorskip("human_speech")
+    from speechsum.data.user import load_user_manifest
+    from speechsum.evaluation.facts import score_summary
+    from speechsum.models.registry import ModelError
+
+    try:
+        wav = human.fetch_recording(tmp_path / "src")
+    except ModelError as e:
+        pytest.skip(f"the package index is not reachable: {e}")
+    (item,) = load_user_manifest(tmp_path / "src")
+    assert item.audio == wav and sf.info(wav).duration == pytest.approx(30.0, abs=0.1)
+    assert "This is Diane in New Jersey." in item.transcript and len(item.facts) == 5
+    assert score_summary(item.transcript, item.facts, item.transcript)["recall"] == 1.0
+    assert score_summary(human.SUMMARY, item.facts, item.transcript)["recall"] == 1.0
