@@ -60,29 +60,21 @@ def words(text: str) -> set[str]:
     return set(re.sub(r"[^a-z' ]", " ", text.lower()).split())
 
 
-def front_ends(wav: Path, transcript: str, models: list[str]) -> dict:
-    """whisper-base's transcript and each SpeechLM's connector read-out, with WER and word recall."""
-    import torch
+def front_ends(data: Path, out: Path, models: list[str], transcript: str) -> dict:
+    """How much of the recording each front end hears: `speechsum eval --task readout` (each
+    SpeechLM's connector read-out; the cascade's whisper-base transcript) with its WER, and the
+    share of the transcript's words each recovers."""
+    import pyarrow.parquet as pq
 
-    from speechsum.audio import load_audio
-    from speechsum.evaluation.run_eval import load_asr, transcribe
-    from speechsum.evaluation.wer import wer
-    from speechsum.models.speech_lm import SpeechLM
-    from speechsum.training.common import resolve_init
+    from speechsum.evaluation.run_eval import evaluate
 
-    def scored(text: str) -> dict:
-        return {"text": text, "wer": round(wer([transcript], [text]), 3),
-                "word_recall": round(len(words(transcript) & words(text)) / len(words(transcript)), 3)}
-
-    out = {"whisper-base": scored(transcribe(load_asr("whisper-base"), str(wav)))}
-    samples = load_audio(wav)
-    for spec in models:
-        model = SpeechLM.from_pretrained(resolve_init(spec))
-        if model.config.readout != "vocab":
-            continue  # no CTC read-out to show
-        with torch.no_grad():
-            out[f"{spec} read-out"] = scored(model.readout_text(model.encode_audio([samples]))[0])
-    return out
+    metrics = evaluate([*models, "cascade"], str(data), str(out), task="readout", embeddings=False,
+                       log=lambda *a: print(*a, file=sys.stderr))
+    row = pq.read_table(out / "predictions.parquet").to_pylist()[0]
+    return {("whisper-base" if name == "cascade" else f"{name} read-out"): {
+        "text": row[f"pred:{name}"], "wer": round(m["overall"]["wer"], 3),
+        "word_recall": round(len(words(transcript) & words(row[f"pred:{name}"])) / len(words(transcript)), 3)}
+        for name, m in metrics["systems"].items()}
 
 
 def main(argv=None) -> int:
@@ -97,7 +89,7 @@ def main(argv=None) -> int:
     from speechsum.evaluation.run_eval import evaluate
 
     work = Path(args.work)
-    wav = fetch_recording(work / "src")
+    fetch_recording(work / "src")
     transcript = (work / "src" / "sample.txt").read_text()
     convert_user_data(work / "src", work / "data")  # the same split every run (written again: 1 file)
     metrics = evaluate([*args.model, "cascade", "text-teacher"], str(work / "data" / "test"), str(work / "eval"),
@@ -105,7 +97,7 @@ def main(argv=None) -> int:
     import pyarrow.parquet as pq
 
     preds = pq.read_table(work / "eval" / "predictions.parquet").to_pylist()[0]
-    heard = front_ends(wav, transcript, args.model)
+    heard = front_ends(work / "data" / "test", work / "readout", args.model, transcript)
 
     print(f"\nrecording: pyannote.audio's sample.wav (30 s, two people on a phone line)\ntranscript: {transcript}\n")
     print(f"instruction: {preds['instruction']}\nreference: {SUMMARY}\n")
