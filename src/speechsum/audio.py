@@ -91,7 +91,21 @@ def _check_complete(path: Path, expected: int, read: int, slack: int = 0) -> Non
         raise AudioError(path, f"truncated or corrupt: header says {expected} frames, read {read}")
 
 
-class _SndFile:
+class _Decoder:
+    """A decoder opened on one file: `rate`, `read(frames)` -> float32 [frames, channels] (-1: the
+    rest), `check_complete(read)`; closes at the end of a `with` block."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _SndFile(_Decoder):
     """libsndfile's reader: float32 [frames, channels] at the file's rate, the header's frame count."""
 
     def __init__(self, path: Path):
@@ -110,14 +124,8 @@ class _SndFile:
     def close(self) -> None:
         self.f.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class _FFmpegFile:
+class _FFmpegFile(_Decoder):
     """The first audio stream of any container FFmpeg reads (PyAV), as `_SndFile` reads: float32
     [frames, channels] at the stream's rate. The declared duration (the stream's, else the
     container's) is approximate (codec priming and padding), so a read may fall short of it by
@@ -175,13 +183,11 @@ class _FFmpegFile:
     def close(self) -> None:
         self.c.close()
 
-    __enter__, __exit__ = _SndFile.__enter__, _SndFile.__exit__
 
-
-def _open_decoder(path: Path) -> _SndFile | _FFmpegFile:
+def _open_decoder(path: Path) -> _Decoder:
     """libsndfile's reader for what it reads, FFmpeg's (PyAV) for the rest: a format libsndfile
     does not know (m4a, mp4, webm, wma, ...) goes to FFmpeg; when FFmpeg cannot read it either,
-    the error is FFmpeg's. Either closes at the end of a `with` block."""
+    the error is FFmpeg's."""
     import soundfile as sf
 
     try:
